@@ -1,0 +1,50 @@
+# pyinfra-swarm: `make demo` runs the deploy on the local lab, `make test` runs every test.
+SHELL := /bin/bash
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+LAB ?= lab
+MANAGERS ?= 1
+WORKERS ?= 3
+export PYINFRA_SWARM_LAB := $(LAB)
+
+.PHONY: demo test unit e2e lint engine lab-up lab-down lab-status bench clean
+
+demo: $(STAMP) engine lab-up ## bring the lab up and run deploy.py against it
+	$(BIN)/pyinfra -y inventory/lab.py deploy.py
+
+test: $(STAMP) engine lint ## unit tests, then end-to-end tests on a lab of their own
+	$(BIN)/pytest -v tests
+
+unit: $(STAMP) ## the fast unit-only tests
+	$(BIN)/pytest -q -m "not e2e" tests
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+engine: ## make sure a Docker engine answers (installs and starts one on a Debian host as root)
+	@scripts/ensure-docker
+
+lab-up: $(STAMP) engine
+	$(BIN)/pyinfra-swarm lab up --name $(LAB) --managers $(MANAGERS) --workers $(WORKERS)
+
+lab-down: $(STAMP)
+	$(BIN)/pyinfra-swarm lab down --name $(LAB)
+
+lab-status: $(STAMP)
+	$(BIN)/pyinfra-swarm lab status --name $(LAB)
+
+bench: $(STAMP) engine ## print the lab and deploy figures
+	$(BIN)/python benchmarks/lab_bench.py
+
+$(STAMP): pyproject.toml
+	@command -v python3 >/dev/null || { echo "python3 is missing: install it (apt-get install python3 python3-venv)"; exit 1; }
+	python3 -m venv $(VENV) || { echo "creating $(VENV) failed: install python3-venv"; exit 1; }
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

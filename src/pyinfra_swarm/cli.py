@@ -1,0 +1,122 @@
+"""The `pyinfra-swarm` command: manage the local lab of VM-like nodes."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+from docker.errors import APIError
+
+from pyinfra_swarm.lab import LabError, LabSpec, lab, state
+from pyinfra_swarm.lab.spec import DEFAULT_NAME
+
+
+def _progress(message: str) -> None:
+    print(f"[lab] {message}", file=sys.stderr, flush=True)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pyinfra-swarm", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    lab_parser = commands.add_parser(
+        "lab", help="the local lab: VM-like nodes as containers on one Docker host"
+    )
+    actions = lab_parser.add_subparsers(dest="action", required=True)
+
+    def with_name(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        sub.add_argument(
+            "--name",
+            default=os.environ.get("PYINFRA_SWARM_LAB", DEFAULT_NAME),
+            help="lab name (default: $PYINFRA_SWARM_LAB or %(default)s)",
+        )
+        return sub
+
+    up = with_name(actions.add_parser("up", help="create or repair the lab (idempotent)"))
+    up.add_argument("--managers", type=int, default=1, help="manager nodes (default: %(default)s)")
+    up.add_argument("--workers", type=int, default=3, help="worker nodes (default: %(default)s)")
+    up.add_argument(
+        "--subnet", help="IPv4 subnet of the lab network (default: a free /24 in 192.168.56.0/21)"
+    )
+    up.add_argument(
+        "--privileged",
+        choices=["auto", "always", "never"],
+        default="auto",
+        help="run nodes with --privileged (auto: where the engine allows it)",
+    )
+    down = with_name(actions.add_parser("down", help="remove the lab's containers, volumes and network"))
+    down.add_argument("--all", action="store_true", help="remove every pyinfra-swarm lab on this engine")
+    with_name(actions.add_parser("status", help="list the lab's nodes"))
+    ssh = with_name(actions.add_parser("ssh", help="open an SSH session (or run a command) on a node"))
+    ssh.add_argument("--user", default="root", help="SSH user: root or debian (default: %(default)s)")
+    ssh.add_argument("node", help="node name, e.g. manager1")
+    ssh.add_argument("command", nargs=argparse.REMAINDER, help="command to run instead of a shell")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return {"up": _up, "down": _down, "status": _status, "ssh": _ssh}[args.action](args)
+    except LabError as exc:
+        print(f"pyinfra-swarm: error: {exc}", file=sys.stderr)
+        return 2
+    except APIError as exc:
+        print(f"pyinfra-swarm: error: the Docker engine refused: {exc.explanation or exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _up(args: argparse.Namespace) -> int:
+    spec = LabSpec(name=args.name, managers=args.managers, workers=args.workers, subnet=args.subnet)
+    started = time.monotonic()
+    lab.up(spec, _progress, privileged=args.privileged)
+    _progress(f"lab '{spec.name}' is up ({time.monotonic() - started:.1f} s)")
+    return _status(args)
+
+
+def _down(args: argparse.Namespace) -> int:
+    removed = lab.down(None if args.all else LabSpec(name=args.name, workers=0).name, _progress)
+    _progress(f"removed {removed} lab resources" if removed else "nothing to remove")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    LabSpec(name=args.name, workers=0)  # validates the name
+    rows = lab.status(args.name)
+    if not rows:
+        print(f"lab {args.name} has no nodes (run `pyinfra-swarm lab up --name {args.name}`)")
+        return 0
+    columns = ["node", "address", "group", "state", "systemd"]
+    widths = {c: max(len(c), *(len(row[c]) for row in rows)) for c in columns}
+    print("  ".join(c.upper().ljust(widths[c]) for c in columns).rstrip())
+    for row in rows:
+        print("  ".join(row[c].ljust(widths[c]) for c in columns).rstrip())
+    return 0
+
+
+def _ssh(args: argparse.Namespace) -> int:
+    spec = LabSpec(name=args.name, workers=0)
+    lab_state = state.load(spec.state_dir)
+    nodes = {node.node: node for node in lab_state.nodes}
+    if args.node not in nodes:
+        raise LabError(f"lab {args.name} has no node {args.node!r} (nodes: {', '.join(nodes)})")
+    command = [
+        "ssh",
+        "-i",
+        lab_state.ssh_key,
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "LogLevel=ERROR",
+        f"{args.user}@{nodes[args.node].address}",
+    ]
+    os.execvp("ssh", command + args.command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""The node image: `FROM debian:bookworm`; that base is made with debootstrap where it can't be pulled."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import docker
+from docker.errors import APIError, BuildError, ImageNotFound
+
+from pyinfra_swarm.lab.spec import LabError
+
+BASE_IMAGE = "debian:bookworm"
+NODE_IMAGE_REPO = "pyinfra-swarm-node"
+NODE_CONTEXT = Path(__file__).with_name("node")
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
+
+Progress = Callable[[str], None]
+
+
+def node_image_tag() -> str:
+    """The node image's tag: a hash of its build context, so a changed Dockerfile means a new image."""
+    digest = hashlib.sha256()
+    for path in sorted(NODE_CONTEXT.iterdir()):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return f"{NODE_IMAGE_REPO}:{digest.hexdigest()[:12]}"
+
+
+def ensure_node_image(api: docker.APIClient, progress: Progress) -> str:
+    tag = node_image_tag()
+    if _has_image(api, tag):
+        return tag
+    ensure_base_image(api, progress)
+    progress(f"building the node image {tag} (first run only, about a minute)")
+    try:
+        for chunk in api.build(path=str(NODE_CONTEXT), tag=tag, rm=True, forcerm=True, decode=True):
+            if "error" in chunk:
+                raise LabError(f"building the node image failed: {chunk['error'].strip()}")
+            line = chunk.get("stream", "").strip()
+            if line.startswith("Step ") or line.startswith("Setting up "):
+                progress(f"  {line}")
+    except (APIError, BuildError) as exc:
+        raise LabError(f"building the node image failed: {exc}") from None
+    return tag
+
+
+def ensure_base_image(api: docker.APIClient, progress: Progress) -> None:
+    if _has_image(api, BASE_IMAGE):
+        return
+    progress(f"pulling {BASE_IMAGE}")
+    try:
+        api.pull(BASE_IMAGE)
+        return
+    except APIError:
+        progress(f"{BASE_IMAGE} can't be pulled here: making it with debootstrap (about 40 s)")
+    _debootstrap_base_image(api, progress)
+
+
+def _debootstrap_base_image(api: docker.APIClient, progress: Progress) -> None:
+    if not shutil.which("debootstrap"):
+        raise LabError(
+            f"{BASE_IMAGE} can't be pulled and debootstrap is missing: install it "
+            "(apt-get install debootstrap) or load a debian:bookworm image into the engine"
+        )
+    mirror = debian_mirror()
+    with tempfile.TemporaryDirectory(prefix="pyinfra-swarm-rootfs-") as tmp:
+        rootfs = Path(tmp) / "rootfs"
+        command = ["debootstrap", "--variant=minbase", "bookworm", str(rootfs), mirror]
+        with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                if line.startswith(("I: Retrieving Release", "I: Base system installed", "E:")):
+                    progress(f"  {line.strip()}")
+        if proc.returncode != 0:
+            raise LabError(f"debootstrap from {mirror} failed (exit {proc.returncode})")
+        tarball = Path(tmp) / "rootfs.tar"
+        subprocess.run(["tar", "-C", str(rootfs), "-cf", str(tarball), "."], check=True)
+        progress(f"importing the root filesystem as {BASE_IMAGE}")
+        repository, tag = BASE_IMAGE.split(":")
+        api.import_image_from_file(str(tarball), repository=repository, tag=tag)
+
+
+def debian_mirror() -> str:
+    """The Debian mirror this host's apt uses (deb822 or one-line sources), else deb.debian.org."""
+    for path in [Path("/etc/apt/sources.list.d/debian.sources"), Path("/etc/apt/sources.list")]:
+        if not path.exists():
+            continue
+        text = path.read_text()
+        match = re.search(r"^URIs:\s*(\S+/debian)/?\s*$", text, re.M) or re.search(
+            r"^deb\s+(?:\[[^]]*\]\s+)?(\S+/debian)/?\s+bookworm\s", text, re.M
+        )
+        if match:
+            return match.group(1)
+    return DEFAULT_MIRROR
+
+
+def _has_image(api: docker.APIClient, name: str) -> bool:
+    try:
+        api.inspect_image(name)
+    except ImageNotFound:
+        return False
+    return True

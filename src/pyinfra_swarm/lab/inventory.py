@@ -1,0 +1,34 @@
+"""pyinfra inventory groups for a lab, read from the state file that `pyinfra-swarm lab up` writes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pyinfra_swarm.lab import state
+
+HostList = list[tuple[str, dict[str, Any]]]
+
+
+def lab_groups(state_dir: Path, user: str = "root") -> dict[str, HostList]:
+    """`swarm_managers` and `swarm_workers` for the lab in `state_dir`, as pyinfra (name, data) pairs.
+
+    With a user other than root, operations run through sudo, as on servers that forbid root logins.
+    """
+    lab = state.load(state_dir)
+    groups: dict[str, HostList] = {"swarm_managers": [], "swarm_workers": []}
+    for node in lab.nodes:
+        data: dict[str, Any] = {
+            "ssh_hostname": node.address,
+            "ssh_user": user,
+            "ssh_key": lab.ssh_key,
+            # Lab nodes get new host keys whenever they are recreated: nothing to pin.
+            "ssh_known_hosts_file": "/dev/null",
+            "ssh_strict_host_key_checking": "no",
+            "swarm_advertise_addr": node.address,
+            "lab_hostname": node.hostname,
+        }
+        if user != "root":
+            data["_sudo"] = True
+        groups[f"swarm_{node.role}s"].append((node.node, data))
+    return groups

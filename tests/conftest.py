@@ -1,0 +1,32 @@
+"""Shared helpers: run the CLI and pyinfra from the project's venv, and talk to the Docker engine."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def run(
+    command: list[str], env: dict[str, str] | None = None, timeout: float = 900
+) -> subprocess.CompletedProcess:
+    """Run a command from the project root; output is captured as text."""
+    return subprocess.run(
+        command, cwd=ROOT, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return run([str(BIN / "pyinfra-swarm"), *args], env=env)
+
+
+@pytest.fixture(scope="session")
+def lab_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A state directory of the test session's own, so tests never touch the user's labs."""
+    return tmp_path_factory.mktemp("labs")

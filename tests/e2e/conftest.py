@@ -1,0 +1,103 @@
+"""End-to-end fixtures: labs of the tests' own names on the real Docker engine, removed afterwards."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import pytest
+
+from tests.conftest import BIN, ROOT, cli, run
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/e2e/" in str(item.fspath):
+            item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture(scope="session")
+def docker_api() -> docker.APIClient:
+    """The engine the labs run on. No engine is a failure, not a skip: `make test` starts one."""
+    return docker.APIClient(version="auto")
+
+
+def lab_resources(api: docker.APIClient, name: str) -> dict[str, list[str]]:
+    label = f"pyinfra-swarm.lab={name}"
+    return {
+        "containers": [c["Id"] for c in api.containers(all=True, filters={"label": label})],
+        "volumes": [v["Name"] for v in api.volumes(filters={"label": label}).get("Volumes") or []],
+        "networks": [n["Id"] for n in api.networks(filters={"label": label})],
+    }
+
+
+class Lab:
+    """A lab brought up through the CLI, with helpers to reach its nodes the way a user would."""
+
+    def __init__(self, name: str, lab_dir: Path) -> None:
+        self.name = name
+        self.state_dir = lab_dir / name
+        self.env = {"PYINFRA_SWARM_LAB": name, "PYINFRA_SWARM_LAB_DIR": str(lab_dir)}
+
+    def up(self, *args: str) -> subprocess.CompletedProcess:
+        result = cli("lab", "up", "--name", self.name, *args, env=self.env)
+        assert result.returncode == 0, result.stderr
+        return result
+
+    def down(self) -> subprocess.CompletedProcess:
+        return cli("lab", "down", "--name", self.name, env=self.env)
+
+    @property
+    def nodes(self) -> list[dict[str, str]]:
+        return json.loads((self.state_dir / "lab.json").read_text())["nodes"]
+
+    def address(self, node: str) -> str:
+        return next(n["address"] for n in self.nodes if n["node"] == node)
+
+    def ssh(self, node: str, command: str, user: str = "root") -> subprocess.CompletedProcess:
+        key = str(self.state_dir / "id_ed25519")
+        return run(
+            [
+                "ssh",
+                "-i",
+                key,
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "LogLevel=ERROR",
+                "-o",
+                "BatchMode=yes",
+                f"{user}@{self.address(node)}",
+                command,
+            ],
+            timeout=120,
+        )
+
+    def pyinfra(self, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        return run([str(BIN / "pyinfra"), "-y", "inventory/lab.py", *args], env={**self.env, **(env or {})})
+
+
+@pytest.fixture
+def make_lab(lab_dir: Path, docker_api: docker.APIClient) -> Iterator:
+    """Factory for labs named `e2e-...`; each is taken down (and checked gone) after the test."""
+    labs: list[Lab] = []
+
+    def factory(name: str) -> Lab:
+        lab = Lab(name, lab_dir)
+        lab.down()  # a lab of this test's name left over by an interrupted run
+        labs.append(lab)
+        return lab
+
+    yield factory
+    for lab in labs:
+        result = lab.down()
+        assert result.returncode == 0, result.stderr
+        assert lab_resources(docker_api, lab.name) == {"containers": [], "volumes": [], "networks": []}
+
+
+__all__ = ["ROOT", "Lab", "lab_resources"]
