@@ -103,19 +103,8 @@ def _ssh(args: argparse.Namespace) -> int:
     nodes = {node.node: node for node in lab_state.nodes}
     if args.node not in nodes:
         raise LabError(f"lab {args.name} has no node {args.node!r} (nodes: {', '.join(nodes)})")
-    command = [
-        "ssh",
-        "-i",
-        lab_state.ssh_key,
-        "-o",
-        "StrictHostKeyChecking=no",
-        "-o",
-        "UserKnownHostsFile=/dev/null",
-        "-o",
-        "LogLevel=ERROR",
-        f"{args.user}@{nodes[args.node].address}",
-    ]
-    os.execvp("ssh", command + args.command)
+    command = state.ssh_command(spec.state_dir, args.user, nodes[args.node].address)
+    os.execvp(command[0], command + args.command)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from pathlib import Path
 import docker
 import pytest
 
+from pyinfra_swarm.lab import state
 from tests.conftest import BIN, ROOT, cli, run
 
 
@@ -58,23 +59,8 @@ class Lab:
         return next(n["address"] for n in self.nodes if n["node"] == node)
 
     def ssh(self, node: str, command: str, user: str = "root") -> subprocess.CompletedProcess:
-        key = str(self.state_dir / "id_ed25519")
         return run(
-            [
-                "ssh",
-                "-i",
-                key,
-                "-o",
-                "StrictHostKeyChecking=no",
-                "-o",
-                "UserKnownHostsFile=/dev/null",
-                "-o",
-                "LogLevel=ERROR",
-                "-o",
-                "BatchMode=yes",
-                f"{user}@{self.address(node)}",
-                command,
-            ],
+            [*state.ssh_command(self.state_dir, user, self.address(node)), command],
             timeout=120,
         )
 

@@ -22,9 +22,9 @@ def lab_groups(state_dir: Path, user: str = "root") -> dict[str, HostList]:
             "ssh_hostname": node.address,
             "ssh_user": user,
             "ssh_key": lab.ssh_key,
-            # Lab nodes get new host keys whenever they are recreated: nothing to pin.
-            "ssh_known_hosts_file": "/dev/null",
-            "ssh_strict_host_key_checking": "no",
+            # Written by `lab up` from the nodes' own host keys, so host keys are checked strictly.
+            "ssh_known_hosts_file": str(state.known_hosts_path(state_dir)),
+            "ssh_strict_host_key_checking": "yes",
             "swarm_advertise_addr": node.address,
             "lab_hostname": node.hostname,
         }

@@ -78,6 +78,9 @@ def up(spec: LabSpec, progress: Progress, privileged: str = "auto") -> state.Lab
         addresses[node.name] = address
     _install_key(api, spec)
     _wait_ready(api, spec, addresses, progress)
+    state.save_known_hosts(
+        spec.state_dir, {addresses[n.name]: _host_keys(api, n.container) for n in spec.nodes}
+    )
     lab_state = state.LabState(
         name=spec.name,
         subnet=subnet,
@@ -275,6 +278,12 @@ def _install_key(api: docker.APIClient, spec: LabSpec) -> None:
     archive = state.authorized_keys_tar(spec.state_dir)
     for node in spec.nodes:
         api.put_archive(node.container, "/etc/ssh", archive)
+
+
+def _host_keys(api: docker.APIClient, container: str) -> list[str]:
+    """The node's SSH host public keys, so that the lab's SSH clients can check them strictly."""
+    exec_id = api.exec_create(container, ["sh", "-c", "cat /etc/ssh/ssh_host_*_key.pub"])
+    return [" ".join(line.split()[:2]) for line in api.exec_start(exec_id).decode().splitlines() if line]
 
 
 def _systemd_state(api: docker.APIClient, container: str) -> str:

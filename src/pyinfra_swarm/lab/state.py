@@ -64,6 +64,26 @@ def key_pair(state_dir: Path) -> Path:
     return key
 
 
+def known_hosts_path(state_dir: Path) -> Path:
+    return state_dir / "known_hosts"
+
+
+def save_known_hosts(state_dir: Path, keys: dict[str, list[str]]) -> None:
+    """known_hosts for the lab's nodes, rewritten on each `lab up` (a recreated node has new host keys)."""
+    lines = [f"{address} {key}" for address, host_keys in keys.items() for key in host_keys]
+    known_hosts_path(state_dir).write_text("\n".join(lines) + "\n")
+
+
+def ssh_command(state_dir: Path, user: str, address: str) -> list[str]:
+    """The OpenSSH command line that reaches a lab node with the lab's key and known_hosts."""
+    return [
+        "ssh", "-i", str(key_path(state_dir)),
+        "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={known_hosts_path(state_dir)}",
+        "-o", "BatchMode=yes",
+        f"{user}@{address}",
+    ]  # fmt: skip
+
+
 def authorized_keys_tar(state_dir: Path) -> bytes:
     """A tar holding lab_authorized_keys, for `put_archive` into a node's /etc/ssh."""
     data = key_path(state_dir).with_suffix(".pub").read_bytes()
