@@ -13,9 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
 
-def run(
-    command: list[str], env: dict[str, str] | None = None, timeout: float = 900
-) -> subprocess.CompletedProcess:
+def run(command: list[str], env: dict[str, str] | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
     """Run a command from the project root; output is captured as text."""
     return subprocess.run(
         command, cwd=ROOT, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=timeout

@@ -20,9 +20,7 @@ def _progress(message: str) -> None:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pyinfra-swarm", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    lab_parser = commands.add_parser(
-        "lab", help="the local lab: VM-like nodes as containers on one Docker host"
-    )
+    lab_parser = commands.add_parser("lab", help="the local lab: VM-like nodes as containers on one Docker host")
     actions = lab_parser.add_subparsers(dest="action", required=True)
 
     def with_name(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -36,9 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     up = with_name(actions.add_parser("up", help="create or repair the lab (idempotent)"))
     up.add_argument("--managers", type=int, default=1, help="manager nodes (default: %(default)s)")
     up.add_argument("--workers", type=int, default=3, help="worker nodes (default: %(default)s)")
-    up.add_argument(
-        "--subnet", help="IPv4 subnet of the lab network (default: a free /24 in 192.168.56.0/21)"
-    )
+    up.add_argument("--subnet", help="IPv4 subnet of the lab network (default: a free /24 in 192.168.56.0/21)")
     up.add_argument(
         "--privileged",
         choices=["auto", "always", "never"],

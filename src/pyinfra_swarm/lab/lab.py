@@ -78,17 +78,13 @@ def up(spec: LabSpec, progress: Progress, privileged: str = "auto") -> state.Lab
         addresses[node.name] = address
     _install_key(api, spec)
     _wait_ready(api, spec, addresses, progress)
-    state.save_known_hosts(
-        spec.state_dir, {addresses[n.name]: _host_keys(api, n.container) for n in spec.nodes}
-    )
+    state.save_known_hosts(spec.state_dir, {addresses[n.name]: _host_keys(api, n.container) for n in spec.nodes})
     lab_state = state.LabState(
         name=spec.name,
         subnet=subnet,
         network=spec.network,
         ssh_key=str(state.key_path(spec.state_dir)),
-        nodes=[
-            state.NodeState(n.name, n.hostname, n.container, n.role, addresses[n.name]) for n in spec.nodes
-        ],
+        nodes=[state.NodeState(n.name, n.hostname, n.container, n.role, addresses[n.name]) for n in spec.nodes],
     )
     state.save(spec.state_dir, lab_state)
     return lab_state
@@ -163,18 +159,13 @@ def _ensure_network(api: docker.APIClient, spec: LabSpec, progress: Progress) ->
             labels={LABEL: spec.name},
         )
     except APIError as exc:
-        raise LabError(
-            f"creating network {spec.network} with subnet {subnet} failed: {exc.explanation}"
-        ) from None
+        raise LabError(f"creating network {spec.network} with subnet {subnet} failed: {exc.explanation}") from None
     return subnet
 
 
 def _free_subnet(api: docker.APIClient) -> str:
     used = [
-        ipaddress.ip_network(c["Subnet"])
-        for n in api.networks()
-        for c in (n["IPAM"]["Config"] or [])
-        if "Subnet" in c
+        ipaddress.ip_network(c["Subnet"]) for n in api.networks() for c in (n["IPAM"]["Config"] or []) if "Subnet" in c
     ]
     used += _host_routes()
     for candidate in AUTO_SUBNETS:
@@ -199,9 +190,7 @@ def _host_routes() -> list[ipaddress.IPv4Network]:
     return routes
 
 
-def _runtime_options(
-    api: docker.APIClient, image: str, progress: Progress, privileged: str
-) -> dict[str, Any]:
+def _runtime_options(api: docker.APIClient, image: str, progress: Progress, privileged: str) -> dict[str, Any]:
     """--privileged where the engine grants it, else every capability it can grant (see LAB-FACTS)."""
     common: dict[str, Any] = {"cgroupns": "private", "tmpfs": {"/run": "exec,mode=755", "/run/lock": ""}}
     if privileged == "always" or (privileged == "auto" and _privileged_works(api, image)):

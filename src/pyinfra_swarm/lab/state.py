@@ -42,9 +42,7 @@ def key_pair(state_dir: Path) -> Path:
     key = key_path(state_dir)
     if not key.exists():
         if not shutil.which("ssh-keygen"):
-            raise LabError(
-                "ssh-keygen is missing: install the OpenSSH client (apt-get install openssh-client)"
-            )
+            raise LabError("ssh-keygen is missing: install the OpenSSH client (apt-get install openssh-client)")
         state_dir.mkdir(parents=True, exist_ok=True)
         subprocess.run(
             [

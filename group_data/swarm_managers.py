@@ -1,0 +1,3 @@
+"""Settings for the managers."""
+
+swarm_labels = {"role": "manager"}

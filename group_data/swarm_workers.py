@@ -1,0 +1,3 @@
+"""Settings for the workers."""
+
+swarm_labels = {"role": "worker"}

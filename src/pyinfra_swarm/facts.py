@@ -1,0 +1,177 @@
+"""Facts the swarm deploys decide on: swarm membership, the node list, daemon.json, kernel features,
+addresses and firewalls. Each is one shell command; none prints a secret."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from typing import Any
+
+from pyinfra.api import FactBase
+
+KERNEL_OPTIONS = ("VXLAN", "IP_VS", "INET_ESP", "CRYPTO_GCM", "XFRM_USER", "OVERLAY_FS", "BRIDGE_NETFILTER")
+
+
+class DockerSwarm(FactBase[dict[str, Any] | None]):
+    """`docker info`'s Swarm section (LocalNodeState, NodeID, ControlAvailable, Cluster, RemoteManagers);
+    None when Docker isn't installed, {"LocalNodeState": "unknown"} when its daemon doesn't answer."""
+
+    def requires_command(self) -> str:
+        return "docker"
+
+    def command(self) -> str:
+        return "docker info --format '{{json .Swarm}}' 2>/dev/null || echo '{\"LocalNodeState\": \"unknown\"}'"
+
+    def process(self, output: list[str]) -> dict[str, Any]:
+        return json.loads("".join(output))
+
+
+class SwarmNodes(FactBase[list[dict[str, Any]]]):
+    """The swarm's nodes as a manager sees them: id, hostname, role, availability, state, addr, labels,
+    reachability (managers) and leader."""
+
+    def requires_command(self) -> str:
+        return "docker"
+
+    def command(self) -> str:
+        return "ids=$(docker node ls -q 2>/dev/null) && [ -n \"$ids\" ] && docker node inspect $ids || echo '[]'"
+
+    def process(self, output: list[str]) -> list[dict[str, Any]]:
+        nodes = []
+        for node in json.loads("".join(output)):
+            manager = node.get("ManagerStatus") or {}
+            nodes.append(
+                {
+                    "id": node["ID"],
+                    "hostname": node["Description"]["Hostname"],
+                    "role": node["Spec"]["Role"],
+                    "availability": node["Spec"]["Availability"],
+                    "labels": node["Spec"].get("Labels") or {},
+                    "state": node["Status"]["State"],
+                    "addr": node["Status"].get("Addr"),
+                    "reachability": manager.get("Reachability"),
+                    "leader": bool(manager.get("Leader")),
+                }
+            )
+        return nodes
+
+
+class DockerDaemonConfig(FactBase[dict[str, Any] | None]):
+    """/etc/docker/daemon.json parsed; None when missing, {"__invalid__": text} when it isn't JSON."""
+
+    def command(self) -> str:
+        return "cat /etc/docker/daemon.json 2>/dev/null || true"
+
+    def process(self, output: list[str]) -> dict[str, Any] | None:
+        text = "\n".join(output).strip()
+        if not text:
+            return None
+        try:
+            return json.loads(text)
+        except ValueError:
+            return {"__invalid__": text}
+
+
+class KernelFeatures(FactBase[dict[str, bool | None]]):
+    """Kernel options swarm relies on, from /proc/config.gz or /boot/config-*: True (built in or a module),
+    False (not set), None (the kernel config can't be read). Also whether AppArmor is enabled."""
+
+    def command(self) -> str:
+        return (
+            "echo apparmor=$(cat /sys/module/apparmor/parameters/enabled 2>/dev/null); "
+            "(zcat /proc/config.gz 2>/dev/null || cat /boot/config-$(uname -r) 2>/dev/null) "
+            "| grep -E '^(# )?CONFIG_(" + "|".join(KERNEL_OPTIONS) + ")[= ]' || true"
+        )
+
+    def process(self, output: list[str]) -> dict[str, bool | None]:
+        features: dict[str, bool | None] = dict.fromkeys(KERNEL_OPTIONS)
+        apparmor = False
+        seen_config = False
+        for line in output:
+            if line.startswith("apparmor="):
+                apparmor = line.endswith("Y")
+                continue
+            seen_config = True
+            name = line.lstrip("# ").split("=")[0].split(" ")[0].removeprefix("CONFIG_")
+            if name in features:
+                features[name] = line.endswith(("=y", "=m"))
+        if seen_config:
+            features = {name: bool(value) for name, value in features.items()}
+        return {**features, "APPARMOR": apparmor}
+
+
+class HostAddresses(FactBase[dict[str, list[str]]]):
+    """Interface name -> its IPv4 and IPv6 addresses (`ip -o addr`)."""
+
+    def command(self) -> str:
+        return "ip -o addr show"
+
+    def process(self, output: list[str]) -> dict[str, list[str]]:
+        addresses: dict[str, list[str]] = {}
+        for line in output:
+            fields = line.split()
+            if len(fields) >= 4 and fields[2] in ("inet", "inet6"):
+                interface = fields[1].split("@")[0]
+                addresses.setdefault(interface, []).append(fields[3].split("/")[0])
+        return addresses
+
+
+class FirewallTools(FactBase[dict[str, Any]]):
+    """Which firewall front-ends are installed and active: ufw, firewalld, nft, iptables."""
+
+    def command(self) -> str:
+        return (
+            "echo ufw=$(command -v ufw >/dev/null && (ufw status 2>/dev/null | head -1 | cut -d' ' -f2)); "
+            "echo firewalld=$(systemctl is-active firewalld 2>/dev/null); "
+            "echo nft=$(command -v nft); echo iptables=$(command -v iptables)"
+        )
+
+    def process(self, output: list[str]) -> dict[str, Any]:
+        values = dict(line.split("=", 1) for line in output if "=" in line)
+        return {
+            "ufw": values.get("ufw") or None,  # "active", "inactive" or None (not installed)
+            "firewalld": values.get("firewalld") == "active",
+            "nft": bool(values.get("nft")),
+            "iptables": bool(values.get("iptables")),
+        }
+
+
+class UfwState(FactBase[dict[str, Any]]):
+    """ufw's default inbound policy, whether it is active, and the rules it has (`ufw show added`)."""
+
+    def requires_command(self) -> str:
+        return "ufw"
+
+    def command(self) -> str:
+        return "ufw status verbose 2>/dev/null | grep -E '^(Status|Default):'; ufw show added 2>/dev/null"
+
+    def process(self, output: list[str]) -> dict[str, Any]:
+        state: dict[str, Any] = {"active": False, "incoming": None, "rules": []}
+        for line in output:
+            if line.startswith("Status:"):
+                state["active"] = line.split(":", 1)[1].strip() == "active"
+            elif line.startswith("Default:"):
+                state["incoming"] = line.split(":", 1)[1].strip().split(" ")[0]
+            elif line.startswith("ufw "):
+                state["rules"].append(line[len("ufw ") :].strip())
+        return state
+
+
+class FirewalldZone(FactBase[dict[str, Any] | None]):
+    """A firewalld zone's permanent sources, ports and protocols; None when the zone doesn't exist."""
+
+    def requires_command(self, zone: str) -> str:
+        return "firewall-cmd"
+
+    def command(self, zone: str) -> str:
+        return f"firewall-cmd --permanent --zone={shlex.quote(zone)} --list-all 2>/dev/null || true"
+
+    def process(self, output: list[str]) -> dict[str, Any] | None:
+        if not output:
+            return None
+        zone: dict[str, Any] = {"sources": [], "ports": [], "protocols": []}
+        for line in output:
+            key, _, value = line.strip().partition(":")
+            if key in zone:
+                zone[key] = value.split()
+        return zone

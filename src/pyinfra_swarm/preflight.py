@@ -1,0 +1,71 @@
+"""Checks before anything changes: the inventory and every host's data (bad input stops the whole run),
+hostnames and advertise addresses (see cluster.py), the swarm port of a live manager from each joining host,
+and what the kernel supports, reported with what it means."""
+
+from __future__ import annotations
+
+from pyinfra import host, logger
+from pyinfra.api import FactBase, deploy
+from pyinfra.api.exceptions import DeployError
+
+from pyinfra_swarm.cluster import cluster, current_host
+from pyinfra_swarm.facts import KernelFeatures
+from pyinfra_swarm.settings import setting
+from pyinfra_swarm.swarm import SWARM_PORT
+
+MEANINGS = {
+    "VXLAN": "no VXLAN: overlay networks can't carry traffic between nodes",
+    "IP_VS": "no IPVS: the routing mesh and VIP load balancing won't work; use endpoint_mode: dnsrr and "
+    "host-mode published ports",
+    "INET_ESP": "no ESP: encrypted overlay networks (--opt encrypted) silently drop traffic",
+    "CRYPTO_GCM": "no GCM: encrypted overlay networks (--opt encrypted) silently drop traffic",
+    "BRIDGE_NETFILTER": "no bridge netfilter: Docker can't filter container traffic",
+}
+ENCRYPTION = ("INET_ESP", "CRYPTO_GCM")
+
+
+class TcpReachable(FactBase[bool]):
+    """Whether this host can open a TCP connection to address:port within 3 seconds."""
+
+    def command(self, address: str, port: int) -> str:
+        return f"timeout 3 bash -c '</dev/tcp/{address}/{port}' 2>/dev/null && echo yes || echo no"
+
+    def process(self, output: list[str]) -> bool:
+        return output[-1:] == ["yes"]
+
+
+def kernel_report(features_by_host: dict[str, dict[str, bool | None]]) -> list[str]:
+    """One line per missing feature, naming the hosts that lack it and what that means."""
+    lines = []
+    for feature, meaning in MEANINGS.items():
+        lacking = sorted(name for name, features in features_by_host.items() if features.get(feature) is False)
+        if lacking:
+            lines.append(f"{meaning} (kernel of {', '.join(lacking)})")
+    unknown = sorted(name for name, features in features_by_host.items() if features.get("VXLAN") is None)
+    if unknown:
+        lines.append(f"kernel config unreadable on {', '.join(unknown)}: swarm support not checked")
+    return lines
+
+
+@deploy("Preflight checks")
+def preflight() -> None:
+    """Validate the whole inventory (once), then check this host; raise before any change on bad input."""
+    view = cluster(host.state)
+    features = host.get_fact(KernelFeatures)
+    if setting(host, "swarm_encrypted_overlays") and any(features.get(f) is False for f in ENCRYPTION):
+        raise DeployError(
+            f"host {host.name}: swarm_encrypted_overlays is on but this kernel lacks ESP/GCM, so encrypted "
+            "overlays would drop all traffic: turn it off or use a kernel with CONFIG_INET_ESP and CONFIG_CRYPTO_GCM"
+        )
+    this = current_host()
+    if this is view.reachable[0]:
+        report = kernel_report({h.name: h.get_fact(KernelFeatures) for h in view.reachable})
+        for line in report:
+            logger.warning(f"preflight: {line}")
+    if view.plan.get(this) in ("join", "rejoin") and view.primary is not None:
+        manager = view.addresses[view.primary]
+        if not host.get_fact(TcpReachable, address=manager, port=SWARM_PORT):
+            raise DeployError(
+                f"host {host.name}: the swarm port {manager}:{SWARM_PORT} of manager {view.primary.name} is not "
+                "reachable from it: open the swarm ports between the nodes (firewalls, security groups)"
+            )
