@@ -8,16 +8,18 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
+from gevent.lock import BoundedSemaphore
 from pyinfra import logger
 from pyinfra.api import Host, State
 from pyinfra.api.exceptions import DeployError
 from pyinfra.context import ctx_host
 from pyinfra.facts.server import Hostname
 
-from pyinfra_swarm.facts import DockerSwarm, HostAddresses, SwarmNodes
+from pyinfra_swarm.facts import DockerSwarm, HostAddresses, KernelFeatures, SwarmNodes
 from pyinfra_swarm.settings import is_manager, setting, swarm_hosts, validate_inventory
 
 _VIEWS: weakref.WeakKeyDictionary[State, Cluster] = weakref.WeakKeyDictionary()
+_BUILD_LOCK = BoundedSemaphore()
 
 
 @dataclass
@@ -27,6 +29,7 @@ class Cluster:
     addresses: dict[Host, str]  # resolved advertise addresses (IP form)
     hostnames: dict[Host, str]
     swarm: dict[Host, dict[str, Any] | None]  # DockerSwarm fact of each reachable host
+    kernel: dict[Host, dict[str, bool | None]]  # KernelFeatures fact of each reachable host
     primary: Host | None  # a reachable manager already in the swarm: cluster-wide changes run there
     init_host: Host | None  # the manager that initialises the swarm, when no manager is in one yet
     cluster_id: str | None
@@ -62,10 +65,11 @@ def current_host() -> Host:
 
 def cluster(state: State) -> Cluster:
     """The cluster view of this run (built by the first host's deploy code, reused by the others)."""
-    if state not in _VIEWS:
-        validate_inventory(state)
-        _VIEWS[state] = _build(state)
-    return _VIEWS[state]
+    with _BUILD_LOCK:  # every host's deploy code runs in its own greenlet: build the view only once
+        if state not in _VIEWS:
+            validate_inventory(state)
+            _VIEWS[state] = _build(state)
+        return _VIEWS[state]
 
 
 def _build(state: State) -> Cluster:
@@ -76,6 +80,7 @@ def _build(state: State) -> Cluster:
             logger.warning(f"{host.name} is not connected (unreachable, or outside --limit): left as it is this run")
     swarm = {h: h.get_fact(DockerSwarm) for h in reachable}
     hostnames = {h: h.get_fact(Hostname) for h in reachable}
+    kernel = {h: h.get_fact(KernelFeatures) for h in reachable}
     addresses = {}
     for host in hosts:
         address = resolve_address(host, host.get_fact(HostAddresses) if host in reachable else None)
@@ -120,6 +125,7 @@ def _build(state: State) -> Cluster:
         addresses=addresses,
         hostnames=hostnames,
         swarm=swarm,
+        kernel=kernel,
         primary=primary,
         init_host=init_host,
         cluster_id=cluster_ids.pop() if primary else None,

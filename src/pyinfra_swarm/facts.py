@@ -117,13 +117,16 @@ class HostAddresses(FactBase[dict[str, list[str]]]):
 
 
 class FirewallTools(FactBase[dict[str, Any]]):
-    """Which firewall front-ends are installed and active: ufw, firewalld, nft, iptables."""
+    """Which firewall front-ends are installed and active (ufw, firewalld, nft, iptables), and whether our own
+    rules are loaded."""
 
     def command(self) -> str:
         return (
             "echo ufw=$(command -v ufw >/dev/null && (ufw status 2>/dev/null | head -1 | cut -d' ' -f2)); "
             "echo firewalld=$(systemctl is-active firewalld 2>/dev/null); "
-            "echo nft=$(command -v nft); echo iptables=$(command -v iptables)"
+            "echo nft=$(command -v nft); echo iptables=$(command -v iptables); "
+            "echo chain=$(iptables -w -C INPUT -j PYINFRA-SWARM 2>/dev/null && echo yes); "
+            "echo table=$(nft list table inet pyinfra_swarm >/dev/null 2>&1 && echo yes)"
         )
 
     def process(self, output: list[str]) -> dict[str, Any]:
@@ -133,6 +136,9 @@ class FirewallTools(FactBase[dict[str, Any]]):
             "firewalld": values.get("firewalld") == "active",
             "nft": bool(values.get("nft")),
             "iptables": bool(values.get("iptables")),
+            # whether our own iptables chain is hooked into INPUT / our nftables table is loaded
+            "chain": values.get("chain") == "yes",
+            "table": values.get("table") == "yes",
         }
 
 
@@ -175,3 +181,62 @@ class FirewalldZone(FactBase[dict[str, Any] | None]):
             if key in zone:
                 zone[key] = value.split()
         return zone
+
+
+class FileHashes(FactBase[dict[str, str | None]]):
+    """sha256 of each path (None where the file is missing): one command for several files."""
+
+    def command(self, paths: list[str]) -> str:
+        quoted = " ".join(shlex.quote(path) for path in paths)
+        return f'for f in {quoted}; do echo "$(sha256sum < "$f" 2>/dev/null | cut -d\' \' -f1) $f"; done'
+
+    def process(self, output: list[str]) -> dict[str, str | None]:
+        hashes: dict[str, str | None] = {}
+        for line in output:
+            digest, _, path = line.strip().partition(" ")
+            if not path:  # the file is missing: the line is " PATH"
+                digest, path = "", line.strip()
+            hashes[path] = digest if len(digest) == 64 else None
+        return hashes
+
+
+class ServiceStates(FactBase[dict[str, dict[str, bool]]]):
+    """systemd units' state: {unit: {"active": bool, "enabled": bool}}."""
+
+    def command(self, services: list[str]) -> str:
+        quoted = " ".join(shlex.quote(service) for service in services)
+        return (
+            f"for s in {quoted}; do "
+            'echo "$s $(systemctl is-active $s 2>/dev/null) $(systemctl is-enabled $s 2>/dev/null)"; done'
+        )
+
+    def process(self, output: list[str]) -> dict[str, dict[str, bool]]:
+        states = {}
+        for line in output:
+            fields = [*line.split(), "", ""]
+            states[fields[0]] = {"active": fields[1] == "active", "enabled": fields[2] == "enabled"}
+        return states
+
+
+class DockerPackages(FactBase[dict[str, Any]]):
+    """The package manager (apt or dnf) and which of the given packages are installed, with versions."""
+
+    def command(self, packages: list[str]) -> str:
+        names = " ".join(shlex.quote(name) for name in packages)
+        return (
+            "if command -v dpkg-query >/dev/null; then echo manager=apt; "
+            f"dpkg-query -W -f '${{db:Status-Abbrev}} ${{Package}} ${{Version}}\\n' {names} 2>/dev/null | grep '^ii' "
+            "| cut -d' ' -f2-; "
+            "elif command -v rpm >/dev/null; then echo manager=dnf; "
+            f"rpm -q --qf '%{{NAME}} %{{VERSION}}-%{{RELEASE}}\\n' {names} | grep -v 'not installed'; fi; true"
+        )
+
+    def process(self, output: list[str]) -> dict[str, Any]:
+        result: dict[str, Any] = {"manager": None, "packages": {}}
+        for line in output:
+            if line.startswith("manager="):
+                result["manager"] = line.split("=", 1)[1]
+            elif " " in line.strip():
+                name, version = line.strip().split(" ", 1)
+                result["packages"][name] = version
+        return result

@@ -4,17 +4,17 @@ chain / table of our own for iptables or nftables, restored at boot. Docker's ow
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 from dataclasses import dataclass
 from io import StringIO
 
 from pyinfra import host
 from pyinfra.api import deploy
-from pyinfra.facts.deb import DebPackages
 from pyinfra.operations import apt, files, server, systemd
 
 from pyinfra_swarm.cluster import cluster
-from pyinfra_swarm.facts import FirewalldZone, FirewallTools, UfwState
+from pyinfra_swarm.facts import FileHashes, FirewalldZone, FirewallTools, ServiceStates, UfwState
 from pyinfra_swarm.settings import DEFAULTS, is_manager
 
 CHAIN = "PYINFRA-SWARM"
@@ -199,10 +199,29 @@ def resolve_backend(configured: str | bool, tools: dict) -> str:
     return "iptables"
 
 
+def unit_text(start: str) -> str:
+    """The oneshot unit that applies our rules at boot, before Docker starts."""
+    return "\n".join([
+        "[Unit]",
+        "Description=pyinfra-swarm: inbound firewall rules of this swarm node",
+        "Wants=network-pre.target",
+        "Before=network-pre.target docker.service",
+        "",
+        "[Service]",
+        "Type=oneshot",
+        "RemainAfterExit=yes",
+        f"ExecStart={start}",
+        "",
+        "[Install]",
+        "WantedBy=multi-user.target",
+    ]) + "\n"  # fmt: skip
+
+
 @deploy("Configure the swarm firewall", data_defaults={key: DEFAULTS[key] for key in SETTINGS})
 def configure_firewall() -> None:
     """Let swarm traffic in from cluster peers only (see module docstring); `swarm_firewall: none` skips."""
-    backend = resolve_backend(host.data.swarm_firewall, host.get_fact(FirewallTools))
+    tools = host.get_fact(FirewallTools)
+    backend = resolve_backend(host.data.swarm_firewall, tools)
     if backend == "none":
         return
     view = cluster(host.state)
@@ -219,9 +238,9 @@ def configure_firewall() -> None:
         ssh_port=int(host.data.get("ssh_port") or 22),
     )
     if backend in ("iptables", "nftables"):
-        _own_rules(backend, policy)
+        _own_rules(backend, policy, tools)
     elif backend == "ufw":
-        if "ufw" not in host.get_fact(DebPackages):
+        if tools["ufw"] is None:
             apt.packages(name="Install ufw", packages=["ufw"], update=True)
             commands = ufw_commands(policy, {"active": False, "incoming": None, "rules": []})
         else:
@@ -237,39 +256,36 @@ def configure_firewall() -> None:
             )
 
 
-def _own_rules(backend: str, policy: Policy) -> None:
+def _own_rules(backend: str, policy: Policy, tools: dict) -> None:
+    """Our chain (iptables) or table (nftables), from a rules file applied by a unit of our own."""
     if backend == "iptables":
-        script, path, start = iptables_script(policy), f"{RULES_DIR}/firewall.sh", f"/bin/sh {RULES_DIR}/firewall.sh"
+        rules, path = iptables_script(policy), f"{RULES_DIR}/firewall.sh"
+        start, loaded = f"/bin/sh {path}", tools["chain"]
     else:
-        script, path, start = (
-            nftables_rules(policy),
-            f"{RULES_DIR}/firewall.nft",
-            f"/usr/sbin/nft -f {RULES_DIR}/firewall.nft",
-        )
-        if "nftables" not in host.get_fact(DebPackages):
+        rules, path = nftables_rules(policy), f"{RULES_DIR}/firewall.nft"
+        start, loaded = f"/usr/sbin/nft -f {path}", tools["table"]
+        if not tools["nft"]:
             apt.packages(name="Install nftables", packages=["nftables"], update=True)
-    unit = "\n".join([
-        "[Unit]",
-        "Description=pyinfra-swarm: inbound firewall rules of this swarm node",
-        "Wants=network-pre.target",
-        "Before=network-pre.target docker.service",
-        "",
-        "[Service]",
-        "Type=oneshot",
-        "RemainAfterExit=yes",
-        f"ExecStart={start}",
-        "",
-        "[Install]",
-        "WantedBy=multi-user.target",
-    ]) + "\n"  # fmt: skip
-    files.directory(name=f"Directory {RULES_DIR}", path=RULES_DIR, mode="0755")
-    rules = files.put(name=f"Firewall rules ({backend})", src=StringIO(script), dest=path, mode="0755")
-    unit_file = files.put(name=f"Unit {UNIT}", src=StringIO(unit), dest=f"/etc/systemd/system/{UNIT}", mode="0644")
+    unit, unit_path = unit_text(start), f"/etc/systemd/system/{UNIT}"
+    hashes = host.get_fact(FileHashes, paths=[path, unit_path])
+    service = host.get_fact(ServiceStates, services=[UNIT])[UNIT]
+    rules_same, unit_same = hashes.get(path) == _sha256(rules), hashes.get(unit_path) == _sha256(unit)
+    if rules_same and unit_same and loaded and service["enabled"]:
+        host.noop(f"firewall rules ({backend}) already in place")
+        return
+    if not rules_same:
+        files.put(name=f"Firewall rules ({backend})", src=StringIO(rules), dest=path, mode="0755")
+    if not unit_same:
+        files.put(name=f"Unit {UNIT}", src=StringIO(unit), dest=unit_path, mode="0644")
     systemd.service(
-        name="Firewall rules applied now and at boot",
+        name="Apply the firewall rules, now and at boot",
         service=UNIT,
         running=True,
         enabled=True,
-        daemon_reload=unit_file.will_change,
+        restarted=service["active"],
+        daemon_reload=not unit_same,
     )
-    systemd.service(name="Apply the changed firewall rules", service=UNIT, restarted=True, _if=rules.did_change)
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()

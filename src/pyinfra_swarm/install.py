@@ -5,12 +5,12 @@ from __future__ import annotations
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.api.exceptions import DeployError
-from pyinfra.facts.deb import DebArch, DebPackages
-from pyinfra.facts.rpm import RpmPackages
+from pyinfra.facts.deb import DebArch
 from pyinfra.facts.server import LinuxDistribution
 from pyinfra.operations import apt, dnf, files, server, systemd
 
-from pyinfra_swarm.facts import KernelFeatures
+from pyinfra_swarm.cluster import cluster, current_host
+from pyinfra_swarm.facts import DockerPackages, ServiceStates
 from pyinfra_swarm.settings import DEFAULTS
 
 DEBIAN_FAMILY = {"debian": "debian", "raspbian": "raspbian", "ubuntu": "ubuntu"}
@@ -40,12 +40,6 @@ DNF_CONFLICTS = [
 SETTINGS = ["docker_source", "docker_version", "docker_ce_repo_url", "docker_ce_channel", "docker_users"]
 
 
-def distribution_id() -> str:
-    """The host's distribution ID from os-release, lower case (debian, ubuntu, rocky, ...)."""
-    meta = host.get_fact(LinuxDistribution)["release_meta"]
-    return str(meta.get("ID", "")).lower()
-
-
 def package_specs(packages: list[str], version: str | None, manager: str) -> list[str]:
     """Package names with the version pin applied to the engine and CLI packages."""
     if not version:
@@ -55,57 +49,75 @@ def package_specs(packages: list[str], version: str | None, manager: str) -> lis
     return [f"{name}{separator}{version}" if name in pinned else name for name in packages]
 
 
+ALL_PACKAGES = sorted(
+    set(DOCKER_CE_PACKAGES + DISTRO_PACKAGES + APT_CONFLICTS["docker-ce"] + DNF_CONFLICTS + ["apparmor"])
+)
+
+
+def plan_packages(manager: str | None, source: str, installed: dict[str, str], version: str | None,
+                  apparmor: bool) -> tuple[list[str], list[str], bool]:  # fmt: skip
+    """(conflicting packages to remove, packages wanted, whether an install is needed)."""
+    if manager == "dnf":
+        conflicts, wanted = DNF_CONFLICTS, list(DOCKER_CE_PACKAGES)
+    else:
+        conflicts = APT_CONFLICTS[source]
+        wanted = list(DOCKER_CE_PACKAGES if source == "docker-ce" else DISTRO_PACKAGES)
+        if source == "distro" and apparmor:
+            wanted.append("apparmor")  # Docker needs apparmor_parser where AppArmor is enabled
+    remove = [name for name in conflicts if name in installed]
+    engine = "docker-ce" if source == "docker-ce" else "docker.io"
+    outdated = bool(version) and not str(installed.get(engine, "")).startswith(str(version).rstrip("*"))
+    return remove, wanted, outdated or any(name not in installed for name in wanted)
+
+
 @deploy("Install Docker", data_defaults={key: DEFAULTS[key] for key in SETTINGS})
 def install_docker() -> None:
     """Install Docker from data's `docker_source`, remove conflicting packages, start and enable it."""
-    distro = distribution_id()
     source = host.data.docker_source
-    if distro in DEBIAN_FAMILY:
-        _install_apt(distro, source)
-    elif distro in RHEL_FAMILY:
-        if source != "docker-ce":
-            raise DeployError(
-                f"host {host.name}: docker_source {source!r} isn't available on {distro} (it ships podman): "
-                "use docker_source: docker-ce"
-            )
-        _install_dnf(distro)
+    facts = host.get_fact(DockerPackages, packages=ALL_PACKAGES)
+    manager = facts["manager"]
+    if manager not in ("apt", "dnf"):
+        raise DeployError(f"host {host.name}: neither apt nor dnf found: Debian, Ubuntu or the RHEL family needed")
+    if manager == "dnf" and source != "docker-ce":
+        raise DeployError(
+            f"host {host.name}: docker_source {source!r} needs Debian or Ubuntu; RHEL-family hosts ship podman: "
+            "use docker_source: docker-ce"
+        )
+    apparmor = bool(cluster(host.state).kernel.get(current_host(), {}).get("APPARMOR"))
+    remove, wanted, install = plan_packages(manager, source, facts["packages"], host.data.docker_version, apparmor)
+    if manager == "apt":
+        _install_apt(source, remove, wanted, install)
     else:
-        raise DeployError(f"host {host.name}: unsupported distribution {distro!r} (Debian, Ubuntu or RHEL family)")
-    systemd.service(name="Docker is running and enabled", service="docker", running=True, enabled=True)
+        _install_dnf(remove, install)
+    service = host.get_fact(ServiceStates, services=["docker.service"])["docker.service"]
+    if not (service["active"] and service["enabled"]):
+        systemd.service(name="Docker is running and enabled", service="docker", running=True, enabled=True)
     for user in host.data.docker_users:
         server.user(name=f"{user} is in the docker group", user=user, groups=["docker"], append=True)
 
 
-def _install_apt(distro: str, source: str) -> None:
-    installed = host.get_fact(DebPackages)
-    conflicting = [name for name in APT_CONFLICTS[source] if name in installed]
-    if conflicting:
-        apt.packages(name="Remove packages that conflict with " + source, packages=conflicting, present=False)
-    wanted = list(DOCKER_CE_PACKAGES if source == "docker-ce" else DISTRO_PACKAGES)
-    if source == "distro" and host.get_fact(KernelFeatures).get("APPARMOR"):
-        wanted.append("apparmor")  # Docker needs apparmor_parser where AppArmor is enabled
-    version = host.data.docker_version
+def _install_apt(source: str, remove: list[str], wanted: list[str], install: bool) -> None:
+    if remove:
+        apt.packages(name="Remove packages that conflict with " + source, packages=remove, present=False)
+    if not install:
+        return
     if source == "docker-ce":
-        _docker_ce_apt_repository(distro)
-    missing = [name for name in wanted if name not in installed]
-    if missing or (version and not _version_matches(installed, version)):
-        apt.packages(
-            name=f"Install Docker ({source})",
-            packages=package_specs(wanted, version, "apt"),
-            update=True,
-            no_recommends=True,
-            allow_downgrades=bool(version),
-        )
+        _docker_ce_apt_repository()
+    version = host.data.docker_version
+    apt.packages(
+        name=f"Install Docker ({source})",
+        packages=package_specs(wanted, version, "apt"),
+        update=True,
+        no_recommends=True,
+        allow_downgrades=bool(version),
+    )
 
 
-def _version_matches(installed: dict[str, set[str]], version: str) -> bool:
-    engine = "docker-ce" if "docker-ce" in installed else "docker.io"
-    prefix = version.rstrip("*")
-    return any(v.startswith(prefix) for v in installed.get(engine, set()))
-
-
-def _docker_ce_apt_repository(distro: str) -> None:
+def _docker_ce_apt_repository() -> None:
     meta = host.get_fact(LinuxDistribution)["release_meta"]
+    distro = str(meta.get("ID", "")).lower()
+    if distro not in DEBIAN_FAMILY:
+        raise DeployError(f"host {host.name}: Docker's apt repository has no packages for {distro!r}")
     codename = meta.get("UBUNTU_CODENAME") or meta.get("VERSION_CODENAME")
     base = f"{host.data.docker_ce_repo_url}/{DEBIAN_FAMILY[distro]}"
     files.directory(name="Directory for apt keyrings", path="/etc/apt/keyrings", mode="0755")
@@ -122,11 +134,14 @@ def _docker_ce_apt_repository(distro: str) -> None:
     )
 
 
-def _install_dnf(distro: str) -> None:
-    installed = host.get_fact(RpmPackages)
-    conflicting = [name for name in DNF_CONFLICTS if name in installed]
-    if conflicting:
-        dnf.packages(name="Remove packages that conflict with docker-ce", packages=conflicting, present=False)
+def _install_dnf(remove: list[str], install: bool) -> None:
+    if remove:
+        dnf.packages(name="Remove packages that conflict with docker-ce", packages=remove, present=False)
+    if not install:
+        return
+    distro = str(host.get_fact(LinuxDistribution)["release_meta"].get("ID", "")).lower()
+    if distro not in RHEL_FAMILY:
+        raise DeployError(f"host {host.name}: Docker's dnf repository has no packages for {distro!r}")
     files.download(
         name="Docker's dnf repository",
         src=f"{host.data.docker_ce_repo_url}/{RHEL_FAMILY[distro]}/docker-ce.repo",
@@ -134,11 +149,8 @@ def _install_dnf(distro: str) -> None:
         mode="0644",
     )
     version = host.data.docker_version
-    if any(name not in installed for name in DOCKER_CE_PACKAGES) or (
-        version and not _version_matches(installed, version)
-    ):
-        dnf.packages(
-            name="Install Docker (docker-ce)",
-            packages=package_specs(DOCKER_CE_PACKAGES, version, "dnf"),
-            extra_install_args="--allowerasing" if version else None,
-        )
+    dnf.packages(
+        name="Install Docker (docker-ce)",
+        packages=package_specs(DOCKER_CE_PACKAGES, version, "dnf"),
+        extra_install_args="--allowerasing" if version else None,
+    )

@@ -9,7 +9,6 @@ from pyinfra.api import FactBase, deploy
 from pyinfra.api.exceptions import DeployError
 
 from pyinfra_swarm.cluster import cluster, current_host
-from pyinfra_swarm.facts import KernelFeatures
 from pyinfra_swarm.settings import setting
 from pyinfra_swarm.swarm import SWARM_PORT
 
@@ -51,15 +50,15 @@ def kernel_report(features_by_host: dict[str, dict[str, bool | None]]) -> list[s
 def preflight() -> None:
     """Validate the whole inventory (once), then check this host; raise before any change on bad input."""
     view = cluster(host.state)
-    features = host.get_fact(KernelFeatures)
+    this = current_host()
+    features = view.kernel[this]
     if setting(host, "swarm_encrypted_overlays") and any(features.get(f) is False for f in ENCRYPTION):
         raise DeployError(
             f"host {host.name}: swarm_encrypted_overlays is on but this kernel lacks ESP/GCM, so encrypted "
             "overlays would drop all traffic: turn it off or use a kernel with CONFIG_INET_ESP and CONFIG_CRYPTO_GCM"
         )
-    this = current_host()
     if this is view.reachable[0]:
-        report = kernel_report({h.name: h.get_fact(KernelFeatures) for h in view.reachable})
+        report = kernel_report({h.name: view.kernel[h] for h in view.reachable})
         for line in report:
             logger.warning(f"preflight: {line}")
     if view.plan.get(this) in ("join", "rejoin") and view.primary is not None:

@@ -12,8 +12,8 @@ from pyinfra import host, logger
 from pyinfra.api import Host, State, StringCommand, deploy, operation
 from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS, pop_global_arguments
 from pyinfra.api.command import FunctionCommand
-from pyinfra.api.hiddenvalue import HiddenValue
 from pyinfra.api.exceptions import OperationError
+from pyinfra.api.hiddenvalue import HiddenValue
 from pyinfra.operations import server
 
 from pyinfra_swarm.cluster import Cluster, cluster, current_host
