@@ -30,6 +30,10 @@ class SwarmNodes(FactBase[list[dict[str, Any]]]):
     """The swarm's nodes as a manager sees them: id, hostname, role, availability, state, addr, labels,
     reachability (managers) and leader."""
 
+    @staticmethod
+    def default() -> Any:
+        return []
+
     def requires_command(self) -> str:
         return "docker"
 
@@ -76,6 +80,10 @@ class KernelFeatures(FactBase[dict[str, bool | None]]):
     """Kernel options swarm relies on, from /proc/config.gz or /boot/config-*: True (built in or a module),
     False (not set), None (the kernel config can't be read). Also whether AppArmor is enabled."""
 
+    @staticmethod
+    def default() -> Any:
+        return {**dict.fromkeys(KERNEL_OPTIONS), "APPARMOR": False}
+
     def command(self) -> str:
         return (
             "echo apparmor=$(cat /sys/module/apparmor/parameters/enabled 2>/dev/null); "
@@ -103,6 +111,10 @@ class KernelFeatures(FactBase[dict[str, bool | None]]):
 class HostAddresses(FactBase[dict[str, list[str]]]):
     """Interface name -> its IPv4 and IPv6 addresses (`ip -o addr`)."""
 
+    @staticmethod
+    def default() -> Any:
+        return {}
+
     def command(self) -> str:
         return "ip -o addr show"
 
@@ -119,6 +131,10 @@ class HostAddresses(FactBase[dict[str, list[str]]]):
 class FirewallTools(FactBase[dict[str, Any]]):
     """Which firewall front-ends are installed and active (ufw, firewalld, nft, iptables), and whether our own
     rules are loaded."""
+
+    @staticmethod
+    def default() -> Any:
+        return {"ufw": None, "firewalld": False, "nft": False, "iptables": False, "chain": False, "table": False}
 
     def command(self) -> str:
         return (
@@ -144,6 +160,10 @@ class FirewallTools(FactBase[dict[str, Any]]):
 
 class UfwState(FactBase[dict[str, Any]]):
     """ufw's default inbound policy, whether it is active, and the rules it has (`ufw show added`)."""
+
+    @staticmethod
+    def default() -> Any:
+        return {"active": False, "incoming": None, "rules": []}
 
     def requires_command(self) -> str:
         return "ufw"
@@ -186,6 +206,10 @@ class FirewalldZone(FactBase[dict[str, Any] | None]):
 class FileHashes(FactBase[dict[str, str | None]]):
     """sha256 of each path (None where the file is missing): one command for several files."""
 
+    @staticmethod
+    def default() -> Any:
+        return {}
+
     def command(self, paths: list[str]) -> str:
         quoted = " ".join(shlex.quote(path) for path in paths)
         return f'for f in {quoted}; do echo "$(sha256sum < "$f" 2>/dev/null | cut -d\' \' -f1) $f"; done'
@@ -202,6 +226,10 @@ class FileHashes(FactBase[dict[str, str | None]]):
 
 class ServiceStates(FactBase[dict[str, dict[str, bool]]]):
     """systemd units' state: {unit: {"active": bool, "enabled": bool}}."""
+
+    @staticmethod
+    def default() -> Any:
+        return {}
 
     def command(self, services: list[str]) -> str:
         quoted = " ".join(shlex.quote(service) for service in services)
@@ -220,6 +248,10 @@ class ServiceStates(FactBase[dict[str, dict[str, bool]]]):
 
 class DockerPackages(FactBase[dict[str, Any]]):
     """The package manager (apt or dnf) and which of the given packages are installed, with versions."""
+
+    @staticmethod
+    def default() -> Any:
+        return {"manager": None, "packages": {}}
 
     def command(self, packages: list[str]) -> str:
         names = " ".join(shlex.quote(name) for name in packages)

@@ -268,7 +268,7 @@ def _own_rules(backend: str, policy: Policy, tools: dict) -> None:
             apt.packages(name="Install nftables", packages=["nftables"], update=True)
     unit, unit_path = unit_text(start), f"/etc/systemd/system/{UNIT}"
     hashes = host.get_fact(FileHashes, paths=[path, unit_path])
-    service = host.get_fact(ServiceStates, services=[UNIT])[UNIT]
+    service = host.get_fact(ServiceStates, services=[UNIT]).get(UNIT, {"active": False, "enabled": False})
     rules_same, unit_same = hashes.get(path) == _sha256(rules), hashes.get(unit_path) == _sha256(unit)
     if rules_same and unit_same and loaded and service["enabled"]:
         host.noop(f"firewall rules ({backend}) already in place")

@@ -89,8 +89,8 @@ def install_docker() -> None:
         _install_apt(source, remove, wanted, install)
     else:
         _install_dnf(remove, install)
-    service = host.get_fact(ServiceStates, services=["docker.service"])["docker.service"]
-    if not (service["active"] and service["enabled"]):
+    service = host.get_fact(ServiceStates, services=["docker.service"]).get("docker.service", {})
+    if not (service.get("active") and service.get("enabled")):
         systemd.service(name="Docker is running and enabled", service="docker", running=True, enabled=True)
     for user in host.data.docker_users:
         server.user(name=f"{user} is in the docker group", user=user, groups=["docker"], append=True)
@@ -120,6 +120,7 @@ def _docker_ce_apt_repository() -> None:
         raise DeployError(f"host {host.name}: Docker's apt repository has no packages for {distro!r}")
     codename = meta.get("UBUNTU_CODENAME") or meta.get("VERSION_CODENAME")
     base = f"{host.data.docker_ce_repo_url}/{DEBIAN_FAMILY[distro]}"
+    apt.packages(name="Tools to fetch Docker's signing key", packages=["ca-certificates", "curl"], update=True)
     files.directory(name="Directory for apt keyrings", path="/etc/apt/keyrings", mode="0755")
     files.download(name="Docker's apt signing key", src=f"{base}/gpg", dest="/etc/apt/keyrings/docker.asc", mode="0644")
     apt.sources_file(

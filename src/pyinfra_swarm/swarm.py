@@ -7,6 +7,7 @@ import shlex
 import weakref
 from typing import Any
 
+import gevent
 from gevent.lock import BoundedSemaphore
 from pyinfra import host, logger
 from pyinfra.api import Host, State, StringCommand, deploy, operation
@@ -24,8 +25,10 @@ MANAGED_LABELS = "pyinfra-swarm.managed-labels"  # node label listing the labels
 SETTINGS = ["swarm_advertise_addr", "swarm_default_addr_pool", "swarm_default_addr_pool_mask_length",
             "swarm_data_path_port", "swarm_availability", "swarm_labels", "swarm_force_rejoin"]  # fmt: skip
 
-_JOIN_INFO: weakref.WeakKeyDictionary[State, dict[str, tuple[str, str]]] = weakref.WeakKeyDictionary()
+_JOIN_INFO: weakref.WeakKeyDictionary[State, dict[str, tuple[str, list[str]]]] = weakref.WeakKeyDictionary()
 _JOIN_LOCK = BoundedSemaphore()
+RETRIES = 15  # transient errors (leader election) are retried for RETRIES * RETRY_DELAY seconds
+RETRY_DELAY = 2.0
 
 
 @operation(is_idempotent=False)
@@ -68,9 +71,10 @@ def _connector_args(state: State, target: Host) -> dict[str, Any]:
     return {key: value for key, value in arguments.items() if key in CONNECTOR_ARGUMENT_KEYS}
 
 
-def join_info(state: State, role: str) -> tuple[str, str]:
-    """(token, manager address) for `role`, read once per run from the first manager that answers: every
-    joining host shares it, so a manager never gets more concurrent SSH sessions than sshd allows."""
+def join_info(state: State, role: str) -> tuple[str, list[str]]:
+    """(token, manager addresses to join through) for `role`, read once per run from the first manager that
+    answers: every joining host shares it, so a manager never gets more concurrent SSH sessions than sshd
+    allows (MaxSessions)."""
     with _JOIN_LOCK:
         cache = _JOIN_INFO.setdefault(state, {})
         if role not in cache:
@@ -78,43 +82,61 @@ def join_info(state: State, role: str) -> tuple[str, str]:
         return cache[role]
 
 
-def _fetch_join_info(state: State, view: Cluster, role: str) -> tuple[str, str]:
+def _fetch_join_info(state: State, view: Cluster, role: str) -> tuple[str, list[str]]:
     acting = view.acting_manager
-    candidates = [acting] + [h for h in view.managers if h in view.reachable and h is not acting]
+    candidates = [h for h in [acting, *view.managers] if h in view.reachable and h not in state.failed_hosts]
+    candidates = list(dict.fromkeys(candidates))
     problems = []
     for manager in candidates:
-        if manager is None or manager in state.failed_hosts:
-            continue
-        status, output = manager.run_shell_command(
-            StringCommand("docker", "swarm", "join-token", "-q", role), print_output=False,
-            **_connector_args(state, manager),
-        )  # fmt: skip
-        token = output.stdout.strip()
-        if status and token:
-            return token, view.addresses[manager]
+        for _ in range(RETRIES):
+            status, output = manager.run_shell_command(
+                StringCommand("docker", "swarm", "join-token", "-q", role), print_output=False,
+                **_connector_args(state, manager),
+            )  # fmt: skip
+            token = output.stdout.strip()
+            if status and token:
+                in_swarm = [m for m in candidates if m is manager or view.in_this_swarm(m)]
+                return token, [view.addresses[m] for m in in_swarm]
+            if not _transient(output.stderr):
+                break
+            gevent.sleep(RETRY_DELAY)
         problems.append(f"{manager.name}: {output.stderr.strip() or 'no token'}")
     raise OperationError(f"no manager gave a {role} join token ({'; '.join(problems) or 'none reachable'})")
 
 
+def _transient(error: str) -> bool:
+    """Errors a swarm gives while it elects a leader: worth a retry."""
+    return any(text in error for text in ("does not have a leader", "deadline exceeded", "leadership change"))
+
+
 def _join(state: State, host: Host, role: str, advertise_addr: str) -> None:
-    token, manager_addr = join_info(state, role)
+    token, managers = join_info(state, role)
     args = _connector_args(state, host)
-    status, _ = host.run_shell_command(
-        StringCommand(f"timeout 5 bash -c '</dev/tcp/{manager_addr}/{SWARM_PORT}'"), print_output=False, **args
-    )
-    if not status:
-        raise OperationError(
-            f"{manager_addr}:{SWARM_PORT} (manager) is not reachable from {host.name}: open the swarm ports "
-            "between the nodes (firewalls, cloud security groups)"
+    problems = []
+    for manager_addr in managers:
+        status, _ = host.run_shell_command(
+            StringCommand(f"timeout 5 bash -c '</dev/tcp/{manager_addr}/{SWARM_PORT}'"), print_output=False, **args
         )
-    command = StringCommand(
-        "docker", "swarm", "join", "--token", HiddenValue(token), "--advertise-addr", advertise_addr,
-        "--listen-addr", f"{advertise_addr}:{SWARM_PORT}", f"{manager_addr}:{SWARM_PORT}",
-    )  # fmt: skip
-    status, output = host.run_shell_command(command, print_output=False, **args)
-    if not status:
-        raise OperationError(f"joining the swarm as a {role} failed: {output.stderr.strip()}")
-    logger.info(f"{host.print_prefix}joined the swarm as a {role} through {manager_addr}")
+        if not status:
+            problems.append(f"{manager_addr}:{SWARM_PORT} is not reachable")
+            continue
+        command = StringCommand(
+            "docker", "swarm", "join", "--token", HiddenValue(token), "--advertise-addr", advertise_addr,
+            "--listen-addr", f"{advertise_addr}:{SWARM_PORT}", f"{manager_addr}:{SWARM_PORT}",
+        )  # fmt: skip
+        for _ in range(RETRIES):
+            status, output = host.run_shell_command(command, print_output=False, **args)
+            if status or not _transient(output.stderr):
+                break
+            gevent.sleep(RETRY_DELAY)
+        if status:
+            logger.info(f"{host.print_prefix}joined the swarm as a {role} through {manager_addr}")
+            return
+        problems.append(f"through {manager_addr}: {output.stderr.strip()}")
+    raise OperationError(
+        f"joining the swarm as a {role} failed ({'; '.join(problems)}): if a port is not reachable, open the "
+        "swarm ports between the nodes (firewalls, cloud security groups)"
+    )
 
 
 @deploy("Join the swarm", data_defaults={key: DEFAULTS[key] for key in SETTINGS})
@@ -165,8 +187,9 @@ def node_commands(view: Cluster) -> list[str]:
         hostname = view.hostnames[target]
         entry = view.node_of(target)
         if entry is None:
+            # The host is not in this swarm now, so an entry with its (unique) hostname is its past self.
             for stale in view.nodes:
-                if stale["hostname"] == hostname and stale["state"] == "down":
+                if stale["hostname"] == hostname:
                     if stale["role"] == "manager":
                         removals.append(f"docker node demote {stale['id']}")
                     removals.append(f"docker node rm --force {stale['id']}")

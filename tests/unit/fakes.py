@@ -1,0 +1,88 @@
+"""Plan deploys against pyinfra's @fake connector: hosts answer fact commands with canned output, and the
+planned operations' commands are read back without touching any machine."""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+os.environ["PYINFRA_FAKE_DELAY"] = os.environ["PYINFRA_FAKE_DELAY_JITTER"] = "0"
+
+from pyinfra.api import Config, Inventory, State
+from pyinfra.api.connect import connect_all
+from pyinfra.api.deploy import add_deploy
+from pyinfra.context import ctx_host, ctx_state
+
+KERNEL_FULL = ["CONFIG_VXLAN=m", "CONFIG_IP_VS=m", "CONFIG_INET_ESP=m", "CONFIG_CRYPTO_GCM=y", "CONFIG_XFRM_USER=m",
+               "CONFIG_OVERLAY_FS=m", "CONFIG_BRIDGE_NETFILTER=m"]  # fmt: skip
+DEBIAN = ["/etc/os-release", "ID=debian", "VERSION_ID=12", "VERSION_CODENAME=bookworm", "---"]
+UBUNTU = ["/etc/os-release", "ID=ubuntu", "VERSION_ID=24.04", "VERSION_CODENAME=noble", "UBUNTU_CODENAME=noble", "---"]
+ROCKY = ["/etc/os-release", "ID=rocky", "VERSION_ID=9.4", "---"]
+
+
+def host(
+    name: str,
+    address: str,
+    *,
+    os_release: list[str] = DEBIAN,
+    manager: str = "apt",
+    packages: dict[str, str] | None = None,
+    swarm: str | None = None,
+    nodes: str | None = None,
+    kernel: list[str] = KERNEL_FULL,
+    extra: dict[Any, Any] | None = None,
+    **data: Any,
+) -> tuple[str, dict[str, Any]]:
+    """An inventory entry for a fake host. `swarm` is the `docker info` Swarm JSON (None: Docker missing)."""
+    installed = [f"{pkg} {version}" for pkg, version in (packages or {}).items()]
+    responses: dict[Any, Any] = {
+        "ip -o addr show": [f"2: eth0    inet {address}/24 brd 10.1.0.255 scope global eth0"],
+        "uname -n": [name],
+        "echo manager=": [f"manager={manager}", *installed],
+        "echo apparmor=": ["apparmor=", *kernel],
+        "-release": os_release,
+        "dpkg --print-architecture": ["amd64"],
+        "dpkg -l": [f"ii  {pkg}  {version}  amd64  package" for pkg, version in (packages or {}).items()],
+        "rpm --queryformat": [f"{pkg} {version}" for pkg, version in (packages or {}).items()],
+    }
+    responses.update(extra or {})
+    if swarm is not None:
+        responses[re.compile(r"docker info")] = [swarm]
+    if nodes is not None:
+        responses["docker node inspect"] = [nodes]
+    return f"@fake/{name}", {"swarm_advertise_addr": address, "fake_delay": 0, "fake_responses": responses, **data}
+
+
+def plan(deploys: list, managers: list, workers: list | None = None) -> dict[str, Any]:
+    """{host: [(operation name, [command, ...]), ...]} that the deploys plan for each host; None for a host
+    the deploys stopped (failed)."""
+    workers = workers or []
+    inventory = Inventory(
+        (managers + workers, {}),
+        swarm_managers=([name for name, _ in managers], {}),
+        swarm_workers=([name for name, _ in workers], {}),
+    )
+    state = State(inventory, Config())
+    connect_all(state)
+    for deploy in deploys:
+        add_deploy(state, deploy)
+    planned: dict[str, Any] = {}
+    for inventory_host in inventory:
+        if inventory_host in state.failed_hosts:
+            planned[inventory_host.name.removeprefix("@fake/")] = None
+            continue
+        steps = []
+        for op_hash in state.get_op_order():
+            if op_hash not in state.ops[inventory_host]:
+                continue
+            op = state.get_op_data_for_host(inventory_host, op_hash)
+            name = ", ".join(sorted(state.get_op_meta(op_hash).names))
+            with ctx_state.use(state), ctx_host.use(inventory_host):
+                steps.append((name, [str(command) for command in op.command_generator()]))
+        planned[inventory_host.name.removeprefix("@fake/")] = steps
+    return planned
+
+
+def commands(steps: list[tuple[str, list[str]]]) -> list[str]:
+    return [command for _, step in steps for command in step]

@@ -1,0 +1,58 @@
+"""daemon.json: written only on change; reload for live-reloadable keys, restart otherwise."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pyinfra_swarm.daemon import apply_action, configure_daemon, render
+from tests.unit.fakes import commands, host, plan
+
+ACTIVE = json.dumps({"LocalNodeState": "active", "NodeID": "n1", "ControlAvailable": True, "Cluster": {"ID": "c"}})
+DEFAULT = {"log-driver": "json-file", "log-opts": {"max-file": "3", "max-size": "10m"}}
+
+
+def _plan(current: dict | None, desired: dict, swarm: str | None = ACTIVE) -> list[str]:
+    extra = {
+        "cat /etc/docker/daemon.json": [render(current)] if current is not None else [],
+        "--property SubState": ["Id=docker.service", "SubState=running", ""],
+    }
+    entry = host("m1", "10.1.0.1", swarm=swarm, extra=extra, docker_daemon_config=desired)
+    return commands(plan([configure_daemon], [entry])["m1"])
+
+
+def test_unchanged_config_plans_nothing():
+    assert _plan(DEFAULT, DEFAULT) == []
+
+
+def test_first_write_before_docker_is_installed_needs_no_restart():
+    cmds = _plan(None, DEFAULT, swarm=None)
+    assert any("FileUploadCommand" in c and "/etc/docker/daemon.json" in c for c in cmds)
+    assert not any("systemctl" in c for c in cmds)
+
+
+def test_reloadable_change_reloads_and_other_change_restarts():
+    reload = _plan(DEFAULT, {**DEFAULT, "insecure-registries": ["10.1.0.1:5000"]})
+    assert reload[-1] == "systemctl reload docker.service"
+    restart = _plan(DEFAULT, {**DEFAULT, "mtu": 1400})
+    assert restart[-1] == "systemctl restart docker.service"
+
+
+@pytest.mark.parametrize(
+    ("current", "desired", "action"),
+    [
+        (None, {}, None),
+        (None, {"mtu": 1400}, "restart"),
+        ({}, {}, None),
+        ({"debug": False}, {"debug": True}, "reload"),
+        ({"debug": True, "mtu": 1500}, {"debug": True}, "restart"),
+        ({"__invalid__": "{oops"}, {}, "restart"),
+    ],
+)
+def test_apply_action(current, desired, action):
+    assert apply_action(current, desired) == action
+
+
+def test_render_is_stable():
+    assert render({"b": 1, "a": {"d": 2, "c": 3}}) == render({"a": {"c": 3, "d": 2}, "b": 1})

@@ -1,0 +1,70 @@
+"""Fact output parsing."""
+
+from __future__ import annotations
+
+from pyinfra_swarm.facts import (
+    DockerDaemonConfig,
+    DockerPackages,
+    FileHashes,
+    FirewalldZone,
+    HostAddresses,
+    KernelFeatures,
+    ServiceStates,
+    UfwState,
+)
+
+
+def test_kernel_features_from_config_and_apparmor():
+    features = KernelFeatures().process(
+        ["apparmor=Y", "CONFIG_VXLAN=m", "# CONFIG_IP_VS is not set", "CONFIG_INET_ESP=y", "CONFIG_CRYPTO_GCM=m"]
+    )
+    assert features["VXLAN"] is True and features["IP_VS"] is False and features["INET_ESP"] is True
+    assert features["XFRM_USER"] is False  # absent from a readable config: not set
+    assert features["APPARMOR"] is True
+    unknown = KernelFeatures().process(["apparmor="])
+    assert unknown["VXLAN"] is None and unknown["APPARMOR"] is False
+
+
+def test_host_addresses():
+    output = [
+        "1: lo    inet 127.0.0.1/8 scope host lo",
+        "2: eth0    inet 192.168.56.10/24 brd 192.168.56.255 scope global eth0",
+        "2: eth0    inet6 fe80::1/64 scope link",
+        "5: eth1@if6    inet 10.0.2.15/24 scope global eth1",
+    ]
+    assert HostAddresses().process(output) == {
+        "lo": ["127.0.0.1"], "eth0": ["192.168.56.10", "fe80::1"], "eth1": ["10.0.2.15"]
+    }  # fmt: skip
+
+
+def test_daemon_config_missing_valid_and_invalid():
+    assert DockerDaemonConfig().process([]) is None
+    assert DockerDaemonConfig().process(['{"mtu": 1400}']) == {"mtu": 1400}
+    assert DockerDaemonConfig().process(["{oops"]) == {"__invalid__": "{oops"}
+
+
+def test_file_hashes_and_service_states():
+    digest = "a" * 64
+    assert FileHashes().process([f"{digest} /etc/a", " /etc/b"]) == {"/etc/a": digest, "/etc/b": None}
+    assert ServiceStates().process(["docker.service active enabled", "x.service inactive"]) == {
+        "docker.service": {"active": True, "enabled": True}, "x.service": {"active": False, "enabled": False}
+    }  # fmt: skip
+
+
+def test_docker_packages():
+    assert DockerPackages().process(["manager=apt", "docker.io 20.10.24+dfsg1-1+deb12u1"]) == {
+        "manager": "apt", "packages": {"docker.io": "20.10.24+dfsg1-1+deb12u1"}
+    }  # fmt: skip
+
+
+def test_ufw_state_and_firewalld_zone():
+    state = UfwState().process([
+        "Status: active", "Default: deny (incoming), allow (outgoing), disabled (routed)",
+        "ufw allow 22/tcp comment 'pyinfra-swarm'",
+    ])  # fmt: skip
+    assert state == {"active": True, "incoming": "deny", "rules": ["allow 22/tcp comment 'pyinfra-swarm'"]}
+    zone = FirewalldZone().process(
+        ["pyinfra-swarm", "  sources: 10.1.0.1 10.1.0.2", "  ports: 7946/tcp", "  protocols:"]
+    )
+    assert zone == {"sources": ["10.1.0.1", "10.1.0.2"], "ports": ["7946/tcp"], "protocols": []}
+    assert FirewalldZone().process([]) is None

@@ -1,0 +1,88 @@
+"""Bad input is refused before anything changes, with the host and key named."""
+
+from __future__ import annotations
+
+import pytest
+from pyinfra.api.exceptions import PyinfraError
+
+from pyinfra_swarm.preflight import kernel_report, preflight
+from pyinfra_swarm.settings import validate_daemon_config
+from tests.unit.fakes import host, plan
+
+
+def _check(managers, workers=()):
+    plan([preflight], list(managers), list(workers))
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"swarm_advertise_addr": None}, "host @fake/w1: swarm_advertise_addr is missing"),
+        ({"swarm_advertise_addr": "10.1.0.300"}, "swarm_advertise_addr '10.1.0.300' is not a valid IP address"),
+        ({"swarm_advertise_addr": "eth0; rm -rf /"}, "is neither an IP address nor an interface name"),
+        ({"swarm_advertise_addr": "127.0.0.1"}, "can't be reached from other nodes"),
+        ({"docker_source": "snap"}, "docker_source 'snap' is unknown"),
+        ({"docker_daemon_config": {"mtu": "1500"}}, "docker_daemon_config['mtu'] must be a int, not str"),
+        ({"docker_daemon_config": {"live-restore": True}}, "live-restore'] is true, which Docker does not support"),
+        ({"docker_daemon_config": ["debug"]}, "docker_daemon_config must be a mapping"),
+        ({"swarm_labels": {"zone": ["a"]}}, "swarm_labels must map label names to plain values"),
+        ({"swarm_availability": "off"}, "swarm_availability 'off' is unknown"),
+        ({"swarm_firewall": "pf"}, "swarm_firewall 'pf' is unknown"),
+        ({"swarm_firewall_allow": ["ssh"]}, "swarm_firewall_allow must be a list like"),
+        ({"swarm_data_path_port": 80}, "swarm_data_path_port must be a port number from 1024 to 49151"),
+        ({"swarm_default_addr_pool": ["10.0.0.1/8"]}, "swarm_default_addr_pool must be a list of CIDRs"),
+    ],
+)
+def test_bad_host_data_names_host_and_key(data, message):
+    worker = host("w1", "10.1.0.2")
+    worker[1].update(data)
+    with pytest.raises(PyinfraError, match="bad inventory or group data") as error:
+        _check([host("m1", "10.1.0.1")], [worker])
+    assert message in str(error.value)
+
+
+def test_inventory_shape_errors():
+    with pytest.raises(PyinfraError, match="no hosts in group swarm_managers"):
+        _check([], [host("w1", "10.1.0.2")])
+    with pytest.raises(PyinfraError, match="host @fake/m1 is in both swarm_managers and swarm_workers"):
+        _check([host("m1", "10.1.0.1")], [host("m1", "10.1.0.1")])
+    with pytest.raises(PyinfraError, match="swarm_advertise_addr 10.1.0.1 is also the address of @fake/m1"):
+        _check([host("m1", "10.1.0.1")], [host("w1", "10.1.0.1")])
+
+
+def test_every_problem_is_listed_at_once():
+    worker = host("w1", "10.1.0.2")
+    worker[1].update(docker_source="snap", swarm_availability="off")
+    with pytest.raises(PyinfraError) as error:
+        _check([host("m1", "10.1.0.1")], [worker])
+    assert "docker_source" in str(error.value) and "swarm_availability" in str(error.value)
+
+
+def test_duplicate_hostnames_are_refused():
+    twin = host("w1", "10.1.0.2", extra={"uname -n": ["m1"]})
+    with pytest.raises(PyinfraError, match="have the same hostname 'm1'"):
+        _check([host("m1", "10.1.0.1")], [twin])
+
+
+def test_encrypted_overlays_need_esp_in_the_kernel():
+    no_esp = ["CONFIG_VXLAN=m", "# CONFIG_INET_ESP is not set", "CONFIG_CRYPTO_GCM=y"]
+    with pytest.raises(PyinfraError, match="swarm_encrypted_overlays is on but this kernel lacks ESP"):
+        _check([host("m1", "10.1.0.1", kernel=no_esp, swarm_encrypted_overlays=True)])
+
+
+def test_kernel_report_says_what_a_missing_feature_means():
+    lines = kernel_report({
+        "m1": {"VXLAN": True, "IP_VS": False, "INET_ESP": False},
+        "w1": {"VXLAN": True, "IP_VS": False, "INET_ESP": True},
+        "w2": {"VXLAN": None},
+    })  # fmt: skip
+    assert "no IPVS: the routing mesh and VIP load balancing won't work; use endpoint_mode: dnsrr" in lines[0]
+    assert lines[0].endswith("(kernel of m1, w1)")
+    assert any("no ESP" in line and "(kernel of m1)" in line for line in lines)
+    assert lines[-1] == "kernel config unreadable on w2: swarm support not checked"
+
+
+def test_daemon_config_pass_through_keys_are_not_checked():
+    assert validate_daemon_config({"some-future-option": {"x": 1}, "default-address-pools": [{"base": "10.9.0.0/16",
+                                   "size": 24}]}) == []  # fmt: skip
+    assert validate_daemon_config({"default-address-pools": [{"base": "nope"}]})

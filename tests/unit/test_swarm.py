@@ -1,0 +1,122 @@
+"""Swarm membership: who inits, who joins, who is left alone, and the node commands run on a manager."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from pyinfra.api.exceptions import PyinfraError
+
+from pyinfra_swarm.swarm import configure_nodes, join_swarm
+from tests.unit.fakes import commands, host, plan
+
+
+def swarm(node_id: str, manager: bool, cluster: str = "c1", state: str = "active") -> str:
+    info = {"LocalNodeState": state, "NodeID": node_id, "ControlAvailable": manager,
+            "RemoteManagers": [{"NodeID": "m", "Addr": "10.1.0.1:2377"}]}  # fmt: skip
+    if manager:
+        info["Cluster"] = {"ID": cluster}
+    return json.dumps(info)
+
+
+def node(node_id: str, hostname: str, role: str = "worker", labels=None, availability="active", state="ready"):
+    return {"ID": node_id, "Description": {"Hostname": hostname}, "Status": {"State": state, "Addr": "x"},
+            "Spec": {"Role": role, "Availability": availability, "Labels": labels or {}},
+            "ManagerStatus": {"Leader": True, "Reachability": "reachable"} if role == "manager" else None}  # fmt: skip
+
+
+def nodes(*entries) -> str:
+    return json.dumps(list(entries))
+
+
+def _plan(managers, workers=()):
+    return plan([join_swarm, configure_nodes], list(managers), list(workers))
+
+
+def test_fresh_hosts_init_on_the_first_manager_and_join_the_rest():
+    planned = _plan(
+        [host("m1", "10.1.0.1", swarm_default_addr_pool=["10.20.0.0/16"], swarm_default_addr_pool_mask_length=24,
+              swarm_data_path_port=4790, swarm_availability="drain"), host("m2", "10.1.0.2")],
+        [host("w1", "10.1.0.3", swarm_labels={"zone": "a", "ssd": True})],
+    )  # fmt: skip
+    assert commands(planned["m1"])[0] == (
+        "docker swarm init --advertise-addr 10.1.0.1 --listen-addr 10.1.0.1:2377 --default-addr-pool 10.20.0.0/16 "
+        "--default-addr-pool-mask-length 24 --data-path-port 4790 --availability drain"
+    )
+    assert commands(planned["m2"]) == ["FunctionCommand(_join, ('manager', '10.1.0.2'), {})"]
+    assert commands(planned["w1"]) == ["FunctionCommand(_join, ('worker', '10.1.0.3'), {})"]
+    assert commands(planned["m1"])[1:] == [
+        "docker node update --availability drain m1",
+        "docker node update --label-add ssd=true --label-add zone=a --label-add pyinfra-swarm.managed-labels=ssd,zone w1",
+    ]
+
+
+def test_members_of_this_swarm_are_left_alone():
+    listing = nodes(node("M1", "m1", "manager"), node("W1", "w1"))
+    planned = _plan([host("m1", "10.1.0.1", swarm=swarm("M1", True), nodes=listing)],
+                    [host("w1", "10.1.0.2", swarm=swarm("W1", False))])  # fmt: skip
+    assert planned == {"m1": [], "w1": []}
+
+
+def test_any_reachable_manager_in_the_swarm_acts_when_the_first_is_fresh():
+    listing = nodes(node("M2", "m2", "manager"), node("W1", "w1"))
+    planned = _plan(
+        [host("m1", "10.1.0.1"), host("m2", "10.1.0.2", swarm=swarm("M2", True), nodes=listing)],
+        [host("w1", "10.1.0.3", swarm=swarm("W1", False))],
+    )
+    assert commands(planned["m1"]) == ["FunctionCommand(_join, ('manager', '10.1.0.1'), {})"]
+    assert commands(planned["m2"]) == []  # no init: a manager is already in the swarm
+
+
+def test_roles_follow_the_inventory_and_labels_removed_from_data_are_removed():
+    listing = nodes(
+        node("M1", "m1", "manager"),
+        node("W1", "w1", "worker"),  # in swarm_managers: promote
+        node("X1", "x1", "manager"),  # in swarm_workers: demote
+        node("W2", "w2", labels={"zone": "a", "keep": "1", "pyinfra-swarm.managed-labels": "old,zone", "old": "1"}),
+    )
+    planned = _plan(
+        [host("m1", "10.1.0.1", swarm=swarm("M1", True), nodes=listing), host("w1", "10.1.0.2", swarm=swarm("W1", False))],
+        [host("x1", "10.1.0.3", swarm=swarm("X1", True)), host("w2", "10.1.0.4", swarm=swarm("W2", False),
+                                                                swarm_labels={"zone": "b"})],
+    )  # fmt: skip
+    assert commands(planned["m1"]) == [
+        "docker node promote W1",
+        "docker node demote X1",
+        "docker node update --label-add zone=b --label-rm old --label-add pyinfra-swarm.managed-labels=zone W2",
+    ]
+
+
+def test_a_rejoining_host_has_its_stale_entry_removed():
+    listing = nodes(node("M1", "m1", "manager"), node("OLD", "w1", state="down"))
+    planned = _plan([host("m1", "10.1.0.1", swarm=swarm("M1", True), nodes=listing)],
+                    [host("w1", "10.1.0.2", swarm=swarm("", False, state="inactive"))])  # fmt: skip
+    assert commands(planned["w1"]) == ["FunctionCommand(_join, ('worker', '10.1.0.2'), {})"]
+    assert commands(planned["m1"]) == ["docker node rm --force OLD"]
+
+
+def test_a_host_in_another_swarm_is_stopped_unless_force_rejoin():
+    listing = nodes(node("M1", "m1", "manager"), node("W1", "w1"))
+    managers = [host("m1", "10.1.0.1", swarm=swarm("M1", True), nodes=listing)]
+    planned = _plan(managers, [host("w1", "10.1.0.2", swarm=swarm("W1", False)),
+                               host("w2", "10.1.0.3", swarm=swarm("OTHER", False))])  # fmt: skip
+    assert planned["w2"] is None and planned["w1"] == []
+    forced = _plan(managers, [host("w1", "10.1.0.2", swarm=swarm("W1", False)),
+                              host("w2", "10.1.0.3", swarm=swarm("OTHER", False), swarm_force_rejoin=True)])  # fmt: skip
+    assert commands(forced["w2"]) == [
+        "docker swarm leave --force",
+        "FunctionCommand(_join, ('worker', '10.1.0.3'), {})",
+    ]
+
+
+def test_managers_in_different_swarms_stop_the_run():
+    with pytest.raises(PyinfraError, match="managers are in different swarms"):
+        _plan([host("m1", "10.1.0.1", swarm=swarm("M1", True, "c1"), nodes="[]"),
+               host("m2", "10.1.0.2", swarm=swarm("M2", True, "c2"), nodes="[]")])  # fmt: skip
+
+
+def test_advertise_address_by_interface_name_and_missing_address():
+    planned = _plan([host("m1", "eth0", extra={"ip -o addr show": ["2: eth0 inet 10.1.0.1/24 scope global eth0"]})])
+    assert commands(planned["m1"])[0].startswith("docker swarm init --advertise-addr 10.1.0.1 ")  # eth0's IPv4
+    with pytest.raises(PyinfraError, match="swarm_advertise_addr 10.9.9.9 is not an address of this host"):
+        _plan([host("m1", "10.9.9.9", extra={"ip -o addr show": ["2: eth0 inet 10.1.0.1/24 scope global eth0"]})])
