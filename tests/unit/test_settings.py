@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from pyinfra.api.exceptions import PyinfraError
 
@@ -46,7 +48,7 @@ def test_inventory_shape_errors():
         _check([], [host("w1", "10.1.0.2")])
     with pytest.raises(PyinfraError, match="host @fake/m1 is in both swarm_managers and swarm_workers"):
         _check([host("m1", "10.1.0.1")], [host("m1", "10.1.0.1")])
-    with pytest.raises(PyinfraError, match="swarm_advertise_addr 10.1.0.1 is also the address of @fake/m1"):
+    with pytest.raises(PyinfraError, match=re.escape("swarm_advertise_addr 10.1.0.1 is also the address of @fake/m1")):
         _check([host("m1", "10.1.0.1")], [host("w1", "10.1.0.1")])
 
 
