@@ -106,8 +106,8 @@ def test_a_host_in_another_swarm_is_stopped_unless_force_rejoin():
     planned = _plan(managers, [host("w1", "10.1.0.2", swarm=swarm("W1", False)),
                                host("w2", "10.1.0.3", swarm=swarm("OTHER", False))])  # fmt: skip
     assert planned["w2"] is None and planned["w1"] == []
-    forced = _plan(managers, [host("w1", "10.1.0.2", swarm=swarm("W1", False)),
-                              host("w2", "10.1.0.3", swarm=swarm("OTHER", False), swarm_force_rejoin=True)])  # fmt: skip
+    forced_w2 = host("w2", "10.1.0.3", swarm=swarm("OTHER", False), swarm_force_rejoin=True)
+    forced = _plan(managers, [host("w1", "10.1.0.2", swarm=swarm("W1", False)), forced_w2])
     assert commands(forced["w2"]) == [
         "docker swarm leave --force",
         "FunctionCommand(_join, ('worker', '10.1.0.3'), {})",
