@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,6 +37,27 @@ def lab_resources(api: docker.APIClient, name: str) -> dict[str, list[str]]:
     }
 
 
+class Run:
+    """A pyinfra run: its exit code, output, and the operations its results table reports as changed."""
+
+    def __init__(self, result: subprocess.CompletedProcess) -> None:
+        self.returncode = result.returncode
+        self.output = result.stdout + result.stderr
+
+    @property
+    def changed(self) -> list[str]:
+        rows = self.output.split("--> Results:")[-1].splitlines()
+        changed = []
+        for row in rows:
+            columns = re.split(r"\s{2,}", row.strip())
+            if len(columns) == 5 and columns[0] not in ("Operation", "Grand total") and columns[2] != "-":
+                changed.append(columns[0])
+        return changed
+
+    def __repr__(self) -> str:
+        return f"Run(returncode={self.returncode}, output=...{self.output[-3000:]})"
+
+
 class Lab:
     """A lab brought up through the CLI, with helpers to reach its nodes the way a user would."""
 
@@ -42,6 +65,7 @@ class Lab:
         self.name = name
         self.state_dir = lab_dir / name
         self.env = {"PYINFRA_SWARM_LAB": name, "PYINFRA_SWARM_LAB_DIR": str(lab_dir)}
+        self.outputs: list[str] = []  # everything the deploys printed, to check for secrets
 
     def up(self, *args: str) -> subprocess.CompletedProcess:
         result = cli("lab", "up", "--name", self.name, *args, env=self.env)
@@ -58,11 +82,32 @@ class Lab:
     def address(self, node: str) -> str:
         return next(n["address"] for n in self.nodes if n["node"] == node)
 
+    def sh(self, node: str, command: str) -> str:
+        """Run a command on a node as root; fail the test if it fails."""
+        result = self.ssh(node, command)
+        assert result.returncode == 0, f"{node}: {command}: {result.stderr}"
+        return result.stdout
+
     def ssh(self, node: str, command: str, user: str = "root") -> subprocess.CompletedProcess:
         return run(
             [*state.ssh_command(self.state_dir, user, self.address(node)), command],
             timeout=120,
         )
+
+    def deploy(self, *args: str, group_data: dict | None = None, inventory: str = "inventory/lab.py",
+               env: dict[str, str] | None = None) -> Run:  # fmt: skip
+        """Run deploy.py on the lab; `group_data` ({group: {key: value}}) overrides the repo's group_data."""
+        command = [str(BIN / "pyinfra"), "-y", *args]
+        if group_data:
+            folder = self.state_dir / "group_data"
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
+            for group, values in group_data.items():
+                (folder / f"{group}.py").write_text("".join(f"{k} = {v!r}\n" for k, v in values.items()))
+            command += ["--group-data", str(folder)]
+        result = run([*command, inventory, "deploy.py"], env={**self.env, **(env or {})})
+        self.outputs.append(result.stdout + result.stderr)
+        return Run(result)
 
     def pyinfra(self, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
         return run([str(BIN / "pyinfra"), "-y", "inventory/lab.py", *args], env={**self.env, **(env or {})})

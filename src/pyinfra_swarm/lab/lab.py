@@ -59,22 +59,20 @@ def up(spec: LabSpec, progress: Progress, privileged: str = "auto") -> state.Lab
     addresses = {}
     for node in spec.nodes:
         current = existing.get(node.name)
-        if current and _is_broken(api, current, image, spec.network):
+        address = current["Labels"][ADDRESS_LABEL] if current else free.pop(0)
+        if current and _is_broken(current, image, spec.network):
             progress(f"recreating {node.name}: its container is broken or outdated")
             api.remove_container(current["Id"], force=True)
             current = None
         if current is None:
             runtime = runtime or _runtime_options(api, image, progress, privileged)
-            address = free.pop(0)
             progress(f"creating {node.name} ({address})")
             _create_node(api, spec, node, image, address, runtime)
-        else:
-            address = current["Labels"][ADDRESS_LABEL]
-            if current["State"] == "paused":
-                api.unpause(current["Id"])
-            elif current["State"] != "running":
-                progress(f"starting {node.name}")
-                api.start(current["Id"])
+        elif current["State"] == "paused":
+            api.unpause(current["Id"])
+        elif current["State"] != "running":
+            progress(f"starting {node.name}")
+            api.start(current["Id"])
         addresses[node.name] = address
     _install_key(api, spec)
     _wait_ready(api, spec, addresses, progress)
@@ -250,7 +248,7 @@ def _create_node(
     api.start(container["Id"])
 
 
-def _is_broken(api: docker.APIClient, container: dict[str, Any], image: str, network: str) -> bool:
+def _is_broken(container: dict[str, Any], image: str, network: str) -> bool:
     if container["State"] in ("dead", "removing") or container["Image"] != image:
         return True
     networks = container.get("NetworkSettings", {}).get("Networks", {})

@@ -1,0 +1,212 @@
+"""The swarm deploy on the lab: fresh nodes to a healthy swarm, idempotent, self-healing, HA, and refusing
+bad input before any change. The lab's kernel has no IPVS, so no test relies on VIPs or the ingress mesh."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import pytest
+
+from tests.e2e.conftest import Lab
+
+WORKERS = ["worker1", "worker2", "worker3"]
+DAEMON = {
+    "log-driver": "json-file",
+    "log-opts": {"max-size": "5m", "max-file": "2"},
+    "metrics-addr": "127.0.0.1:9323",
+    "default-address-pools": [{"base": "10.200.0.0/16", "size": 24}],
+}
+GROUP_DATA = {
+    "all": {"docker_daemon_config": DAEMON},
+    "swarm_workers": {"swarm_labels": {"role": "worker", "tier": "web"}},
+}
+
+# Inventory variants for bad-input runs: the lab inventory, then one change to it.
+INVENTORY = """
+import os
+from pathlib import Path
+from pyinfra_swarm.lab.inventory import lab_groups
+_groups = lab_groups(Path(os.environ["PYINFRA_SWARM_LAB_DIR"]) / os.environ["PYINFRA_SWARM_LAB"])
+swarm_managers, swarm_workers = _groups["swarm_managers"], _groups["swarm_workers"]
+_w1, _w2 = swarm_workers[0][1], swarm_workers[1][1]
+"""
+BAD_INVENTORIES = {
+    "no manager": ("swarm_managers = []", "no hosts in group swarm_managers"),
+    "both groups": ("swarm_managers = swarm_managers + [swarm_workers[0]]", "host worker1 is in both"),
+    "missing address": ("del _w2['swarm_advertise_addr']", "host worker2: swarm_advertise_addr is missing"),
+    "malformed address": ("_w2['swarm_advertise_addr'] = '192.168.1.300'", "'192.168.1.300' is not a valid IP"),
+    "duplicate address": (
+        "_w2['swarm_advertise_addr'] = _w1['swarm_advertise_addr']",
+        "host worker2: swarm_advertise_addr {w1} is also the address of worker1",
+    ),
+}
+BAD_GROUP_DATA = {
+    "unknown source": ({"docker_source": "snap"}, "docker_source 'snap' is unknown"),
+    "daemon option type": ({"docker_daemon_config": {"mtu": "1500"}}, "docker_daemon_config['mtu'] must be a int"),
+    "live-restore": ({"docker_daemon_config": {"live-restore": True}}, "'live-restore'] is true"),
+}
+
+
+def nodes(lab: Lab, manager: str = "manager1") -> dict[str, dict]:
+    """hostname -> node (role, availability, state, labels, manager status) as a manager sees the swarm."""
+    raw = lab.sh(manager, "docker node inspect $(docker node ls -q)")
+    return {
+        n["Description"]["Hostname"].split("-", 2)[-1]: {
+            "id": n["ID"],
+            "role": n["Spec"]["Role"],
+            "availability": n["Spec"]["Availability"],
+            "state": n["Status"]["State"],
+            "labels": n["Spec"].get("Labels") or {},
+            "reachability": (n.get("ManagerStatus") or {}).get("Reachability"),
+            "leader": (n.get("ManagerStatus") or {}).get("Leader", False),
+        }
+        for n in json.loads(raw)
+    }
+
+
+def docker_installed(lab: Lab, node: str) -> bool:
+    return lab.ssh(node, "command -v dockerd || test -e /etc/docker/daemon.json").returncode == 0
+
+
+def assert_no_token_printed(lab: Lab) -> None:
+    tokens = lab.sh("manager1", "docker swarm join-token -q worker; docker swarm join-token -q manager").split()
+    assert len(tokens) == 2
+    for output in lab.outputs:
+        for token in tokens:
+            assert token not in output
+
+
+def test_bad_input_stops_the_run_before_any_change(make_lab):
+    lab = make_lab("e2e-bad-input")
+    lab.up("--managers", "1", "--workers", "2")
+    for name, (change, message) in BAD_INVENTORIES.items():
+        inventory = lab.state_dir / "bad_inventory.py"
+        inventory.write_text(textwrap.dedent(INVENTORY) + change + "\n")
+        run = lab.deploy(inventory=str(inventory))
+        assert run.returncode != 0, name
+        assert message.format(w1=lab.address("worker1")) in run.output, (name, run)
+    for name, (data, message) in BAD_GROUP_DATA.items():
+        run = lab.deploy(group_data={"all": data})
+        assert run.returncode != 0, name
+        assert "bad inventory or group data" in run.output and message in run.output, (name, run)
+    for node in ["manager1", "worker1", "worker2"]:
+        assert not docker_installed(lab, node), f"{node} was changed by a run with bad input"
+
+
+def test_one_manager_three_workers(make_lab):
+    lab = make_lab("e2e-swarm")
+    lab.up("--managers", "1", "--workers", "3")
+
+    cold = lab.deploy("--debug", group_data=GROUP_DATA)
+    assert cold.returncode == 0, cold
+    swarm = nodes(lab)
+    assert sorted(swarm) == ["manager1", *WORKERS]
+    assert all(n["state"] == "ready" and n["availability"] == "active" for n in swarm.values())
+    assert swarm["manager1"]["role"] == "manager" and swarm["manager1"]["leader"]
+    for worker in WORKERS:
+        assert swarm[worker]["role"] == "worker"
+        assert swarm[worker]["labels"]["role"] == "worker" and swarm[worker]["labels"]["tier"] == "web"
+
+    # Docker is configured as the data says.
+    for node in ["manager1", "worker2"]:
+        assert json.loads(lab.sh(node, "cat /etc/docker/daemon.json")) == DAEMON
+        assert lab.sh(node, "docker info --format '{{.LoggingDriver}}'").strip() == "json-file"
+    assert "10.200." in lab.sh("manager1", "docker network inspect docker_gwbridge --format '{{json .IPAM}}'")
+
+    # Firewall: a port not in the list is refused between nodes; swarm ports answer peers.
+    lab.sh("worker1", "(timeout 20 nc -l -p 9999 >/dev/null 2>&1 &) ; sleep 0.5")
+    assert lab.ssh("worker2", f"nc -z -w 3 {lab.address('worker1')} 9999").returncode != 0
+    assert lab.ssh("worker2", f"nc -z -w 3 {lab.address('worker1')} 7946").returncode == 0
+    assert lab.ssh("worker2", f"nc -z -w 3 {lab.address('manager1')} 2377").returncode == 0
+    assert lab.ssh("worker2", f"nc -z -w 3 {lab.address('worker1')} 2377").returncode != 0  # managers only
+
+    # Swarm traffic flows: containers on two nodes talk over an overlay network (VXLAN through the firewall).
+    for node in ["manager1", "worker1"]:
+        lab.sh(node, "DEBIAN_FRONTEND=noninteractive apt-get install -y -q busybox-static >/dev/null && "
+                     "mkdir -p /tmp/bb/bin && cp /bin/busybox /tmp/bb/bin/ && "
+                     "tar -C /tmp/bb -c . | docker import - e2e-busybox >/dev/null")  # fmt: skip
+    lab.sh("manager1", "docker network create -d overlay --attachable e2e-net >/dev/null && "
+                       "docker run -d --name e2e-a --network e2e-net e2e-busybox /bin/busybox sleep 600")  # fmt: skip
+    ping = lab.ssh("worker1", "docker run --rm --network e2e-net e2e-busybox /bin/busybox ping -c 2 -W 3 e2e-a")
+    assert ping.returncode == 0, ping.stdout + ping.stderr
+    lab.sh("manager1", "docker rm -f e2e-a >/dev/null")
+
+    # The same deploy again changes nothing, at any verbosity.
+    for verbosity in ["-v", "-vv"]:
+        again = lab.deploy(verbosity, group_data=GROUP_DATA)
+        assert again.returncode == 0, again
+        assert again.changed == [], again
+
+    # A worker that left by hand is rejoined and its stale entry removed.
+    lab.sh("worker2", "docker swarm leave")
+    rejoin = lab.deploy("-vv", group_data=GROUP_DATA)
+    assert rejoin.returncode == 0, rejoin
+    assert "joined the swarm as a worker" in rejoin.output
+    swarm = nodes(lab)
+    assert sorted(swarm) == ["manager1", *WORKERS], "the stale entry of worker2 is still listed"
+    assert swarm["worker2"]["state"] == "ready" and swarm["worker2"]["labels"]["tier"] == "web"
+
+    # Labels the deploy set and the data no longer has are removed; others stay.
+    lab.sh("manager1", "docker node update --label-add manual=yes lab-x 2>/dev/null; "
+                       f"docker node update --label-add manual=yes {swarm['worker3']['id']}")  # fmt: skip
+    relabel = lab.deploy(group_data={**GROUP_DATA, "swarm_workers": {"swarm_labels": {"role": "worker"}}})
+    assert relabel.returncode == 0, relabel
+    labels = nodes(lab)["worker3"]["labels"]
+    assert "tier" not in labels and labels["role"] == "worker" and labels["manual"] == "yes"
+
+    assert_no_token_printed(lab)
+
+
+def test_three_managers_survive_losing_one(make_lab, docker_api):
+    lab = make_lab("e2e-ha")
+    lab.up("--managers", "3", "--workers", "2")
+    data = {"all": {"swarm_firewall": "ufw"}}
+    sudo = {"PYINFRA_SWARM_LAB_USER": "debian"}  # through sudo, as on servers without root logins
+
+    cold = lab.deploy(group_data=data, env=sudo)
+    assert cold.returncode == 0, cold
+    swarm = nodes(lab)
+    managers = [n for n in swarm.values() if n["role"] == "manager"]
+    assert len(managers) == 3 and all(m["reachability"] == "reachable" for m in managers)
+    assert sum(m["leader"] for m in managers) == 1
+    assert all(n["state"] == "ready" for n in swarm.values())
+    assert "Status: active" in lab.sh("worker1", "ufw status")
+    assert lab.ssh("worker2", f"nc -z -w 3 {lab.address('worker1')} 22").returncode == 0
+
+    # A manager demoted by hand is promoted back to match the inventory.
+    lab.sh("manager1", f"docker node demote {swarm['manager3']['id']}")
+    fixed = lab.deploy(group_data=data, env=sudo)
+    assert fixed.returncode == 0, fixed
+    assert nodes(lab)["manager3"]["role"] == "manager"
+    again = lab.deploy(group_data=data, env=sudo)
+    assert again.changed == [], again
+
+    # Lose the first manager, add a worker: the deploy goes through another manager.
+    lab.up("--managers", "3", "--workers", "3")
+    docker_api.stop("pyinfra-swarm-e2e-ha-manager1", timeout=30)
+    degraded = lab.deploy("-vv", group_data=data, env=sudo)
+    assert "manager1" in degraded.output and "Could not connect" in degraded.output
+    assert "joined the swarm as a worker through" in degraded.output, degraded
+    swarm = nodes(lab, "manager2")
+    assert swarm["worker3"]["state"] == "ready" and swarm["worker3"]["role"] == "worker"
+    assert swarm["manager1"]["reachability"] == "unreachable"
+    assert sum(n["leader"] for n in swarm.values()) == 1
+    # Every reachable host succeeded: only manager1 (unreachable) is reported as failed.
+    assert [
+        row for row in degraded.output.splitlines() if "Error" in row and "[" in row and "manager1" not in row
+    ] == []
+    docker_api.start("pyinfra-swarm-e2e-ha-manager1")
+
+
+@pytest.mark.parametrize("workers", [11])
+def test_one_manager_eleven_workers_form(make_lab, workers):
+    """Every worker needs the join token at the same moment: the manager is asked once, not once per worker
+    (sshd allows 10 sessions per connection)."""
+    lab = make_lab("e2e-wide")
+    lab.up("--managers", "1", "--workers", str(workers))
+    run = lab.deploy("-v")
+    assert run.returncode == 0, run
+    swarm = nodes(lab)
+    assert len(swarm) == workers + 1 and all(n["state"] == "ready" for n in swarm.values())
+    assert lab.deploy().changed == []
