@@ -1,8 +1,10 @@
 """Checks before anything changes: the inventory and every host's data (bad input stops the whole run),
-hostnames and advertise addresses (see cluster.py), the swarm port of a live manager from each joining host,
-and what the kernel supports, reported with what it means."""
+hostnames and advertise addresses (see cluster.py), that each joining host reaches the manager it will join
+through, and what the kernel supports, reported with what it means."""
 
 from __future__ import annotations
+
+import shlex
 
 from pyinfra import host, logger
 from pyinfra.api import FactBase, deploy
@@ -10,7 +12,6 @@ from pyinfra.api.exceptions import DeployError
 
 from pyinfra_swarm.cluster import cluster, current_host
 from pyinfra_swarm.settings import setting
-from pyinfra_swarm.swarm import SWARM_PORT
 
 MEANINGS = {
     "VXLAN": "no VXLAN: overlay networks can't carry traffic between nodes",
@@ -23,14 +24,17 @@ MEANINGS = {
 ENCRYPTION = ("INET_ESP", "CRYPTO_GCM")
 
 
-class TcpReachable(FactBase[bool]):
-    """Whether this host can open a TCP connection to address:port within 3 seconds."""
+class Pingable(FactBase[bool | None]):
+    """Whether this host reaches an address by ICMP echo within 2 seconds; None without a ping command."""
 
-    def command(self, address: str, port: int) -> str:
-        return f"timeout 3 bash -c '</dev/tcp/{address}/{port}' 2>/dev/null && echo yes || echo no"
+    def command(self, address: str) -> str:
+        return (
+            f"command -v ping >/dev/null || {{ echo unknown; exit 0; }}; "
+            f"ping -c 1 -W 2 {shlex.quote(address)} >/dev/null 2>&1 && echo yes || echo no"
+        )
 
-    def process(self, output: list[str]) -> bool:
-        return output[-1:] == ["yes"]
+    def process(self, output: list[str]) -> bool | None:
+        return {"yes": True, "no": False}.get(output[-1] if output else "")
 
 
 def kernel_report(features_by_host: dict[str, dict[str, bool | None]]) -> list[str]:
@@ -61,10 +65,12 @@ def preflight() -> None:
         report = kernel_report({h.name: view.kernel[h] for h in view.reachable})
         for line in report:
             logger.warning(f"preflight: {line}")
-    if view.plan.get(this) in ("join", "rejoin") and view.primary is not None:
-        manager = view.addresses[view.primary]
-        if not host.get_fact(TcpReachable, address=manager, port=SWARM_PORT):
+    acting = view.acting_manager
+    if view.plan.get(this) in ("join", "rejoin") and acting is not None:
+        # The swarm port itself is checked right before the join: this run may open it (firewall step).
+        address = view.addresses[acting]
+        if host.get_fact(Pingable, address=address) is False:
             raise DeployError(
-                f"host {host.name}: the swarm port {manager}:{SWARM_PORT} of manager {view.primary.name} is not "
-                "reachable from it: open the swarm ports between the nodes (firewalls, security groups)"
+                f"host {host.name}: manager {acting.name} ({address}) doesn't answer ping from it: check the "
+                "network between the nodes, and that swarm_advertise_addr is the address they reach each other on"
             )
