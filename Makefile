@@ -37,7 +37,7 @@ lab-status: $(STAMP)
 	$(BIN)/pyinfra-swarm lab status --name $(LAB)
 
 bench: $(STAMP) engine ## print the lab and deploy figures
-	$(BIN)/python benchmarks/lab_bench.py
+	$(BIN)/python benchmarks/bench.py
 
 $(STAMP): pyproject.toml
 	@command -v python3 >/dev/null || { echo "python3 is missing: install it (apt-get install python3 python3-venv)"; exit 1; }

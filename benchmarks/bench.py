@@ -1,0 +1,133 @@
+"""Print the lab and swarm-deploy figures: lab up (cold image build optional, warm, no-op), node memory, and
+for each cluster shape a cold deploy (with the package-install share) and a no-op re-run, with SSH commands
+per host. Uses labs named bench-*, removed afterwards.
+
+    python benchmarks/bench.py [--shapes 1+3,1+11] [--rebuild-image]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import docker
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+STATE = Path(tempfile.mkdtemp(prefix="pyinfra-swarm-bench-"))
+
+
+def env(lab: str) -> dict[str, str]:
+    return {**os.environ, "PYINFRA_SWARM_LAB": lab, "PYINFRA_SWARM_LAB_DIR": str(STATE)}
+
+
+def lab(lab_name: str, *args: str) -> float:
+    started = time.monotonic()
+    subprocess.run([str(BIN / "pyinfra-swarm"), "lab", *args, "--name", lab_name], env=env(lab_name), cwd=ROOT,
+                   check=True, capture_output=True)  # fmt: skip
+    return time.monotonic() - started
+
+
+def deploy(lab_name: str) -> tuple[float, list[tuple[float, str]]]:
+    """Wall time and the timestamped output lines of one `pyinfra -vv` run of deploy.py."""
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        [str(BIN / "pyinfra"), "-y", "-vv", "inventory/lab.py", "deploy.py"], env=env(lab_name), cwd=ROOT,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    lines = [(time.monotonic() - started, re.sub(r"\x1b\[[0-9;]*m", "", line.rstrip())) for line in proc.stdout]
+    if proc.wait() != 0:
+        print("\n".join(text for _, text in lines[-30:]))
+        raise SystemExit(f"deploy on {lab_name} failed")
+    return time.monotonic() - started, lines
+
+
+def commands_per_host(lines: list[tuple[float, str]]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for _, text in lines:
+        match = re.match(r"^\[([\w.-]+)\]\s+>>> ", text)
+        if match:
+            counts[match.group(1)] = counts.get(match.group(1), 0) + 1
+    return counts
+
+
+def phase(lines: list[tuple[float, str]], name: str) -> float:
+    """Seconds between the start of the operation called `name` and the start of the next one."""
+    starts = [
+        (t, text) for t, text in lines if text.startswith("--> Starting operation:") or text.startswith("--> Results")
+    ]
+    for (t, text), (t_next, _) in itertools.pairwise(starts):
+        if name in text:
+            return t_next - t
+    return 0.0
+
+
+def per_host(counts: dict[str, int]) -> str:
+    managers = [v for k, v in counts.items() if k.startswith("manager")]
+    workers = [v for k, v in counts.items() if k.startswith("worker")]
+    return f"manager {max(managers or [0])}, workers {min(workers or [0])}-{max(workers or [0])}"
+
+
+def bench_lab(api: docker.APIClient, rebuild: bool) -> None:
+    print("== lab: 1 manager + 3 workers")
+    if rebuild:
+        for image in api.images(name="pyinfra-swarm-node"):
+            api.remove_image(image["Id"], force=True)
+        print(f"  lab up, node image build included: {lab('bench-lab', 'up', '--workers', '3'):6.1f} s")
+        lab("bench-lab", "down")
+    print(f"  warm lab up (image built, no nodes): {lab('bench-lab', 'up', '--workers', '3'):6.1f} s")
+    print(f"  lab up on a running lab (no-op):      {lab('bench-lab', 'up', '--workers', '3'):6.1f} s")
+    time.sleep(10)  # let the nodes settle to idle
+    for container in api.containers(filters={"label": "pyinfra-swarm.lab=bench-lab"}):
+        stats = api.stats(container["Id"], stream=False)
+        usage = stats["memory_stats"]["usage"] - stats["memory_stats"].get("stats", {}).get("cache", 0)
+        print(f"  idle memory of {container['Names'][0].lstrip('/')}: {usage / 2**20:5.1f} MiB")
+    lab("bench-lab", "down")
+
+
+def bench_shape(managers: int, workers: int) -> None:
+    name = f"bench-{managers}m{workers}w"
+    print(f"== swarm deploy: {managers} manager(s) + {workers} workers")
+    lab(name, "up", "--managers", str(managers), "--workers", str(workers))
+    try:
+        wall, lines = deploy(name)
+        install = phase(lines, "Install Docker (")
+        print(f"  cold deploy:   {wall:6.1f} s, of which installing packages {install:5.1f} s "
+              f"({100 * install / wall:.0f} %), the rest {wall - install:5.1f} s")  # fmt: skip
+        print(f"    SSH commands per host: {per_host(commands_per_host(lines))}")
+        runs = [deploy(name) for _ in range(3)]
+        walls = [w for w, _ in runs]
+        print(
+            f"  no-op re-run:  {statistics.median(walls):6.2f} s median of 3 ({', '.join(f'{w:.2f}' for w in walls)})"
+        )
+        print(f"    SSH commands per host: {per_host(commands_per_host(runs[0][1]))}")
+    finally:
+        lab(name, "down")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shapes", default="1+3,1+11", help="cluster shapes, MANAGERS+WORKERS (default: %(default)s)")
+    parser.add_argument("--rebuild-image", action="store_true", help="also time a lab up that builds the node image")
+    parser.add_argument("--skip-lab", action="store_true", help="only the deploy figures")
+    args = parser.parse_args()
+    api = docker.APIClient(version="auto")
+    print(f"machine: {os.cpu_count()} cores; pyinfra-swarm benchmark, {time.strftime('%Y-%m-%d %H:%M')}")
+    if not args.skip_lab:
+        bench_lab(api, args.rebuild_image)
+    for shape in args.shapes.split(","):
+        managers, workers = (int(n) for n in shape.split("+"))
+        bench_shape(managers, workers)
+
+
+if __name__ == "__main__":
+    main()
