@@ -16,10 +16,16 @@ from pyinfra.context import ctx_host
 from pyinfra.facts.server import Hostname
 
 from pyinfra_swarm.facts import DockerSwarm, HostAddresses, KernelFeatures, SwarmNodes
+from pyinfra_swarm.hostfacts import gather, register
 from pyinfra_swarm.settings import is_manager, setting, swarm_hosts, validate_inventory
 
 _VIEWS: weakref.WeakKeyDictionary[State, Cluster] = weakref.WeakKeyDictionary()
 _BUILD_LOCK = BoundedSemaphore()
+
+register("hostname", Hostname)
+register("addresses", HostAddresses)
+register("swarm", DockerSwarm)
+register("kernel", KernelFeatures)
 
 
 @dataclass
@@ -78,12 +84,13 @@ def _build(state: State) -> Cluster:
     for host in hosts:
         if host not in reachable:
             logger.warning(f"{host.name} is not connected (unreachable, or outside --limit): left as it is this run")
-    swarm = {h: h.get_fact(DockerSwarm) for h in reachable}
-    hostnames = {h: h.get_fact(Hostname) for h in reachable}
-    kernel = {h: h.get_fact(KernelFeatures) for h in reachable}
+    facts = gather(state, reachable)
+    swarm = {h: facts[h]["swarm"] for h in reachable}
+    hostnames = {h: facts[h]["hostname"] for h in reachable}
+    kernel = {h: facts[h]["kernel"] for h in reachable}
     addresses = {}
     for host in hosts:
-        address = resolve_address(host, host.get_fact(HostAddresses) if host in reachable else None)
+        address = resolve_address(host, facts[host]["addresses"] if host in reachable else None)
         if address:
             addresses[host] = address
     _check_unique_hostnames(hostnames)

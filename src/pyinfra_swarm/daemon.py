@@ -13,6 +13,7 @@ from pyinfra.api.exceptions import DeployError
 from pyinfra.operations import files, systemd
 
 from pyinfra_swarm.facts import DockerDaemonConfig, DockerSwarm
+from pyinfra_swarm.hostfacts import host_fact, register
 from pyinfra_swarm.settings import DEFAULTS, validate_daemon_config
 
 DAEMON_JSON = "/etc/docker/daemon.json"
@@ -22,6 +23,10 @@ RELOADABLE = {
     "max-download-attempts", "default-runtime", "runtimes", "authorization-plugins", "insecure-registries",
     "registry-mirrors", "shutdown-timeout", "features",
 }  # fmt: skip
+
+
+register("daemon_config", DockerDaemonConfig)
+register("swarm", DockerSwarm)
 
 
 def render(config: dict[str, Any]) -> str:
@@ -51,13 +56,13 @@ def configure_daemon() -> None:
     problems = validate_daemon_config(desired)
     if problems:
         raise DeployError(f"host {host.name}: " + "; ".join(problems))
-    current = host.get_fact(DockerDaemonConfig)
+    current = host_fact("daemon_config")
     action = apply_action(current, desired)
     if action is None and current is not None:
         return
     files.directory(name="Directory /etc/docker", path="/etc/docker", mode="0755")
     written = files.put(name=f"Write {DAEMON_JSON}", src=StringIO(render(desired)), dest=DAEMON_JSON, mode="0644")
-    swarm = host.get_fact(DockerSwarm)
+    swarm = host_fact("swarm")
     if swarm is None or swarm.get("LocalNodeState") == "unknown" or action is None:
         return  # Docker isn't installed or running yet: it starts with this file
     systemd.service(

@@ -272,3 +272,37 @@ class DockerPackages(FactBase[dict[str, Any]]):
                 name, version = line.strip().split(" ", 1)
                 result["packages"][name] = version
         return result
+
+
+class Bundle(FactBase[dict[str, Any]]):
+    """Several facts in one command, so one SSH round trip per host: {name: value}. `facts` maps each name
+    to (fact class, its arguments); a fact whose required command is missing gets its default value."""
+
+    SEPARATOR = "##pyinfra-swarm-fact##"
+    MISSING = "##pyinfra-swarm-missing##"
+
+    def command(self, facts: dict[str, tuple[type[FactBase], dict[str, Any]]]) -> str:
+        self.facts = facts  # process() reads the output back section by section
+        parts = []
+        for cls, kwargs in facts.values():
+            fact = cls()
+            command = str(fact.command(**kwargs))
+            required = fact.requires_command(**kwargs)
+            if required:
+                command = f"if command -v {required} >/dev/null 2>&1; then {command}; else echo '{self.MISSING}'; fi"
+            parts.append(f"{{ {command}; }}")
+        return f"; echo '{self.SEPARATOR}'; ".join(parts)
+
+    def process(self, output: list[str]) -> dict[str, Any]:
+        facts = self.facts
+        sections: list[list[str]] = [[]]
+        for line in output:
+            if line.strip() == self.SEPARATOR:
+                sections.append([])
+            else:
+                sections[-1].append(line)
+        values = {}
+        for (name, (cls, _)), lines in zip(facts.items(), sections + [[]] * len(facts), strict=False):
+            fact = cls()
+            values[name] = fact.default() if not lines or lines == [self.MISSING] else fact.process(lines)
+        return values

@@ -15,6 +15,7 @@ from pyinfra.operations import apt, files, server, systemd
 
 from pyinfra_swarm.cluster import cluster
 from pyinfra_swarm.facts import FileHashes, FirewalldZone, FirewallTools, ServiceStates, UfwState
+from pyinfra_swarm.hostfacts import host_fact, register
 from pyinfra_swarm.settings import DEFAULTS, is_manager
 
 CHAIN = "PYINFRA-SWARM"
@@ -23,8 +24,16 @@ FIREWALLD_ZONE = "pyinfra-swarm"
 UFW_COMMENT = "pyinfra-swarm"
 RULES_DIR = "/etc/pyinfra-swarm"
 UNIT = "pyinfra-swarm-firewall.service"
+IPTABLES_RULES = f"{RULES_DIR}/firewall.sh"
+NFT_RULES = f"{RULES_DIR}/firewall.nft"
+UNIT_FILE = f"/etc/systemd/system/{UNIT}"
 SETTINGS = ["swarm_firewall", "swarm_firewall_policy", "swarm_firewall_allow", "swarm_encrypted_overlays",
             "swarm_data_path_port"]  # fmt: skip
+
+
+register("firewall", FirewallTools)
+register("firewall_files", FileHashes, paths=[IPTABLES_RULES, NFT_RULES, UNIT_FILE])
+register("firewall_service", ServiceStates, services=[UNIT])
 
 
 @dataclass(frozen=True)
@@ -220,7 +229,7 @@ def unit_text(start: str) -> str:
 @deploy("Configure the swarm firewall", data_defaults={key: DEFAULTS[key] for key in SETTINGS})
 def configure_firewall() -> None:
     """Let swarm traffic in from cluster peers only (see module docstring); `swarm_firewall: none` skips."""
-    tools = host.get_fact(FirewallTools)
+    tools = host_fact("firewall")
     backend = resolve_backend(host.data.swarm_firewall, tools)
     if backend == "none":
         return
@@ -259,16 +268,16 @@ def configure_firewall() -> None:
 def _own_rules(backend: str, policy: Policy, tools: dict) -> None:
     """Our chain (iptables) or table (nftables), from a rules file applied by a unit of our own."""
     if backend == "iptables":
-        rules, path = iptables_script(policy), f"{RULES_DIR}/firewall.sh"
+        rules, path = iptables_script(policy), IPTABLES_RULES
         start, loaded = f"/bin/sh {path}", tools["chain"]
     else:
-        rules, path = nftables_rules(policy), f"{RULES_DIR}/firewall.nft"
+        rules, path = nftables_rules(policy), NFT_RULES
         start, loaded = f"/usr/sbin/nft -f {path}", tools["table"]
         if not tools["nft"]:
             apt.packages(name="Install nftables", packages=["nftables"], update=True)
-    unit, unit_path = unit_text(start), f"/etc/systemd/system/{UNIT}"
-    hashes = host.get_fact(FileHashes, paths=[path, unit_path])
-    service = host.get_fact(ServiceStates, services=[UNIT]).get(UNIT, {"active": False, "enabled": False})
+    unit, unit_path = unit_text(start), UNIT_FILE
+    hashes = host_fact("firewall_files")
+    service = host_fact("firewall_service").get(UNIT, {"active": False, "enabled": False})
     rules_same, unit_same = hashes.get(path) == _sha256(rules), hashes.get(unit_path) == _sha256(unit)
     if rules_same and unit_same and loaded and service["enabled"]:
         host.noop(f"firewall rules ({backend}) already in place")

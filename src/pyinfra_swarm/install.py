@@ -9,8 +9,8 @@ from pyinfra.facts.deb import DebArch
 from pyinfra.facts.server import LinuxDistribution
 from pyinfra.operations import apt, dnf, files, server, systemd
 
-from pyinfra_swarm.cluster import cluster, current_host
-from pyinfra_swarm.facts import DockerPackages, ServiceStates
+from pyinfra_swarm.facts import DockerPackages, KernelFeatures, ServiceStates
+from pyinfra_swarm.hostfacts import host_fact, register
 from pyinfra_swarm.settings import DEFAULTS
 
 DEBIAN_FAMILY = {"debian": "debian", "raspbian": "raspbian", "ubuntu": "ubuntu"}
@@ -54,6 +54,11 @@ ALL_PACKAGES = sorted(
 )
 
 
+register("packages", DockerPackages, packages=ALL_PACKAGES)
+register("kernel", KernelFeatures)
+register("docker_service", ServiceStates, services=["docker.service"])
+
+
 def plan_packages(manager: str | None, source: str, installed: dict[str, str], version: str | None,
                   apparmor: bool) -> tuple[list[str], list[str], bool]:  # fmt: skip
     """(conflicting packages to remove, packages wanted, whether an install is needed)."""
@@ -74,7 +79,7 @@ def plan_packages(manager: str | None, source: str, installed: dict[str, str], v
 def install_docker() -> None:
     """Install Docker from data's `docker_source`, remove conflicting packages, start and enable it."""
     source = host.data.docker_source
-    facts = host.get_fact(DockerPackages, packages=ALL_PACKAGES)
+    facts = host_fact("packages")
     manager = facts["manager"]
     if manager not in ("apt", "dnf"):
         raise DeployError(f"host {host.name}: neither apt nor dnf found: Debian, Ubuntu or the RHEL family needed")
@@ -83,13 +88,13 @@ def install_docker() -> None:
             f"host {host.name}: docker_source {source!r} needs Debian or Ubuntu; RHEL-family hosts ship podman: "
             "use docker_source: docker-ce"
         )
-    apparmor = bool(cluster(host.state).kernel.get(current_host(), {}).get("APPARMOR"))
+    apparmor = bool(host_fact("kernel").get("APPARMOR"))
     remove, wanted, install = plan_packages(manager, source, facts["packages"], host.data.docker_version, apparmor)
     if manager == "apt":
         _install_apt(source, remove, wanted, install)
     else:
         _install_dnf(remove, install)
-    service = host.get_fact(ServiceStates, services=["docker.service"]).get("docker.service", {})
+    service = host_fact("docker_service").get("docker.service", {})
     if not (service.get("active") and service.get("enabled")):
         systemd.service(name="Docker is running and enabled", service="docker", running=True, enabled=True)
     for user in host.data.docker_users:

@@ -4,7 +4,6 @@ planned operations' commands are read back without touching any machine."""
 from __future__ import annotations
 
 import os
-import re
 from typing import Any
 
 os.environ["PYINFRA_FAKE_DELAY"] = os.environ["PYINFRA_FAKE_DELAY_JITTER"] = "0"
@@ -13,6 +12,13 @@ from pyinfra.api import Config, Inventory, State
 from pyinfra.api.connect import connect_all
 from pyinfra.api.deploy import add_deploy
 from pyinfra.context import ctx_host, ctx_state
+
+import pyinfra_swarm.daemon
+import pyinfra_swarm.firewall
+import pyinfra_swarm.install
+import pyinfra_swarm.swarm  # noqa: F401  (each deploy module registers the facts it gathers)
+from pyinfra_swarm.facts import Bundle
+from pyinfra_swarm.hostfacts import _REGISTRY
 
 KERNEL_FULL = ["CONFIG_VXLAN=m", "CONFIG_IP_VS=m", "CONFIG_INET_ESP=m", "CONFIG_CRYPTO_GCM=y", "CONFIG_XFRM_USER=m",
                "CONFIG_OVERLAY_FS=m", "CONFIG_BRIDGE_NETFILTER=m"]  # fmt: skip
@@ -25,38 +31,54 @@ def host(
     name: str,
     address: str,
     *,
+    hostname: str | None = None,
+    addresses: list[str] | None = None,
     os_release: list[str] = DEBIAN,
     manager: str = "apt",
     packages: dict[str, str] | None = None,
+    docker_running: bool = False,
+    daemon_config: str | None = None,
     swarm: str | None = None,
     nodes: str | None = None,
     kernel: list[str] = KERNEL_FULL,
+    firewall: dict[str, str] | None = None,
     extra: dict[Any, Any] | None = None,
     **data: Any,
 ) -> tuple[str, dict[str, Any]]:
-    """An inventory entry for a fake host. `swarm` is the `docker info` Swarm JSON (None: Docker missing)."""
+    """An inventory entry for a fake host. `swarm` is the `docker info` Swarm JSON (None: Docker missing);
+    the other keywords shape what the host's gathered facts (hostfacts.Bundle) say."""
     installed = [f"{pkg} {version}" for pkg, version in (packages or {}).items()]
+    sections = {
+        "hostname": [hostname or name],
+        "addresses": addresses or [f"2: eth0    inet {address}/24 brd 10.1.0.255 scope global eth0"],
+        "swarm": [swarm] if swarm is not None else [Bundle.MISSING],
+        "kernel": ["apparmor=", *kernel],
+        "daemon_config": [daemon_config] if daemon_config is not None else [],
+        "packages": [f"manager={manager}", *installed],
+        "docker_service": [f"docker.service {'active enabled' if docker_running else 'inactive disabled'}"],
+        "firewall": [f"{key}={value}" for key, value in {"iptables": "/usr/sbin/iptables", **(firewall or {})}.items()],
+        "firewall_files": [],
+        "firewall_service": [],
+    }
+    bundle: list[str] = []
+    for fact_name in _REGISTRY:
+        bundle += [*sections[fact_name], Bundle.SEPARATOR]
     responses: dict[Any, Any] = {
-        "ip -o addr show": [f"2: eth0    inet {address}/24 brd 10.1.0.255 scope global eth0"],
-        "uname -n": [name],
-        "echo manager=": [f"manager={manager}", *installed],
-        "echo apparmor=": ["apparmor=", *kernel],
+        Bundle.SEPARATOR: bundle[:-1],
         "-release": os_release,
         "dpkg --print-architecture": ["amd64"],
         "dpkg -l": [f"ii  {pkg}  {version}  amd64  package" for pkg, version in (packages or {}).items()],
         "rpm --queryformat": [f"{pkg} {version}" for pkg, version in (packages or {}).items()],
     }
-    responses.update(extra or {})
-    if swarm is not None:
-        responses[re.compile(r"docker info")] = [swarm]
     if nodes is not None:
         responses["docker node inspect"] = [nodes]
+    responses.update(extra or {})
     return f"@fake/{name}", {"swarm_advertise_addr": address, "fake_delay": 0, "fake_responses": responses, **data}
 
 
 def plan(deploys: list, managers: list, workers: list | None = None) -> dict[str, Any]:
     """{host: [(operation name, [command, ...]), ...]} that the deploys plan for each host; None for a host
-    the deploys stopped (failed)."""
+    the deploys stopped (failed). Each call is a run of its own (its own State)."""
     workers = workers or []
     inventory = Inventory(
         (managers + workers, {}),

@@ -14,11 +14,9 @@ DEFAULT = {"log-driver": "json-file", "log-opts": {"max-file": "3", "max-size": 
 
 
 def _plan(current: dict | None, desired: dict, swarm: str | None = ACTIVE) -> list[str]:
-    extra = {
-        "cat /etc/docker/daemon.json": [render(current)] if current is not None else [],
-        "--property SubState": ["Id=docker.service", "SubState=running", ""],
-    }
-    entry = host("m1", "10.1.0.1", swarm=swarm, extra=extra, docker_daemon_config=desired)
+    extra = {"--property SubState": ["Id=docker.service", "SubState=running", ""]}
+    config = render(current) if current is not None else None
+    entry = host("m1", "10.1.0.1", swarm=swarm, daemon_config=config, extra=extra, docker_daemon_config=desired)
     return commands(plan([configure_daemon], [entry])["m1"])
 
 

@@ -100,9 +100,9 @@ def test_deploy_writes_rules_with_every_peer_and_a_boot_unit():
 
 
 def test_deploy_with_ufw_active_uses_ufw():
-    ufw = {"echo ufw=": ["ufw=active", "firewalld=inactive"], "ufw status verbose": ["Status: active",
-           "Default: deny (incoming), allow (outgoing), disabled (routed)"]}  # fmt: skip
-    planned = plan([configure_firewall], [host("m1", "10.1.0.1", extra=ufw)], [host("w1", "10.1.0.2")])
+    ufw = {"ufw status verbose": ["Status: active", "Default: deny (incoming), allow (outgoing), disabled (routed)"]}
+    manager = host("m1", "10.1.0.1", firewall={"ufw": "active"}, extra=ufw)
+    planned = plan([configure_firewall], [manager], [host("w1", "10.1.0.2")])
     cmds = commands(planned["m1"])
     assert "ufw allow from 10.1.0.2 to any port 2377 proto tcp comment 'pyinfra-swarm'" in " ".join(cmds)
 

@@ -62,7 +62,7 @@ def test_installed_and_running_docker_plans_nothing():
     cmds = _install(
         docker_source="distro",
         packages={"docker.io": "20.10.24+dfsg1-1+deb12u1"},
-        extra={"systemctl is-active": ["docker.service active enabled"]},
+        docker_running=True,
     )
     assert cmds == []
 

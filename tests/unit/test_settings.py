@@ -61,7 +61,7 @@ def test_every_problem_is_listed_at_once():
 
 
 def test_duplicate_hostnames_are_refused():
-    twin = host("w1", "10.1.0.2", extra={"uname -n": ["m1"]})
+    twin = host("w1", "10.1.0.2", hostname="m1")
     with pytest.raises(PyinfraError, match="have the same hostname 'm1'"):
         _check([host("m1", "10.1.0.1")], [twin])
 

@@ -121,7 +121,7 @@ def test_managers_in_different_swarms_stop_the_run():
 
 
 def test_advertise_address_by_interface_name_and_missing_address():
-    planned = _plan([host("m1", "eth0", extra={"ip -o addr show": ["2: eth0 inet 10.1.0.1/24 scope global eth0"]})])
+    planned = _plan([host("m1", "eth0", addresses=["2: eth0 inet 10.1.0.1/24 scope global eth0"])])
     assert commands(planned["m1"])[0].startswith("docker swarm init --advertise-addr 10.1.0.1 ")  # eth0's IPv4
     with pytest.raises(PyinfraError, match=re.escape("swarm_advertise_addr 10.9.9.9 is not an address of this host")):
-        _plan([host("m1", "10.9.9.9", extra={"ip -o addr show": ["2: eth0 inet 10.1.0.1/24 scope global eth0"]})])
+        _plan([host("m1", "10.9.9.9", addresses=["2: eth0 inet 10.1.0.1/24 scope global eth0"])])

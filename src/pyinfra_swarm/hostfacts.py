@@ -1,0 +1,41 @@
+"""Everything the deploys read from a host, gathered in ONE command per host, for every swarm host in
+parallel, once per run. Each deploy module registers the facts it needs; `host_fact` reads them back."""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+import gevent
+from pyinfra import host
+from pyinfra.api import FactBase, Host, State
+
+from pyinfra_swarm.facts import Bundle
+
+_REGISTRY: dict[str, tuple[type[FactBase], dict[str, Any]]] = {}
+_GATHERED: weakref.WeakKeyDictionary[State, dict[Host, dict[str, Any]]] = weakref.WeakKeyDictionary()
+
+
+def register(name: str, fact: type[FactBase], **kwargs: Any) -> None:
+    """Add a fact (with its arguments) to what is gathered from each host."""
+    _REGISTRY[name] = (fact, kwargs)
+
+
+def gather(state: State, hosts: list[Host]) -> dict[Host, dict[str, Any]]:
+    """Every registered fact of every host: one Bundle command per host, all hosts at once."""
+    spec = dict(_REGISTRY)
+    greenlets = {target: gevent.spawn(target.get_fact, Bundle, facts=spec) for target in hosts}
+    gevent.joinall(list(greenlets.values()), raise_error=True)
+    gathered = {target: greenlet.value for target, greenlet in greenlets.items()}
+    _GATHERED.setdefault(state, {}).update(gathered)
+    return gathered
+
+
+def host_fact(name: str, target: Host | None = None) -> Any:
+    """A registered fact of `target` (default: the host being deployed), from the gathered bundle; a host
+    not gathered yet (a deploy used on its own) gets its bundle gathered now."""
+    target = target or host._get_module()  # type: ignore[attr-defined]
+    gathered = _GATHERED.get(target.state, {}).get(target)
+    if gathered is None:
+        gathered = gather(target.state, [target])[target]
+    return gathered[name]
