@@ -8,7 +8,7 @@ MANAGERS ?= 1
 WORKERS ?= 3
 export PYINFRA_SWARM_LAB := $(LAB)
 
-.PHONY: demo test unit e2e lint engine lab-up lab-down lab-status bench clean
+.PHONY: demo test unit lint engine lab-up lab-down lab-status bench clean vagrant-up vagrant-deploy vagrant-down
 
 demo: $(STAMP) engine lab-up ## bring the lab up and run deploy.py against it
 	$(BIN)/pyinfra -y inventory/lab.py deploy.py
@@ -17,7 +17,7 @@ test: $(STAMP) engine lint ## unit tests, then end-to-end tests on a lab of thei
 	$(BIN)/pytest -v tests
 
 unit: $(STAMP) ## the fast unit-only tests
-	$(BIN)/pytest -q -m "not e2e" tests
+	$(BIN)/pytest -q -m "not e2e and not vagrant" tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -38,6 +38,18 @@ lab-status: $(STAMP)
 
 bench: $(STAMP) engine ## print the lab and deploy figures
 	$(BIN)/python benchmarks/bench.py
+
+VAGRANT_PROVIDER = $$($(BIN)/python -c 'from pathlib import Path; from pyinfra_swarm.vagrant import load_settings; \
+	print(load_settings(Path("vagrant/settings.yml")).get("provider", "virtualbox"))')
+
+vagrant-up: $(STAMP) ## boot the Vagrant lab of vagrant/settings.yml
+	cd vagrant && vagrant up --provider "$(VAGRANT_PROVIDER)"
+
+vagrant-deploy: $(STAMP) ## run deploy.py on the Vagrant lab
+	$(BIN)/pyinfra -y inventory/vagrant.py deploy.py
+
+vagrant-down: ## destroy the Vagrant lab's VMs
+	cd vagrant && vagrant destroy -f
 
 $(STAMP): pyproject.toml
 	@command -v python3 >/dev/null || { echo "python3 is missing: install it (apt-get install python3 python3-venv)"; exit 1; }

@@ -24,6 +24,14 @@ def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
     return run([str(BIN / "pyinfra-swarm"), *args], env=env)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests under tests/e2e need the Docker engine, tests under tests/vagrant the vagrant command."""
+    for item in items:
+        for folder in ("e2e", "vagrant"):
+            if f"tests/{folder}/" in str(item.fspath):
+                item.add_marker(getattr(pytest.mark, folder))
+
+
 @pytest.fixture(scope="session")
 def lab_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A state directory of the test session's own, so tests never touch the user's labs."""

@@ -16,12 +16,6 @@ from pyinfra_swarm.lab import state
 from tests.conftest import BIN, ROOT, cli, run
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if "tests/e2e/" in str(item.fspath):
-            item.add_marker(pytest.mark.e2e)
-
-
 @pytest.fixture(scope="session")
 def docker_api() -> docker.APIClient:
     """The engine the labs run on. No engine is a failure, not a skip: `make test` starts one."""
