@@ -1,6 +1,12 @@
-"""Settings for every host (see src/pyinfra_swarm/settings.py for all keys and their defaults)."""
+"""Settings for every host (src/pyinfra_swarm/settings.py lists every key with its default).
 
-# Debian/Ubuntu's docker.io: the lab's nodes reach only Debian's mirror. Use "docker-ce" for Docker's own
+These are the demo's settings on the local lab; for your own cluster, change what is marked "lab".
+"""
+
+import secrets
+from pathlib import Path
+
+# Debian/Ubuntu's docker.io (lab: the nodes reach only Debian's mirror). Use "docker-ce" for Docker's own
 # packages from download.docker.com (the default when unset).
 docker_source = "distro"
 
@@ -9,6 +15,44 @@ docker_daemon_config = {
     "log-opts": {"max-size": "10m", "max-file": "3"},
 }
 
-# Firewall: the swarm ports open to cluster peers only; everything else inbound refused but SSH.
+# Firewall: the swarm ports open to cluster peers only; every other inbound connection refused but SSH.
 swarm_firewall = "auto"
 swarm_firewall_allow = ["22/tcp"]
+
+# The cluster's registry: a swarm service on manager1, TLS from a CA made on this machine, htpasswd auth.
+# The password is generated into .pyinfra-swarm/ (git-ignored), never kept in the repo.
+registry_mode = "service"
+registry_node = "manager1"
+# Lab: nothing can be pulled, so the registry image is built from Debian's docker-registry package on its
+# node (use registry_image = "registry:2" and no registry_build where Docker Hub is reachable).
+registry_image = "pyinfra-swarm/registry:2.8"
+registry_build = "images/registry"
+
+
+def _registry_password() -> str:
+    path = Path(".pyinfra-swarm/registry-password")
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_urlsafe(24))
+    return path.read_text().strip()
+
+
+registry_users = {"swarm": _registry_password()}
+
+# Lab: managers build images FROM debian:bookworm, which `pyinfra-swarm lab up` exports to this archive.
+docker_image_archives = [
+    {"image": "debian:bookworm", "archive": ".lab/images/debian-bookworm.tar", "group": "swarm_managers"},
+]
+docker_images = [{"name": "demo-app", "context": "images/demo-app", "tag": "1"}]
+
+swarm_stacks = [
+    {
+        "name": "demo",
+        "template": "demo.yml.j2",
+        "timeout": 180,
+        "vars": {"demo_version": "1", "greeting": "hello", "web_replicas": 3, "web_port": 8080},
+    },
+]
+# Lab: no IPVS in its kernel, so DNS round robin and host-mode ports (real clusters: leave these out).
+stack_vars = {"endpoint_mode": "dnsrr", "publish_mode": "host"}

@@ -12,9 +12,10 @@ from pyinfra.api import deploy
 from pyinfra.api.exceptions import DeployError
 from pyinfra.operations import files, systemd
 
+from pyinfra_swarm.cluster import cluster, current_host
 from pyinfra_swarm.facts import DockerDaemonConfig, DockerSwarm
 from pyinfra_swarm.hostfacts import host_fact, register
-from pyinfra_swarm.settings import DEFAULTS, validate_daemon_config
+from pyinfra_swarm.settings import DEFAULTS, swarm_hosts, validate_daemon_config
 
 DAEMON_JSON = "/etc/docker/daemon.json"
 # Options dockerd applies on SIGHUP (Docker's "configuration reload behavior" list).
@@ -52,7 +53,13 @@ def apply_action(current: dict[str, Any] | None, desired: dict[str, Any]) -> str
 @deploy("Configure the Docker daemon", data_defaults={"docker_daemon_config": DEFAULTS["docker_daemon_config"]})
 def configure_daemon() -> None:
     """Write daemon.json (before Docker is installed, so it starts with it) and apply changes."""
-    desired = host.data.docker_daemon_config
+    desired = dict(host.data.docker_daemon_config)
+    if current_host() in swarm_hosts(host.state):
+        from pyinfra_swarm.registry import insecure_registries
+
+        extra = insecure_registries(cluster(host.state))  # registry_tls: False opts out of TLS explicitly
+        if extra:
+            desired["insecure-registries"] = sorted({*desired.get("insecure-registries", []), *extra})
     problems = validate_daemon_config(desired)
     if problems:
         raise DeployError(f"host {host.name}: " + "; ".join(problems))

@@ -306,3 +306,20 @@ class Bundle(FactBase[dict[str, Any]]):
             fact = cls()
             values[name] = fact.default() if not lines or lines == [self.MISSING] else fact.process(lines)
         return values
+
+
+class DockerAuths(FactBase[list[str]]):
+    """Registries the user running Docker commands is logged in to (~/.docker/config.json `auths`)."""
+
+    def command(self) -> str:
+        return 'cat "$HOME/.docker/config.json" 2>/dev/null || true'
+
+    def process(self, output: list[str]) -> list[str]:
+        try:
+            return sorted(json.loads("\n".join(output)).get("auths", {}))
+        except ValueError:
+            return []
+
+    @staticmethod
+    def default() -> list[str]:
+        return []

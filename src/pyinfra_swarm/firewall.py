@@ -13,10 +13,10 @@ from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.operations import apt, files, server, systemd
 
-from pyinfra_swarm.cluster import cluster
+from pyinfra_swarm.cluster import Cluster, cluster, current_host
 from pyinfra_swarm.facts import FileHashes, FirewalldZone, FirewallTools, ServiceStates, UfwState
 from pyinfra_swarm.hostfacts import host_fact, register
-from pyinfra_swarm.settings import DEFAULTS, is_manager
+from pyinfra_swarm.settings import DEFAULTS, is_manager, setting
 
 CHAIN = "PYINFRA-SWARM"
 NFT_TABLE = "pyinfra_swarm"
@@ -48,8 +48,8 @@ class Policy:
 
 
 def node_policy(manager: bool, peers: list[str], allow: list[str], data_path_port: int, esp: bool,
-                deny_other: bool, ssh_port: int = 22) -> Policy:  # fmt: skip
-    ports = (["2377/tcp"] if manager else []) + ["7946/tcp", "7946/udp", f"{data_path_port}/udp"]
+                deny_other: bool, ssh_port: int = 22, peer_ports: tuple[str, ...] = ()) -> Policy:  # fmt: skip
+    ports = (["2377/tcp"] if manager else []) + ["7946/tcp", "7946/udp", f"{data_path_port}/udp", *peer_ports]
     allowed = list(dict.fromkeys([*allow, f"{ssh_port}/tcp"]))
     return Policy(tuple(peers), tuple(ports), tuple(allowed), esp, deny_other)
 
@@ -245,6 +245,7 @@ def configure_firewall() -> None:
         esp=host.data.swarm_encrypted_overlays,
         deny_other=host.data.swarm_firewall_policy == "deny",
         ssh_port=int(host.data.get("ssh_port") or 22),
+        peer_ports=_registry_port(view),
     )
     if backend in ("iptables", "nftables"):
         _own_rules(backend, policy, tools)
@@ -263,6 +264,16 @@ def configure_firewall() -> None:
             server.shell(
                 name="Open the swarm ports to peers (firewalld)", commands=[*commands, "firewall-cmd --reload"]
             )
+
+
+def _registry_port(view: Cluster) -> tuple[str, ...]:
+    """A host-mode registry listens on the host itself: its port is opened to the peers."""
+    from pyinfra_swarm.registry import registry_host
+
+    target = registry_host(view)
+    if target is current_host() and setting(target, "registry_mode") == "host":
+        return (f"{setting(target, 'registry_port')}/tcp",)
+    return ()
 
 
 def _own_rules(backend: str, policy: Policy, tools: dict) -> None:

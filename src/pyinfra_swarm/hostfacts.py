@@ -4,9 +4,11 @@ parallel, once per run. Each deploy module registers the facts it needs; `host_f
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import gevent
+from gevent.lock import BoundedSemaphore
 from pyinfra import host
 from pyinfra.api import FactBase, Host, State
 
@@ -29,6 +31,32 @@ def gather(state: State, hosts: list[Host]) -> dict[Host, dict[str, Any]]:
     gathered = {target: greenlet.value for target, greenlet in greenlets.items()}
     _GATHERED.setdefault(state, {}).update(gathered)
     return gathered
+
+
+Spec = dict[str, tuple[type[FactBase], dict[str, Any]]]
+_PLANNERS: list[Callable[[Any, Host], Spec]] = []
+_PLANNED: weakref.WeakKeyDictionary[State, dict[Host, dict[str, Any]]] = weakref.WeakKeyDictionary()
+_PLANNED_LOCK = BoundedSemaphore()
+
+
+def register_planned(planner: Callable[[Any, Host], Spec]) -> Callable[[Any, Host], Spec]:
+    """Decorator: `planner(view, host)` names facts whose arguments depend on the cluster view (paths with
+    the registry's address, image names); all of them are gathered in one Bundle per host."""
+    _PLANNERS.append(planner)
+    return planner
+
+
+def planned_fact(view: Any, name: str, target: Host | None = None) -> Any:
+    """A fact named by a planner, for `target` (default: the host being deployed); the first call of a run
+    gathers every planner's facts from every reachable host at once."""
+    target = target or host._get_module()  # type: ignore[attr-defined]
+    with _PLANNED_LOCK:
+        if target.state not in _PLANNED:
+            specs = {h: {k: v for planner in _PLANNERS for k, v in planner(view, h).items()} for h in view.reachable}
+            greenlets = {h: gevent.spawn(h.get_fact, Bundle, facts=spec) for h, spec in specs.items() if spec}
+            gevent.joinall(list(greenlets.values()), raise_error=True)
+            _PLANNED[target.state] = {h: greenlet.value for h, greenlet in greenlets.items()}
+    return _PLANNED[target.state][target][name]
 
 
 def host_fact(name: str, target: Host | None = None) -> Any:

@@ -97,7 +97,7 @@ def install_docker() -> None:
     service = host_fact("docker_service").get("docker.service", {})
     if not (service.get("active") and service.get("enabled")):
         systemd.service(name="Docker is running and enabled", service="docker", running=True, enabled=True)
-    for user in host.data.docker_users:
+    for user in host.loop(host.data.docker_users):
         server.user(name=f"{user} is in the docker group", user=user, groups=["docker"], append=True)
 
 

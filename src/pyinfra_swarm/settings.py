@@ -35,6 +35,26 @@ DEFAULTS: dict[str, Any] = {
     "swarm_availability": "active",  # active | pause | drain
     "swarm_labels": {},  # node labels, e.g. {"zone": "a"}
     "swarm_force_rejoin": False,  # leave a different swarm and join this one
+    # Registry: "service" (a swarm service pinned to registry_node), "host" (Debian's docker-registry package
+    # on registry_node) or None (no registry).
+    "registry_mode": None,
+    "registry_node": None,  # inventory name of the host it runs on (default: the first manager)
+    "registry_port": 5000,
+    "registry_image": "registry:2",  # service mode
+    "registry_build": None,  # service mode: a context directory to build the registry image from, on its node
+    "registry_tls": True,  # False: plain HTTP, written into every node's insecure-registries
+    "registry_users": {},  # htpasswd auth (bcrypt) when not empty: {user: password}
+    # Images: archives uploaded and `docker load`ed where they are missing, and images built on a manager
+    # from a context directory and pushed to the registry.
+    "docker_image_archives": [],  # [{"image": "debian:bookworm", "archive": "path.tar", "group": "all"}]
+    "docker_images": [],  # [{"name": "app", "context": "images/app", "tag": "1"}]
+    # Swarm objects and stacks (created from a manager).
+    "swarm_networks": {},  # {name: {"attachable": True, "subnet": "10.30.0.0/24", "mtu": 1450, "encrypted": False}}
+    "swarm_secrets": {},  # {name: {"file": "path"} or {"value": "..."}}
+    "swarm_configs": {},  # same as secrets
+    "swarm_stacks": [],  # [{"name": "demo", "template": "demo.yml.j2", "state": "present", "vars": {}, "timeout": 180}]
+    "swarm_stacks_dir": "templates/stacks",
+    "stack_vars": {},  # variables for every stack template
 }
 
 SOURCES = ("docker-ce", "distro")
@@ -168,6 +188,37 @@ def validate_host_data(host: Host) -> list[str]:
     if not isinstance(setting(host, "docker_users"), list):
         problems.append("docker_users must be a list of user names")
     problems += validate_daemon_config(setting(host, "docker_daemon_config"))
+    problems += validate_workload_data(host)
+    return problems
+
+
+def validate_workload_data(host: Host) -> list[str]:
+    """Problems with the registry, image, object and stack settings (the files they name are checked when
+    they are read, still before anything changes)."""
+    problems = []
+    if setting(host, "registry_mode") not in (None, "service", "host"):
+        problems.append(f"registry_mode {setting(host, 'registry_mode')!r} is unknown: use service, host or None")
+    port = setting(host, "registry_port")
+    if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
+        problems.append(f"registry_port must be a port number, not {port!r}")
+    users = setting(host, "registry_users")
+    if not isinstance(users, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in users.items()):
+        problems.append("registry_users must map user names to passwords (strings)")
+    for index, entry in enumerate(setting(host, "docker_image_archives")):
+        if not isinstance(entry, dict) or not entry.get("image") or not entry.get("archive"):
+            problems.append(f"docker_image_archives[{index}] needs an image and an archive path")
+    for index, entry in enumerate(setting(host, "docker_images")):
+        if not isinstance(entry, dict) or not all(entry.get(k) for k in ("name", "context", "tag")):
+            problems.append(f"docker_images[{index}] needs a name, a context directory and a tag")
+    for key in ("swarm_secrets", "swarm_configs"):
+        for name, source in (setting(host, key) or {}).items():
+            if not isinstance(source, dict) or len({"file", "value"} & set(source)) != 1:
+                problems.append(f"{key}[{name!r}] needs exactly one of file or value")
+    for index, stack in enumerate(setting(host, "swarm_stacks")):
+        if not isinstance(stack, dict) or not stack.get("name") or not stack.get("template"):
+            problems.append(f"swarm_stacks[{index}] needs a name and a template")
+        elif stack.get("state", "present") not in ("present", "absent"):
+            problems.append(f"swarm_stacks[{index}] ({stack['name']}): state must be present or absent")
     return problems
 
 

@@ -65,10 +65,10 @@ def leave():
     yield "docker swarm leave --force"
 
 
-def _connector_args(state: State, target: Host) -> dict[str, Any]:
+def connector_args(state: State, target: Host) -> dict[str, Any]:
     """The connection arguments (sudo, ...) that target's data asks for, for commands run from callbacks."""
     arguments, _ = pop_global_arguments(state, target, {})
-    return {key: value for key, value in arguments.items() if key in CONNECTOR_ARGUMENT_KEYS}
+    return {key: value for key, value in arguments.items() if key in CONNECTOR_ARGUMENT_KEYS and key != "_stdin"}
 
 
 def join_info(state: State, role: str) -> tuple[str, list[str]]:
@@ -91,7 +91,7 @@ def _fetch_join_info(state: State, view: Cluster, role: str) -> tuple[str, list[
         for _ in range(RETRIES):
             status, output = manager.run_shell_command(
                 StringCommand("docker", "swarm", "join-token", "-q", role), print_output=False,
-                **_connector_args(state, manager),
+                **connector_args(state, manager),
             )  # fmt: skip
             token = output.stdout.strip()
             if status and token:
@@ -111,7 +111,7 @@ def _transient(error: str) -> bool:
 
 def _join(state: State, host: Host, role: str, advertise_addr: str) -> None:
     token, managers = join_info(state, role)
-    args = _connector_args(state, host)
+    args = connector_args(state, host)
     problems = []
     for manager_addr in managers:
         status, _ = host.run_shell_command(

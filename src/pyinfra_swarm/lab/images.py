@@ -105,3 +105,17 @@ def _has_image(api: docker.APIClient, name: str) -> bool:
     except ImageNotFound:
         return False
     return True
+
+
+def export_base_image(api: docker.APIClient, directory: Path, progress: Progress) -> Path:
+    """debian:bookworm as an archive the deploy can upload to nodes that can't pull (docker load)."""
+    path = directory / "debian-bookworm.tar"
+    if not path.exists():
+        progress(f"saving {BASE_IMAGE} to {path} (nodes build images FROM it)")
+        directory.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".partial")
+        with partial.open("wb") as archive:
+            for chunk in api.get_image(BASE_IMAGE):
+                archive.write(chunk)
+        partial.rename(path)
+    return path

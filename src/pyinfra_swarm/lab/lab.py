@@ -15,8 +15,8 @@ import docker
 from docker.errors import APIError, DockerException, NotFound
 
 from pyinfra_swarm.lab import state
-from pyinfra_swarm.lab.images import ensure_node_image
-from pyinfra_swarm.lab.spec import AUTO_SUBNETS, LABEL, LabError, LabSpec, Node, host_addresses
+from pyinfra_swarm.lab.images import ensure_node_image, export_base_image
+from pyinfra_swarm.lab.spec import AUTO_SUBNETS, LABEL, LabError, LabSpec, Node, host_addresses, state_root
 
 Progress = Callable[[str], None]
 READY_TIMEOUT = 120.0
@@ -46,6 +46,7 @@ def up(spec: LabSpec, progress: Progress, privileged: str = "auto") -> state.Lab
     """Make the lab match `spec`: reuse running nodes, start stopped ones, recreate broken ones."""
     api = connect()
     image = ensure_node_image(api, progress)
+    export_base_image(api, state_root() / "images", progress)
     subnet = _ensure_network(api, spec, progress)
     existing = {c["Labels"][NODE_LABEL]: c for c in _containers(api, spec.name)}
     for name in sorted(set(existing) - {node.name for node in spec.nodes}):

@@ -111,4 +111,7 @@ def remove(state_dir: Path) -> None:
 
 
 def remove_all() -> None:
-    shutil.rmtree(state_root(), ignore_errors=True)
+    """Every lab's state; the exported image archives (state_root()/images) are kept."""
+    for path in state_root().glob("*"):
+        if path.is_dir() and path.name != "images":
+            shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,175 @@
+"""Stacks: render every stack listed in data on the controller, check it, upload it to a manager and deploy
+it only when its rendered content (or an image it uses) changed; then wait, with progress, until every
+service has its replicas running, and fail with the tasks' errors if they don't in time."""
+
+from __future__ import annotations
+
+import hashlib
+import shlex
+import time
+from io import StringIO
+from pathlib import Path
+from typing import Any
+
+from pyinfra import host, logger
+from pyinfra.api import FactBase, Host, State, StringCommand, deploy, operation
+from pyinfra.api.command import FunctionCommand
+from pyinfra.api.exceptions import DeployError, OperationError
+from pyinfra.operations import files, server
+
+from pyinfra_swarm.artifacts import images_built_this_run
+from pyinfra_swarm.cluster import cluster, current_host
+from pyinfra_swarm.facts import FileHashes
+from pyinfra_swarm.hostfacts import Spec, planned_fact, register_planned
+from pyinfra_swarm.settings import DEFAULTS
+from pyinfra_swarm.stackfiles import StackError, check, render, stack_images
+from pyinfra_swarm.swarm import connector_args
+
+STACKS_DIR = "/etc/pyinfra-swarm/stacks"
+POLL = 2.0
+SETTINGS = ["swarm_stacks", "swarm_stacks_dir", "stack_vars"]
+
+
+class SwarmStacks(FactBase[list[str]]):
+    """Names of the stacks deployed in the swarm (on a manager)."""
+
+    def requires_command(self) -> str:
+        return "docker"
+
+    def command(self) -> str:
+        return "docker stack ls --format '{{.Name}}' 2>/dev/null || true"
+
+    def process(self, output: list[str]) -> list[str]:
+        return [line.strip() for line in output if line.strip()]
+
+    @staticmethod
+    def default() -> list[str]:
+        return []
+
+
+def stack_context(data: Any, stack: dict[str, Any], view_registry: str) -> dict[str, Any]:
+    """What a stack template sees: the registry address, secret and config names (versioned), the
+    `stack_vars` of the data and the stack's own `vars`."""
+    from pyinfra_swarm.objects import versioned_names
+
+    return {
+        "registry": view_registry,
+        "secrets": versioned_names(data, "swarm_secrets"),
+        "configs": versioned_names(data, "swarm_configs"),
+        **(data.get("stack_vars") or {}),
+        **(stack.get("vars") or {}),
+    }
+
+
+def render_stacks(data: Any, registry_address: str) -> list[tuple[dict[str, Any], str, list[str]]]:
+    """(stack, rendered text, images) of every stack in data; any problem is a DeployError naming the file."""
+    directory = Path(data.get("swarm_stacks_dir") or DEFAULTS["swarm_stacks_dir"])
+    rendered: list[tuple[dict[str, Any], str, list[str]]] = []
+    for stack in data.get("swarm_stacks") or []:
+        template = directory / stack["template"]
+        try:
+            if stack.get("state", "present") == "absent":
+                rendered.append((stack, "", []))
+                continue
+            text = render(template, stack_context(data, stack, registry_address))
+            rendered.append((stack, text, stack_images(check(text, f"{template} (rendered)"))))
+        except StackError as exc:
+            raise DeployError(f"stack {stack['name']}: {exc}") from None
+    return rendered
+
+
+@operation(is_idempotent=False)
+def stack_deploy(stack: str, path: str, timeout: int = 180):
+    """`docker stack deploy --with-registry-auth --prune`, then wait until every service has converged."""
+    yield StringCommand("docker", "stack", "deploy", "--with-registry-auth", "--prune", "-c", path, stack)
+    yield FunctionCommand(wait_converged, (stack, timeout), {})
+
+
+def replica_counts(output: list[str]) -> dict[str, tuple[int, int]]:
+    """`docker stack services --format '{{.Name}} {{.Replicas}}'` -> {service: (running, desired)}."""
+    counts = {}
+    for line in output:
+        name, _, replicas = line.strip().partition(" ")
+        running, _, desired = replicas.split(" ")[0].partition("/")
+        if name and running.isdigit() and desired.isdigit():
+            counts[name] = (int(running), int(desired))
+    return counts
+
+
+def wait_converged(state: State, host: Host, stack: str, timeout: int) -> None:
+    args = connector_args(state, host)
+    deadline = time.monotonic() + timeout
+    last_report = 0.0
+    while True:
+        status, output = host.run_shell_command(
+            StringCommand(f"docker stack services {shlex.quote(stack)} --format '{{{{.Name}}}} {{{{.Replicas}}}}'"),
+            print_output=False, **args,
+        )  # fmt: skip
+        counts = replica_counts(output.stdout_lines) if status else {}
+        if counts and all(running == desired for running, desired in counts.values()):
+            logger.info(f"{host.print_prefix}stack {stack}: every service converged")
+            return
+        now = time.monotonic()
+        if now > deadline:
+            break
+        if now - last_report >= 5:
+            progress = ", ".join(f"{name} {r}/{d}" for name, (r, d) in sorted(counts.items()))
+            logger.info(f"{host.print_prefix}stack {stack}: waiting ({progress or 'no services yet'})")
+            last_report = now
+        import gevent
+
+        gevent.sleep(POLL)
+    _, tasks = host.run_shell_command(
+        StringCommand(f"docker stack ps {shlex.quote(stack)} --no-trunc --format "
+                      "'{{.Name}} on {{.Node}}: {{.CurrentState}}: {{.Error}}'"),
+        print_output=False, **args,
+    )  # fmt: skip
+    errors = [line for line in tasks.stdout_lines if not line.rstrip().endswith(":")][:5]
+    raise OperationError(
+        f"stack {stack} did not converge within {timeout} s; failing tasks: " + ("; ".join(errors) or "none reported")
+    )
+
+
+def stack_path(name: str) -> str:
+    return f"{STACKS_DIR}/{name}.yml"
+
+
+@register_planned
+def _planned_facts(view: Any, target: Host) -> Spec:
+    """The acting manager's stack files and deployed stacks (gathered with the other deploys' facts)."""
+    if target is not view.acting_manager:
+        return {}
+    names = [stack["name"] for stack in target.data.get("swarm_stacks") or []]
+    return {"stack_files": (FileHashes, {"paths": [stack_path(n) for n in names]}), "swarm_stacks": (SwarmStacks, {})}
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@deploy("Stacks", data_defaults={key: DEFAULTS[key] for key in SETTINGS})
+def deploy_stacks() -> None:
+    """On the manager acting for the cluster: deploy changed stacks, remove absent ones."""
+    view = cluster(host.state)
+    if current_host() is not view.acting_manager:
+        return
+    from pyinfra_swarm.registry import address
+
+    rendered = render_stacks(host.data, address(view))
+    if not rendered:
+        return
+    paths = {stack["name"]: stack_path(stack["name"]) for stack, _, _ in rendered}
+    hashes = planned_fact(view, "stack_files")
+    deployed = planned_fact(view, "swarm_stacks")
+    rebuilt = images_built_this_run(host.state)
+    for stack, text, images in host.loop(rendered):
+        name, path = stack["name"], paths[stack["name"]]
+        if stack.get("state", "present") == "absent":
+            if name in deployed:
+                server.shell(name=f"Remove stack {name}", commands=[f"docker stack rm {shlex.quote(name)}"])
+            continue
+        if hashes.get(path) == _sha256(text) and name in deployed and not set(images) & rebuilt:
+            host.noop(f"stack {name} is up to date")
+            continue
+        files.put(name=f"Stack file {name}", src=StringIO(text), dest=path, mode="0600")
+        stack_deploy(name=f"Deploy stack {name}", stack=name, path=path, timeout=int(stack.get("timeout", 180)))
