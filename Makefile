@@ -10,8 +10,9 @@ export PYINFRA_SWARM_LAB := $(LAB)
 
 .PHONY: demo test unit lint engine lab-up lab-down lab-status bench clean vagrant-up vagrant-deploy vagrant-down
 
-demo: $(STAMP) engine lab-up ## bring the lab up and run deploy.py against it
+demo: $(STAMP) engine lab-up ## bring the lab up, run deploy.py against it, say where to look
 	$(BIN)/pyinfra -y inventory/lab.py deploy.py
+	@$(BIN)/pyinfra-swarm lab summary --name $(LAB)
 
 test: $(STAMP) engine lint ## unit tests, then end-to-end tests on a lab of their own
 	$(BIN)/pytest -v tests

@@ -26,7 +26,18 @@ STATE = Path(tempfile.mkdtemp(prefix="pyinfra-swarm-bench-"))
 
 
 def env(lab: str) -> dict[str, str]:
-    return {**os.environ, "PYINFRA_SWARM_LAB": lab, "PYINFRA_SWARM_LAB_DIR": str(STATE)}
+    return {**os.environ, "PYINFRA_SWARM_LAB": lab, "PYINFRA_SWARM_LAB_DIR": str(STATE),
+            "PYINFRA_SWARM_PKI_DIR": str(STATE / lab / "pki")}  # fmt: skip
+
+
+def cluster_only() -> Path:
+    """Group data that turns the workloads (registry, images, stacks) off: just the swarm."""
+    folder = STATE / "cluster-only"
+    folder.mkdir(exist_ok=True)
+    (folder / "all.py").write_text(
+        "registry_mode = None\ndocker_image_archives = []\ndocker_images = []\nswarm_stacks = []\n"
+    )
+    return folder
 
 
 def lab(lab_name: str, *args: str) -> float:
@@ -36,11 +47,12 @@ def lab(lab_name: str, *args: str) -> float:
     return time.monotonic() - started
 
 
-def deploy(lab_name: str) -> tuple[float, list[tuple[float, str]]]:
+def deploy(lab_name: str, group_data: Path | None = None) -> tuple[float, list[tuple[float, str]]]:
     """Wall time and the timestamped output lines of one `pyinfra -vv` run of deploy.py."""
     started = time.monotonic()
+    extra = ["--group-data", str(group_data)] if group_data else []
     proc = subprocess.Popen(
-        [str(BIN / "pyinfra"), "-y", "-vv", "inventory/lab.py", "deploy.py"], env=env(lab_name), cwd=ROOT,
+        [str(BIN / "pyinfra"), "-y", "-vv", *extra, "inventory/lab.py", "deploy.py"], env=env(lab_name), cwd=ROOT,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     assert proc.stdout is not None
@@ -94,17 +106,36 @@ def bench_lab(api: docker.APIClient, rebuild: bool) -> None:
     lab("bench-lab", "down")
 
 
+def bench_demo() -> None:
+    name = "bench-demo"
+    print("== the demo on 1 manager + 3 workers")
+    lab(name, "up", "--managers", "1", "--workers", "3")
+    try:
+        wall, _ = deploy(name, cluster_only())
+        print(f"  the swarm alone (cold):                      {wall:6.1f} s")
+        wall, lines = deploy(name)
+        print(f"  formed cluster -> demo stack converged:      {wall:6.1f} s (registry image build, demo image "
+              f"build and push, stacks)")  # fmt: skip
+        for step in ("Build pyinfra-swarm/registry", "Deploy the registry service", "Build 192", "Deploy stack demo"):
+            print(f"    {step:<40} {phase(lines, step):5.1f} s")
+        walls = [deploy(name)[0] for _ in range(3)]
+        print(f"  no-op re-run of the full deploy: {statistics.median(walls):5.2f} s median of 3 "
+              f"({', '.join(f'{w:.2f}' for w in walls)})")  # fmt: skip
+    finally:
+        lab(name, "down")
+
+
 def bench_shape(managers: int, workers: int) -> None:
     name = f"bench-{managers}m{workers}w"
-    print(f"== swarm deploy: {managers} manager(s) + {workers} workers")
+    print(f"== swarm deploy: {managers} manager(s) + {workers} workers (no workloads)")
     lab(name, "up", "--managers", str(managers), "--workers", str(workers))
     try:
-        wall, lines = deploy(name)
+        wall, lines = deploy(name, cluster_only())
         install = phase(lines, "Install Docker (")
         print(f"  cold deploy:   {wall:6.1f} s, of which installing packages {install:5.1f} s "
               f"({100 * install / wall:.0f} %), the rest {wall - install:5.1f} s")  # fmt: skip
         print(f"    SSH commands per host: {per_host(commands_per_host(lines))}")
-        runs = [deploy(name) for _ in range(3)]
+        runs = [deploy(name, cluster_only()) for _ in range(3)]
         walls = [w for w, _ in runs]
         print(
             f"  no-op re-run:  {statistics.median(walls):6.2f} s median of 3 ({', '.join(f'{w:.2f}' for w in walls)})"
@@ -118,13 +149,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", default="1+3,1+11", help="cluster shapes, MANAGERS+WORKERS (default: %(default)s)")
     parser.add_argument("--rebuild-image", action="store_true", help="also time a lab up that builds the node image")
-    parser.add_argument("--skip-lab", action="store_true", help="only the deploy figures")
+    parser.add_argument("--skip-lab", action="store_true", help="no lab figures")
+    parser.add_argument("--skip-demo", action="store_true", help="no demo figures")
     args = parser.parse_args()
     api = docker.APIClient(version="auto")
     print(f"machine: {os.cpu_count()} cores; pyinfra-swarm benchmark, {time.strftime('%Y-%m-%d %H:%M')}")
     if not args.skip_lab:
         bench_lab(api, args.rebuild_image)
-    for shape in args.shapes.split(","):
+    if not args.skip_demo:
+        bench_demo()
+    for shape in filter(None, args.shapes.split(",")):
         managers, workers = (int(n) for n in shape.split("+"))
         bench_shape(managers, workers)
 

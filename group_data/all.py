@@ -3,8 +3,10 @@
 These are the demo's settings on the local lab; for your own cluster, change what is marked "lab".
 """
 
+import os
 import secrets
-from pathlib import Path
+
+from pyinfra_swarm.pki import pki_dir
 
 # Debian/Ubuntu's docker.io (lab: the nodes reach only Debian's mirror). Use "docker-ce" for Docker's own
 # packages from download.docker.com (the default when unset).
@@ -20,7 +22,7 @@ swarm_firewall = "auto"
 swarm_firewall_allow = ["22/tcp"]
 
 # The cluster's registry: a swarm service on manager1, TLS from a CA made on this machine, htpasswd auth.
-# The password is generated into .pyinfra-swarm/ (git-ignored), never kept in the repo.
+# The password is generated next to the CA (.pyinfra-swarm/pki, git-ignored), never kept in the repo.
 registry_mode = "service"
 registry_node = "manager1"
 # Lab: nothing can be pulled, so the registry image is built from Debian's docker-registry package on its
@@ -30,7 +32,7 @@ registry_build = "images/registry"
 
 
 def _registry_password() -> str:
-    path = Path(".pyinfra-swarm/registry-password")
+    path = pki_dir() / "registry-password"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.touch(mode=0o600)
@@ -41,8 +43,13 @@ def _registry_password() -> str:
 registry_users = {"swarm": _registry_password()}
 
 # Lab: managers build images FROM debian:bookworm, which `pyinfra-swarm lab up` exports to this archive.
+_lab_images = os.path.join(os.environ.get("PYINFRA_SWARM_LAB_DIR", ".lab"), "images")
 docker_image_archives = [
-    {"image": "debian:bookworm", "archive": ".lab/images/debian-bookworm.tar", "group": "swarm_managers"},
+    {
+        "image": "debian:bookworm",
+        "archive": os.path.join(_lab_images, "debian-bookworm.tar"),
+        "group": "swarm_managers",
+    },
 ]
 docker_images = [{"name": "demo-app", "context": "images/demo-app", "tag": "1"}]
 

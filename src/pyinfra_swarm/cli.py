@@ -44,6 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     down = with_name(actions.add_parser("down", help="remove the lab's containers, volumes and network"))
     down.add_argument("--all", action="store_true", help="remove every pyinfra-swarm lab on this engine")
     with_name(actions.add_parser("status", help="list the lab's nodes"))
+    summary = with_name(actions.add_parser("summary", help="where to look at the demo running on the lab"))
+    summary.add_argument("--port", type=int, default=8080, help="the demo's published port (default: %(default)s)")
     ssh = with_name(actions.add_parser("ssh", help="open an SSH session (or run a command) on a node"))
     ssh.add_argument("--user", default="root", help="SSH user: root or debian (default: %(default)s)")
     ssh.add_argument("node", help="node name, e.g. manager1")
@@ -54,7 +56,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"up": _up, "down": _down, "status": _status, "ssh": _ssh}[args.action](args)
+        actions = {"up": _up, "down": _down, "status": _status, "ssh": _ssh, "summary": _summary}
+        return actions[args.action](args)
     except LabError as exc:
         print(f"pyinfra-swarm: error: {exc}", file=sys.stderr)
         return 2
@@ -90,6 +93,22 @@ def _status(args: argparse.Namespace) -> int:
     print("  ".join(c.upper().ljust(widths[c]) for c in columns).rstrip())
     for row in rows:
         print("  ".join(row[c].ljust(widths[c]) for c in columns).rstrip())
+    return 0
+
+
+def _summary(args: argparse.Namespace) -> int:
+    lab_state = state.load(LabSpec(name=args.name, workers=0).state_dir)
+    workers = [node for node in lab_state.nodes if node.role == "worker"]
+    manager = next(node.node for node in lab_state.nodes if node.role == "manager")
+    ssh = f"pyinfra-swarm lab ssh --name {args.name} {manager}"
+    print(f"The demo runs on lab '{args.name}'. Where to look:")
+    for worker in workers[:3]:
+        print(
+            f"  curl http://{worker.address}:{args.port}/          # the web service on {worker.node} (host-mode port)"
+        )
+    print(f"  {ssh} docker service logs demo_client --tail 5   # the client reaching replicas across nodes")
+    print(f"  {ssh} docker stack ps demo                        # where each task runs")
+    print(f"  {ssh} docker node ls                              # the swarm")
     return 0
 
 

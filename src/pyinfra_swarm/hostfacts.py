@@ -28,7 +28,7 @@ def gather(state: State, hosts: list[Host]) -> dict[Host, dict[str, Any]]:
     spec = dict(_REGISTRY)
     greenlets = {target: gevent.spawn(target.get_fact, Bundle, facts=spec) for target in hosts}
     gevent.joinall(list(greenlets.values()), raise_error=True)
-    gathered = {target: greenlet.value for target, greenlet in greenlets.items()}
+    gathered = {target: greenlet.value or _defaults(spec) for target, greenlet in greenlets.items()}
     _GATHERED.setdefault(state, {}).update(gathered)
     return gathered
 
@@ -55,8 +55,13 @@ def planned_fact(view: Any, name: str, target: Host | None = None) -> Any:
             specs = {h: {k: v for planner in _PLANNERS for k, v in planner(view, h).items()} for h in view.reachable}
             greenlets = {h: gevent.spawn(h.get_fact, Bundle, facts=spec) for h, spec in specs.items() if spec}
             gevent.joinall(list(greenlets.values()), raise_error=True)
-            _PLANNED[target.state] = {h: greenlet.value for h, greenlet in greenlets.items()}
+            _PLANNED[target.state] = {h: greenlet.value or _defaults(specs[h]) for h, greenlet in greenlets.items()}
     return _PLANNED[target.state][target][name]
+
+
+def _defaults(spec: Spec) -> dict[str, Any]:
+    """Every fact's default value: what a Bundle that printed nothing at all says."""
+    return {name: cls.default() for name, (cls, _) in spec.items()}
 
 
 def host_fact(name: str, target: Host | None = None) -> Any:

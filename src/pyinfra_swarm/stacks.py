@@ -11,6 +11,7 @@ from io import StringIO
 from pathlib import Path
 from typing import Any
 
+import gevent
 from pyinfra import host, logger
 from pyinfra.api import FactBase, Host, State, StringCommand, deploy, operation
 from pyinfra.api.command import FunctionCommand
@@ -96,38 +97,54 @@ def replica_counts(output: list[str]) -> dict[str, tuple[int, int]]:
     return counts
 
 
+def update_states(output: list[str]) -> dict[str, str]:
+    """`docker service inspect --format '{{.Spec.Name}} {{UpdateStatus.State}}'` -> {service: state}."""
+    return dict(line.strip().split(" ", 1) for line in output if " " in line.strip())
+
+
 def wait_converged(state: State, host: Host, stack: str, timeout: int) -> None:
+    """Poll until every service of the stack runs its desired replicas and no rolling update is under way;
+    fail with the tasks' errors after `timeout` seconds, or at once when an update paused or rolled back."""
     args = connector_args(state, host)
+    name = shlex.quote(stack)
+    services = StringCommand(f"docker stack services {name} --format '{{{{.Name}}}} {{{{.Replicas}}}}'")
+    updates = StringCommand(
+        f"docker service inspect $(docker stack services -q {name}) --format "
+        "'{{.Spec.Name}} {{if .UpdateStatus}}{{.UpdateStatus.State}}{{else}}none{{end}}'"
+    )
     deadline = time.monotonic() + timeout
     last_report = 0.0
     while True:
-        status, output = host.run_shell_command(
-            StringCommand(f"docker stack services {shlex.quote(stack)} --format '{{{{.Name}}}} {{{{.Replicas}}}}'"),
-            print_output=False, **args,
-        )  # fmt: skip
+        status, output = host.run_shell_command(services, print_output=False, **args)
         counts = replica_counts(output.stdout_lines) if status else {}
-        if counts and all(running == desired for running, desired in counts.values()):
+        _, output = host.run_shell_command(updates, print_output=False, **args)
+        rolling = {s: u for s, u in update_states(output.stdout_lines).items() if u not in ("none", "completed")}
+        stuck = {s: u for s, u in rolling.items() if u in ("paused", "rollback_completed", "rollback_paused")}
+        if stuck:
+            _fail(host, args, stack, f"stack {stack}: update {', '.join(f'{s} {u}' for s, u in stuck.items())}")
+        if counts and not rolling and all(running == desired for running, desired in counts.values()):
             logger.info(f"{host.print_prefix}stack {stack}: every service converged")
             return
         now = time.monotonic()
         if now > deadline:
-            break
+            _fail(host, args, stack, f"stack {stack} did not converge within {timeout} s")
         if now - last_report >= 5:
-            progress = ", ".join(f"{name} {r}/{d}" for name, (r, d) in sorted(counts.items()))
+            progress = ", ".join(
+                f"{s} {r}/{d}" + (" updating" if s in rolling else "") for s, (r, d) in sorted(counts.items())
+            )
             logger.info(f"{host.print_prefix}stack {stack}: waiting ({progress or 'no services yet'})")
             last_report = now
-        import gevent
-
         gevent.sleep(POLL)
+
+
+def _fail(host: Host, args: dict[str, Any], stack: str, reason: str) -> None:
     _, tasks = host.run_shell_command(
         StringCommand(f"docker stack ps {shlex.quote(stack)} --no-trunc --format "
                       "'{{.Name}} on {{.Node}}: {{.CurrentState}}: {{.Error}}'"),
         print_output=False, **args,
     )  # fmt: skip
     errors = [line for line in tasks.stdout_lines if not line.rstrip().endswith(":")][:5]
-    raise OperationError(
-        f"stack {stack} did not converge within {timeout} s; failing tasks: " + ("; ".join(errors) or "none reported")
-    )
+    raise OperationError(f"{reason}; failing tasks: " + ("; ".join(errors) or "none reported"))
 
 
 def stack_path(name: str) -> str:

@@ -58,7 +58,11 @@ class Lab:
     def __init__(self, name: str, lab_dir: Path) -> None:
         self.name = name
         self.state_dir = lab_dir / name
-        self.env = {"PYINFRA_SWARM_LAB": name, "PYINFRA_SWARM_LAB_DIR": str(lab_dir)}
+        self.env = {
+            "PYINFRA_SWARM_LAB": name,
+            "PYINFRA_SWARM_LAB_DIR": str(lab_dir),
+            "PYINFRA_SWARM_PKI_DIR": str(lab_dir / name / "pki"),  # the lab's own CA and registry password
+        }
         self.outputs: list[str] = []  # everything the deploys printed, to check for secrets
 
     def up(self, *args: str) -> subprocess.CompletedProcess:

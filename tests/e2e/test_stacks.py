@@ -1,0 +1,157 @@
+"""The demo on the lab: the cluster's own registry (TLS, auth), an image built on a manager and pushed,
+templated stacks deployed only when they change, convergence waited for, failures reported. The lab has no
+IPVS: the demo stack uses DNS round robin and host-mode ports there (its group data says so)."""
+
+from __future__ import annotations
+
+import shutil
+import time
+import urllib.request
+from pathlib import Path
+
+from tests.conftest import ROOT
+from tests.e2e.conftest import Lab
+from tests.e2e.test_swarm import nodes
+
+DEMO_VARS = {"demo_version": "1", "greeting": "hello", "web_replicas": 3, "web_port": 8080}
+
+
+def stacks(templates: Path, *extra: dict, demo_vars: dict | None = None) -> dict:
+    """Group data that lists the demo stack (with `demo_vars`) and `extra` stacks, from `templates`."""
+    demo = {"name": "demo", "template": "demo.yml.j2", "timeout": 180, "vars": demo_vars or DEMO_VARS}
+    return {"all": {"swarm_stacks_dir": str(templates), "swarm_stacks": [demo, *extra]}}
+
+
+def services(lab: Lab) -> dict[str, set[str]]:
+    """Service name -> the IDs of its running tasks (a service that was rolled has new ones)."""
+    raw = lab.sh("manager1", "docker service ls -q | xargs -n1 docker service ps -q --filter desired-state=running "
+                             "--format '{{.ID}} {{.Name}}'")  # fmt: skip
+    running: dict[str, set[str]] = {}
+    for line in raw.splitlines():
+        task_id, name = line.split()
+        running.setdefault(name.rsplit(".", 1)[0], set()).add(task_id)
+    return running
+
+
+def wait_running(lab: Lab, service: str, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        replicas = lab.sh("manager1", f"docker service ls --filter name={service} --format '{{{{.Replicas}}}}'").split()
+        if replicas and replicas[0].split("/")[0] == replicas[0].split("/")[1] != "0":
+            return
+        time.sleep(2)
+    raise AssertionError(f"{service} did not come back")
+
+
+def test_demo_stack_on_the_cluster_registry(make_lab, tmp_path):
+    lab = make_lab("e2e-demo")
+    lab.up("--managers", "1", "--workers", "3")
+    templates = tmp_path / "stacks"
+    shutil.copytree(ROOT / "templates" / "stacks", templates)
+
+    cold = lab.deploy("-v", group_data=stacks(templates))
+    assert cold.returncode == 0, cold
+    assert "stack demo: every service converged" in cold.output
+
+    registry = f"{lab.address('manager1')}:5000"
+    tasks = lab.sh("manager1", "docker stack ps demo --filter desired-state=running --format '{{.Name}} {{.Node}} "
+                               "{{.CurrentState}} {{.Image}}'").splitlines()  # fmt: skip
+    web = [t.split() for t in tasks if t.startswith("demo_web.")]
+    assert len(web) == 3 and {t[1] for t in web} == {"e2e-demo-worker1", "e2e-demo-worker2", "e2e-demo-worker3"}
+    assert all(t[2] == "Running" and t[-1] == f"{registry}/demo-app:1" for t in web), tasks
+
+    # The registry speaks TLS with the cluster's CA and wants a login.
+    ca = f"/etc/docker/certs.d/{registry}/ca.crt"
+    probe = lab.ssh("worker2", f"curl -s -o /dev/null -w '%{{http_code}}' --cacert {ca} https://{registry}/v2/")
+    assert probe.stdout == "401", probe.stdout + probe.stderr
+    assert lab.ssh("worker2", f"curl -s https://{registry}/v2/").returncode != 0  # untrusted without the CA
+
+    # The client reaches replicas on at least two nodes by the service's name.
+    time.sleep(4)
+    answers = lab.sh("manager1", "docker service logs --raw demo_client --tail 20")
+    answered = {line.rsplit(" from ", 1)[1] for line in answers.splitlines() if " from " in line}
+    assert len(answered) >= 2, answers
+
+    # A request from the lab host to a host-mode published port answers.
+    with urllib.request.urlopen(f"http://{lab.address('worker1')}:8080/", timeout=5) as response:
+        assert response.read().decode().startswith("hello from e2e-demo-worker1")
+
+    # No change: nothing deployed again.
+    before = services(lab)
+    again = lab.deploy("-vv", group_data=stacks(templates))
+    assert again.returncode == 0, again
+    assert again.changed == [] and "docker stack deploy" not in again.output, again
+    assert services(lab) == before
+
+    # A template variable bumped: just that service is updated.
+    bumped = lab.deploy(group_data=stacks(templates, demo_vars={**DEMO_VARS, "greeting": "hi"}))
+    assert bumped.returncode == 0, bumped
+    after = services(lab)
+    assert after["demo_web"] != before["demo_web"]
+    assert after["demo_client"] == before["demo_client"] and after["registry_registry"] == before["registry_registry"]
+    with urllib.request.urlopen(f"http://{lab.address('worker2')}:8080/", timeout=5) as response:
+        assert response.read().decode().startswith("hi from")
+
+    # An image pushed before the registry's container restarts is still pullable after it (named volume).
+    lab.sh("manager1", "docker kill $(docker ps -q --filter label=com.docker.swarm.service.name=registry_registry)")
+    wait_running(lab, "registry_registry")
+    time.sleep(2)
+    pull = lab.ssh("manager1", f"docker pull -q {registry}/demo-app:1")
+    assert pull.returncode == 0, pull.stdout + pull.stderr
+
+    # A stack whose service can't start fails the deploy within its timeout, with the task's error; the other
+    # stacks are left alone.
+    (templates / "broken.yml.j2").write_text(
+        'version: "3.8"\nservices:\n  app:\n    image: "{{ registry }}/no-such-image:1"\n'
+    )
+    before = services(lab)
+    started = time.monotonic()
+    broken = lab.deploy(group_data=stacks(templates, {"name": "broken", "template": "broken.yml.j2", "timeout": 30},
+                                          demo_vars={**DEMO_VARS, "greeting": "hi"}))  # fmt: skip
+    assert broken.returncode != 0
+    assert time.monotonic() - started < 150
+    assert "stack broken did not converge within 30 s; failing tasks: broken_app.1" in broken.output, broken
+    assert "No such image" in broken.output or "manifest unknown" in broken.output or "not found" in broken.output
+    assert {k: v for k, v in services(lab).items() if not k.startswith("broken_")} == before
+    assert nodes(lab)["worker1"]["state"] == "ready"
+
+    assert_no_secret_printed(lab)
+
+
+def assert_no_secret_printed(lab: Lab) -> None:
+    password = (lab.state_dir / "pki" / "registry-password").read_text().strip()
+    key = next((lab.state_dir / "pki").glob("registry-*.key")).read_text().splitlines()[1]
+    for output in lab.outputs:
+        assert password not in output and key not in output
+
+
+BAD_STACKS = {
+    "undefined.yml.j2": (
+        'version: "3.8"\nservices:\n  app:\n    image: "{{ nope }}"\n',
+        "undefined.yml.j2:4: 'nope' is undefined",
+    ),
+    "invalid.yml.j2": ('services:\n  app: [unclosed\n', "rendered YAML is invalid at line 3"),
+    "empty.yml.j2": ('version: "3.8"\nnetworks: {}\n', "`services` must be a non-empty map of services"),
+    "noimage.yml.j2": ('services:\n  app:\n    command: ["true"]\n', "service 'app' has no image"),
+    "unknown.yml.j2": ('servics:\n  app:\n    image: x\n', "unknown top-level key(s) servics"),
+}  # fmt: skip
+
+
+def test_bad_stack_input_is_refused_before_anything_is_uploaded(make_lab, tmp_path):
+    lab = make_lab("e2e-bad-stacks")
+    lab.up("--managers", "1", "--workers", "1")
+    templates = tmp_path / "stacks"
+    templates.mkdir()
+    for name, (text, _) in BAD_STACKS.items():
+        (templates / name).write_text(text)
+    bare = {"registry_mode": None, "docker_images": [], "docker_image_archives": [], "swarm_stacks_dir": str(templates)}
+    for name, (_, message) in BAD_STACKS.items():
+        run = lab.deploy(group_data={"all": {**bare, "swarm_stacks": [{"name": "bad", "template": name}]}})
+        assert run.returncode != 0 and f"stack bad: {templates / name}" in run.output and message in run.output, run
+    missing = lab.deploy(group_data={"all": {**bare, "swarm_stacks": [{"name": "bad", "template": "nowhere.yml.j2"}]}})
+    assert missing.returncode != 0 and "nowhere.yml.j2: no such stack template" in missing.output, missing
+    secret = lab.deploy(group_data={"all": {**bare, "swarm_secrets": {"db": {"file": str(tmp_path / "absent")}}}})
+    assert secret.returncode != 0 and f"swarm_secrets['db']: file {tmp_path / 'absent'} doesn't exist" in secret.output
+    # Nothing was changed on any node: Docker isn't even installed yet.
+    for node in ["manager1", "worker1"]:
+        assert lab.ssh(node, "command -v dockerd").returncode != 0
