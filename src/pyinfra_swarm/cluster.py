@@ -95,16 +95,14 @@ def _build(state: State) -> Cluster:
             addresses[host] = address
     _check_unique_hostnames(hostnames)
 
+    info = {h: swarm[h] or {} for h in reachable}
     in_swarm = [
-        h
-        for h in reachable
-        if is_manager(h)
-        and (swarm[h] or {}).get("LocalNodeState") == "active"
-        and (swarm[h] or {}).get("ControlAvailable")
-    ]
-    cluster_ids = {(swarm[h] or {}).get("Cluster", {}).get("ID") for h in in_swarm}
+        h for h in reachable
+        if is_manager(h) and info[h].get("LocalNodeState") == "active" and info[h].get("ControlAvailable")
+    ]  # fmt: skip
+    cluster_ids = {info[h].get("Cluster", {}).get("ID") for h in in_swarm}
     if len(cluster_ids) > 1:
-        names = ", ".join(f"{h.name} ({(swarm[h] or {}).get('Cluster', {}).get('ID')})" for h in in_swarm)
+        names = ", ".join(f"{h.name} ({info[h].get('Cluster', {}).get('ID')})" for h in in_swarm)
         raise DeployError(
             f"the inventory's managers are in different swarms: {names}. Fix the inventory, or make the odd "
             "ones leave (docker swarm leave --force) before running the deploy"
@@ -112,15 +110,14 @@ def _build(state: State) -> Cluster:
     primary = in_swarm[0] if in_swarm else None
     init_host = None
     if primary is None:
-        locked = [h.name for h in reachable if (swarm[h] or {}).get("LocalNodeState") == "locked"]
+        locked = [h.name for h in reachable if info[h].get("LocalNodeState") == "locked"]
         if locked:
             raise DeployError(
                 f"the swarm is locked on {', '.join(locked)}: unlock it (docker swarm unlock) and run again"
             )
-        init_host = next(
-            (h for h in reachable if is_manager(h) and (swarm[h] or {}).get("LocalNodeState") in (None, "inactive")),
-            None,
-        )
+        # Not in a swarm: no Docker yet (None), Docker stopped ("unknown": the install step starts it), inactive.
+        free = (None, "unknown", "inactive")
+        init_host = next((h for h in reachable if is_manager(h) and info[h].get("LocalNodeState") in free), None)
         if init_host is None:
             raise DeployError(
                 "no reachable manager can start or reach the swarm: every manager in the inventory is "

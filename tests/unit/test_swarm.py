@@ -125,3 +125,11 @@ def test_advertise_address_by_interface_name_and_missing_address():
     assert commands(planned["m1"])[0].startswith("docker swarm init --advertise-addr 10.1.0.1 ")  # eth0's IPv4
     with pytest.raises(PyinfraError, match=re.escape("swarm_advertise_addr 10.9.9.9 is not an address of this host")):
         _plan([host("m1", "10.9.9.9", addresses=["2: eth0 inet 10.1.0.1/24 scope global eth0"])])
+
+
+def test_an_even_number_of_managers_is_warned_about(caplog):
+    _plan([host("m1", "10.1.0.1"), host("m2", "10.1.0.2")])
+    assert "2 managers: an even number tolerates no more manager failures than 1" in caplog.text
+    caplog.clear()
+    _plan([host("m1", "10.1.0.1")])
+    assert "even number" not in caplog.text
