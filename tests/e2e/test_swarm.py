@@ -87,7 +87,7 @@ def test_bad_input_stops_the_run_before_any_change(make_lab):
         assert run.returncode != 0, name
         assert message.format(w1=lab.address("worker1")) in run.output, (name, run)
     for name, (data, message) in BAD_GROUP_DATA.items():
-        run = lab.deploy(group_data={"all": data})
+        run = lab.deploy(group_data={"all": {**SWARM_ONLY, **data}})
         assert run.returncode != 0, name
         assert "bad inventory or group data" in run.output and message in run.output, (name, run)
     for node in ["manager1", "worker1", "worker2"]:
@@ -161,7 +161,7 @@ def test_one_manager_three_workers(make_lab):
 def test_three_managers_survive_losing_one(make_lab, docker_api):
     lab = make_lab("e2e-ha")
     lab.up("--managers", "3", "--workers", "2")
-    data = {"all": {"swarm_firewall": "ufw"}}
+    data = {"all": {**SWARM_ONLY, "swarm_firewall": "ufw"}}
     sudo = {"PYINFRA_SWARM_LAB_USER": "debian"}  # through sudo, as on servers without root logins
 
     cold = lab.deploy(group_data=data, env=sudo)
@@ -205,8 +205,8 @@ def test_one_manager_eleven_workers_form(make_lab, workers):
     (sshd allows 10 sessions per connection)."""
     lab = make_lab("e2e-wide")
     lab.up("--managers", "1", "--workers", str(workers))
-    run = lab.deploy("-v")
+    run = lab.deploy("-v", group_data={"all": SWARM_ONLY})
     assert run.returncode == 0, run
     swarm = nodes(lab)
     assert len(swarm) == workers + 1 and all(n["state"] == "ready" for n in swarm.values())
-    assert lab.deploy().changed == []
+    assert lab.deploy(group_data={"all": SWARM_ONLY}).changed == []
