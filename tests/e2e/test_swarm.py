@@ -17,8 +17,10 @@ DAEMON = {
     "metrics-addr": "127.0.0.1:9323",
     "default-address-pools": [{"base": "10.200.0.0/16", "size": 24}],
 }
+# These tests are about the swarm: the repo's demo workloads (registry, images, stacks) are switched off.
+SWARM_ONLY = {"registry_mode": None, "docker_image_archives": [], "docker_images": [], "swarm_stacks": []}
 GROUP_DATA = {
-    "all": {"docker_daemon_config": DAEMON},
+    "all": {**SWARM_ONLY, "docker_daemon_config": DAEMON},
     "swarm_workers": {"swarm_labels": {"role": "worker", "tier": "web"}},
 }
 
