@@ -4,10 +4,12 @@ by all hosts' deploy code: who is in which swarm, which manager acts for the clu
 from __future__ import annotations
 
 import ipaddress
+import time
 import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
+import gevent
 from gevent.lock import BoundedSemaphore
 from pyinfra import logger
 from pyinfra.api import Host, State
@@ -21,6 +23,7 @@ from pyinfra_swarm.settings import is_manager, setting, swarm_hosts, validate_in
 
 _VIEWS: weakref.WeakKeyDictionary[State, Cluster] = weakref.WeakKeyDictionary()
 _BUILD_LOCK = BoundedSemaphore()
+LEADER_WAIT = 45.0  # seconds to wait for a leader election before giving up
 
 register("hostname", Hostname)
 register("addresses", HostAddresses)
@@ -133,7 +136,7 @@ def _build(state: State) -> Cluster:
         primary=primary,
         init_host=init_host,
         cluster_id=cluster_ids.pop() if primary else None,
-        nodes=primary.get_fact(SwarmNodes) if primary else [],
+        nodes=_node_list(in_swarm) if primary else [],
     )
     view.plan = {host: plan_for(view, host) for host in reachable}
     managers = len(view.managers)
@@ -143,6 +146,26 @@ def _build(state: State) -> Cluster:
             "use an odd number (3 or 5)"
         )
     return view
+
+
+def _node_list(managers: list[Host]) -> list[dict[str, Any]]:
+    """The node list from the first of `managers` that gives one. Right after a manager is lost the others
+    can't list nodes until they elect a leader (~10-20 s): wait for that rather than misjudge every host as
+    being in another swarm."""
+    deadline = time.monotonic() + LEADER_WAIT
+    while True:
+        for manager in managers:
+            nodes = manager.get_fact(SwarmNodes)
+            if nodes:
+                return nodes
+        if time.monotonic() > deadline:
+            raise DeployError(
+                f"no manager of the swarm can list its nodes after {LEADER_WAIT:.0f} s: the swarm has no leader "
+                f"(managers reached: {', '.join(m.name for m in managers)}). Fewer than half the managers may be up: "
+                "bring managers back, or recover with `docker swarm init --force-new-cluster` on one of them"
+            )
+        logger.warning("the swarm has no leader yet (a manager was lost?): waiting for the election")
+        gevent.sleep(3)
 
 
 def plan_for(view: Cluster, host: Host) -> str:

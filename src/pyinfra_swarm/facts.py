@@ -26,21 +26,25 @@ class DockerSwarm(FactBase[dict[str, Any] | None]):
         return json.loads("".join(output))
 
 
-class SwarmNodes(FactBase[list[dict[str, Any]]]):
+class SwarmNodes(FactBase[list[dict[str, Any]] | None]):
     """The swarm's nodes as a manager sees them: id, hostname, role, availability, state, addr, labels,
-    reachability (managers) and leader."""
+    reachability (managers) and leader. None while the manager can't list them (no leader elected yet)."""
 
-    @staticmethod
-    def default() -> Any:
-        return []
+    ERROR = "##pyinfra-swarm-no-node-list##"
 
     def requires_command(self) -> str:
         return "docker"
 
     def command(self) -> str:
-        return "ids=$(docker node ls -q 2>/dev/null) && [ -n \"$ids\" ] && docker node inspect $ids || echo '[]'"
+        return f"ids=$(docker node ls -q 2>/dev/null) && docker node inspect $ids || echo '{self.ERROR}'"
 
-    def process(self, output: list[str]) -> list[dict[str, Any]]:
+    @staticmethod
+    def default() -> list[dict[str, Any]]:
+        return []
+
+    def process(self, output: list[str]) -> list[dict[str, Any]] | None:
+        if self.ERROR in output:
+            return None
         nodes = []
         for node in json.loads("".join(output)):
             manager = node.get("ManagerStatus") or {}

@@ -3,6 +3,7 @@ planned operations' commands are read back without touching any machine."""
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -70,10 +71,19 @@ def host(
         "dpkg -l": [f"ii  {pkg}  {version}  amd64  package" for pkg, version in (packages or {}).items()],
         "rpm --queryformat": [f"{pkg} {version}" for pkg, version in (packages or {}).items()],
     }
+    if nodes is None and swarm is not None and json.loads(swarm).get("ControlAvailable"):
+        nodes = json.dumps([_self_node(json.loads(swarm)["NodeID"], hostname or name)])
     if nodes is not None:
         responses["docker node inspect"] = [nodes]
     responses.update(extra or {})
     return f"@fake/{name}", {"swarm_advertise_addr": address, "fake_delay": 0, "fake_responses": responses, **data}
+
+
+def _self_node(node_id: str, hostname: str) -> dict[str, Any]:
+    """A manager's own entry in its node list (a manager always lists itself)."""
+    return {"ID": node_id, "Description": {"Hostname": hostname}, "Status": {"State": "ready"},
+            "Spec": {"Role": "manager", "Availability": "active", "Labels": {}},
+            "ManagerStatus": {"Leader": True, "Reachability": "reachable"}}  # fmt: skip
 
 
 def plan(deploys: list, managers: list, workers: list | None = None) -> dict[str, Any]:

@@ -133,3 +133,12 @@ def test_an_even_number_of_managers_is_warned_about(caplog):
     caplog.clear()
     _plan([host("m1", "10.1.0.1")])
     assert "even number" not in caplog.text
+
+
+def test_a_swarm_without_a_leader_is_waited_for_then_reported(monkeypatch):
+    """Right after a manager is lost the others can't list nodes: never take that for "another swarm"."""
+    monkeypatch.setattr("pyinfra_swarm.cluster.LEADER_WAIT", 0.1)
+    no_leader = "##pyinfra-swarm-no-node-list##"
+    with pytest.raises(PyinfraError, match="no manager of the swarm can list its nodes"):
+        _plan([host("m1", "10.1.0.1", swarm=swarm("M1", True), nodes=no_leader)],
+              [host("w1", "10.1.0.2", swarm=swarm("W1", False))])  # fmt: skip
