@@ -35,8 +35,12 @@ class ImageContexts(FactBase[dict[str, str | None]]):
     def command(self, images: list[str]) -> str:
         quoted = " ".join(shlex.quote(image) for image in images)
         fmt = shlex.quote(f'{{{{index .Config.Labels "{CONTEXT_LABEL}"}}}}')
-        inspect = f"docker image inspect --format {fmt} \"$i\" 2>/dev/null || echo '#missing'"
-        return f'for i in {quoted}; do echo "$i $({inspect})"; done'
+        label = f'$(docker image inspect --format {fmt} "$i")'
+        # docker 20.10 prints an empty line for a missing image even with --format: test for it first.
+        return (
+            f'for i in {quoted}; do if docker image inspect "$i" >/dev/null 2>&1; '
+            f'then echo "$i {label}"; else echo "$i #missing"; fi; done'
+        )
 
     def process(self, output: list[str]) -> dict[str, str | None]:
         result: dict[str, str | None] = {}

@@ -68,3 +68,13 @@ def test_ufw_state_and_firewalld_zone():
     )
     assert zone == {"sources": ["10.1.0.1", "10.1.0.2"], "ports": ["7946/tcp"], "protocols": []}
     assert FirewalldZone().process([]) is None
+
+
+def test_image_contexts_tell_missing_from_unlabelled_images():
+    from pyinfra_swarm.artifacts import ImageContexts
+
+    fact = ImageContexts()
+    assert "if docker image inspect" in fact.command(images=["debian:bookworm"])  # docker 20.10 prints "" if missing
+    assert fact.process(["debian:bookworm #missing", "app:1 abc123", "base:1 <no value>"]) == {
+        "debian:bookworm": None, "app:1": "abc123", "base:1": ""
+    }  # fmt: skip
