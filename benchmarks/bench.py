@@ -47,12 +47,16 @@ def lab(lab_name: str, *args: str) -> float:
     return time.monotonic() - started
 
 
-def deploy(lab_name: str, group_data: Path | None = None) -> tuple[float, list[tuple[float, str]]]:
-    """Wall time and the timestamped output lines of one `pyinfra -vv` run of deploy.py."""
+def deploy(
+    lab_name: str, group_data: Path | None = None, verbose: bool = True
+) -> tuple[float, list[tuple[float, str]]]:
+    """Wall time and the timestamped output lines of one run of deploy.py (`-vv` prints every command, for
+    counting them; timed no-op runs go without it, as a user runs them)."""
     started = time.monotonic()
     extra = ["--group-data", str(group_data)] if group_data else []
+    extra += ["-vv"] if verbose else []
     proc = subprocess.Popen(
-        [str(BIN / "pyinfra"), "-y", "-vv", *extra, "inventory/lab.py", "deploy.py"], env=env(lab_name), cwd=ROOT,
+        [str(BIN / "pyinfra"), "-y", *extra, "inventory/lab.py", "deploy.py"], env=env(lab_name), cwd=ROOT,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     assert proc.stdout is not None
@@ -118,7 +122,7 @@ def bench_demo() -> None:
               f"build and push, stacks)")  # fmt: skip
         for step in ("Build pyinfra-swarm/registry", "Deploy the registry service", "Build 192", "Deploy stack demo"):
             print(f"    {step:<40} {phase(lines, step):5.1f} s")
-        walls = [deploy(name)[0] for _ in range(3)]
+        walls = [deploy(name, verbose=False)[0] for _ in range(3)]
         print(f"  no-op re-run of the full deploy: {statistics.median(walls):5.2f} s median of 3 "
               f"({', '.join(f'{w:.2f}' for w in walls)})")  # fmt: skip
     finally:
@@ -135,12 +139,11 @@ def bench_shape(managers: int, workers: int) -> None:
         print(f"  cold deploy:   {wall:6.1f} s, of which installing packages {install:5.1f} s "
               f"({100 * install / wall:.0f} %), the rest {wall - install:5.1f} s")  # fmt: skip
         print(f"    SSH commands per host: {per_host(commands_per_host(lines))}")
-        runs = [deploy(name, cluster_only()) for _ in range(3)]
-        walls = [w for w, _ in runs]
+        walls = [deploy(name, cluster_only(), verbose=False)[0] for _ in range(3)]
         print(
             f"  no-op re-run:  {statistics.median(walls):6.2f} s median of 3 ({', '.join(f'{w:.2f}' for w in walls)})"
         )
-        print(f"    SSH commands per host: {per_host(commands_per_host(runs[0][1]))}")
+        print(f"    SSH commands per host: {per_host(commands_per_host(deploy(name, cluster_only())[1]))}")
     finally:
         lab(name, "down")
 
