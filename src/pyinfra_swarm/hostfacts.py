@@ -14,7 +14,8 @@ from pyinfra.api import FactBase, Host, State
 
 from pyinfra_swarm.facts import Bundle
 
-_REGISTRY: dict[str, tuple[type[FactBase], dict[str, Any]]] = {}
+Spec = dict[str, tuple[type[FactBase], dict[str, Any]]]
+_REGISTRY: Spec = {}
 _GATHERED: weakref.WeakKeyDictionary[State, dict[Host, dict[str, Any]]] = weakref.WeakKeyDictionary()
 
 
@@ -23,17 +24,20 @@ def register(name: str, fact: type[FactBase], **kwargs: Any) -> None:
     _REGISTRY[name] = (fact, kwargs)
 
 
-def gather(state: State, hosts: list[Host]) -> dict[Host, dict[str, Any]]:
-    """Every registered fact of every host: one Bundle command per host, all hosts at once."""
-    spec = dict(_REGISTRY)
-    greenlets = {target: gevent.spawn(target.get_fact, Bundle, facts=spec) for target in hosts}
+def _bundles(specs: dict[Host, Spec]) -> dict[Host, dict[str, Any]]:
+    """One Bundle command per host, all hosts at once; a Bundle that printed nothing gives the defaults."""
+    greenlets = {target: gevent.spawn(target.get_fact, Bundle, facts=spec) for target, spec in specs.items() if spec}
     gevent.joinall(list(greenlets.values()), raise_error=True)
-    gathered = {target: greenlet.value or _defaults(spec) for target, greenlet in greenlets.items()}
+    return {target: greenlet.value or _defaults(specs[target]) for target, greenlet in greenlets.items()}
+
+
+def gather(state: State, hosts: list[Host]) -> dict[Host, dict[str, Any]]:
+    """Every registered fact of every host."""
+    gathered = _bundles({target: dict(_REGISTRY) for target in hosts})
     _GATHERED.setdefault(state, {}).update(gathered)
     return gathered
 
 
-Spec = dict[str, tuple[type[FactBase], dict[str, Any]]]
 _PLANNERS: list[Callable[[Any, Host], Spec]] = []
 _PLANNED: weakref.WeakKeyDictionary[State, dict[Host, dict[str, Any]]] = weakref.WeakKeyDictionary()
 _PLANNED_LOCK = BoundedSemaphore()
@@ -53,9 +57,7 @@ def planned_fact(view: Any, name: str, target: Host | None = None) -> Any:
     with _PLANNED_LOCK:
         if target.state not in _PLANNED:
             specs = {h: {k: v for planner in _PLANNERS for k, v in planner(view, h).items()} for h in view.reachable}
-            greenlets = {h: gevent.spawn(h.get_fact, Bundle, facts=spec) for h, spec in specs.items() if spec}
-            gevent.joinall(list(greenlets.values()), raise_error=True)
-            _PLANNED[target.state] = {h: greenlet.value or _defaults(specs[h]) for h, greenlet in greenlets.items()}
+            _PLANNED[target.state] = _bundles(specs)
     return _PLANNED[target.state][target][name]
 
 
