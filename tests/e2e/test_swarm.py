@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import textwrap
+import time
 
 import pytest
 
@@ -181,6 +182,12 @@ def test_three_managers_survive_losing_one(make_lab, docker_api):
     fixed = lab.deploy(group_data=data, env=sudo)
     assert fixed.returncode == 0, fixed
     assert nodes(lab)["manager3"]["role"] == "manager"
+    # A promoted manager takes a few seconds to join raft: lose a manager only once all three are reachable,
+    # or the swarm has no quorum (which the deploy reports as "the swarm has no leader", see the unit tests).
+    deadline = time.monotonic() + 90
+    while not all(n["reachability"] == "reachable" for n in nodes(lab).values() if n["role"] == "manager"):
+        assert time.monotonic() < deadline, nodes(lab)
+        time.sleep(2)
     again = lab.deploy(group_data=data, env=sudo)
     assert again.changed == [], again
 
