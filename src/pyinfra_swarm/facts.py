@@ -3,6 +3,7 @@ addresses and firewalls. Each is one shell command; none prints a secret."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shlex
 from typing import Any
@@ -205,6 +206,11 @@ class FirewalldZone(FactBase[dict[str, Any] | None]):
             if key in zone:
                 zone[key] = value.split()
         return zone
+
+
+def sha256_text(text: str) -> str:
+    """The digest FileHashes reports for a file that holds `text`."""
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 class FileHashes(FactBase[dict[str, str | None]]):

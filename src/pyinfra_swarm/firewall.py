@@ -4,7 +4,6 @@ chain / table of our own for iptables or nftables, restored at boot. Docker's ow
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 from dataclasses import dataclass
 from io import StringIO
@@ -14,7 +13,7 @@ from pyinfra.api import deploy
 from pyinfra.operations import apt, files, server, systemd
 
 from pyinfra_swarm.cluster import Cluster, cluster, current_host
-from pyinfra_swarm.facts import FileHashes, FirewalldZone, FirewallTools, ServiceStates, UfwState
+from pyinfra_swarm.facts import FileHashes, FirewalldZone, FirewallTools, ServiceStates, UfwState, sha256_text
 from pyinfra_swarm.hostfacts import host_fact, register
 from pyinfra_swarm.settings import DEFAULTS, is_manager, setting
 
@@ -289,7 +288,7 @@ def _own_rules(backend: str, policy: Policy, tools: dict) -> None:
     unit, unit_path = unit_text(start), UNIT_FILE
     hashes = host_fact("firewall_files")
     service = host_fact("firewall_service").get(UNIT, {"active": False, "enabled": False})
-    rules_same, unit_same = hashes.get(path) == _sha256(rules), hashes.get(unit_path) == _sha256(unit)
+    rules_same, unit_same = hashes.get(path) == sha256_text(rules), hashes.get(unit_path) == sha256_text(unit)
     if rules_same and unit_same and loaded and service["enabled"]:
         host.noop(f"firewall rules ({backend}) already in place")
         return
@@ -305,7 +304,3 @@ def _own_rules(backend: str, policy: Policy, tools: dict) -> None:
         restarted=service["active"],
         daemon_reload=not unit_same,
     )
-
-
-def _sha256(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()

@@ -5,7 +5,6 @@ explicit opt-out, written into daemon.json's insecure-registries by the daemon d
 
 from __future__ import annotations
 
-import hashlib
 import weakref
 from io import StringIO
 from pathlib import Path
@@ -20,12 +19,12 @@ from pyinfra.operations import apt, files, server, systemd
 
 from pyinfra_swarm.artifacts import ImageContexts, plan_build
 from pyinfra_swarm.cluster import Cluster, cluster, current_host
-from pyinfra_swarm.facts import DockerAuths, FileHashes
+from pyinfra_swarm.facts import DockerAuths, FileHashes, sha256_text
 from pyinfra_swarm.hostfacts import Spec, planned_fact, register_planned
 from pyinfra_swarm.objects import SwarmObjects, ensure_objects, versioned
 from pyinfra_swarm.pki import pki_dir, server_certificate
 from pyinfra_swarm.settings import setting
-from pyinfra_swarm.stacks import STACKS_DIR, SwarmStacks, stack_deploy
+from pyinfra_swarm.stacks import SwarmStacks, ship_stack, stack_path
 from pyinfra_swarm.swarm import connector_args
 
 NODE_LABEL = "pyinfra-swarm.registry"
@@ -155,7 +154,7 @@ def _planned_facts(view: Cluster, target: Host) -> Spec:
     if target is registry_node and _cluster_setting(view, "registry_build"):
         spec["registry_image"] = (ImageContexts, {"images": [_cluster_setting(view, "registry_image")]})
     if target is view.acting_manager:
-        spec["registry_stack"] = (FileHashes, {"paths": [f"{STACKS_DIR}/{STACK}.yml"]})
+        spec["registry_stack"] = (FileHashes, {"paths": [stack_path(STACK)]})
         spec["swarm_stacks"] = (SwarmStacks, {})
         spec["swarm_objects"] = (SwarmObjects, {})
         spec["docker_auths"] = (DockerAuths, {})
@@ -174,10 +173,6 @@ def _material(view: Cluster, target: Host, tls_on: bool, users: dict[str, str]) 
     return _MATERIAL[state]
 
 
-def _sha256(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
 @deploy("Image registry")
 def configure_registry() -> None:
     """Trust the registry's CA on every node; run the registry on its node; log the acting manager in."""
@@ -191,7 +186,7 @@ def configure_registry() -> None:
     users = _cluster_setting(view, "registry_users") or {}
     ca, cert, key, auth = _material(view, target, tls_on, users)
     ca_file = ca_path(registry)
-    if tls_on and planned_fact(view, "registry_ca").get(ca_file) != _sha256(ca):
+    if tls_on and planned_fact(view, "registry_ca").get(ca_file) != sha256_text(ca):
         files.put(name=f"Trust the registry's CA ({registry})", src=StringIO(ca), dest=ca_file, mode="0644")
     mode = _cluster_setting(view, "registry_mode")
     if this is target and mode == "host":
@@ -230,12 +225,8 @@ def _service(view: Cluster, target: Host, tls_on: bool, cert: str, key: str, aut
         server.shell(
             name="Label the registry's node", commands=[f"docker node update --label-add {NODE_LABEL}=true {node}"]
         )
-    path = f"{STACKS_DIR}/{STACK}.yml"
-    if planned_fact(view, "registry_stack").get(path) == _sha256(text) and STACK in planned_fact(view, "swarm_stacks"):
-        host.noop("the registry service is up to date")
-        return
-    files.put(name="Stack file registry", src=StringIO(text), dest=path, mode="0600")
-    stack_deploy(name="Deploy the registry service", stack=STACK, path=path, timeout=120)
+    current = planned_fact(view, "registry_stack").get(stack_path(STACK))
+    ship_stack(STACK, text, current, STACK in planned_fact(view, "swarm_stacks"), timeout=120)
 
 
 def _host_service(tls_on: bool, cert: str, key: str, auth: str) -> None:

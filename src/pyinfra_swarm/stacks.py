@@ -4,7 +4,6 @@ service has its replicas running, and fail with the tasks' errors if they don't 
 
 from __future__ import annotations
 
-import hashlib
 import shlex
 import time
 from io import StringIO
@@ -20,7 +19,7 @@ from pyinfra.operations import files, server
 
 from pyinfra_swarm.artifacts import images_built_this_run
 from pyinfra_swarm.cluster import cluster, current_host
-from pyinfra_swarm.facts import FileHashes
+from pyinfra_swarm.facts import FileHashes, sha256_text
 from pyinfra_swarm.hostfacts import Spec, planned_fact, register_planned
 from pyinfra_swarm.settings import DEFAULTS
 from pyinfra_swarm.stackfiles import StackError, check, render, stack_images
@@ -160,8 +159,15 @@ def _planned_facts(view: Any, target: Host) -> Spec:
     return {"stack_files": (FileHashes, {"paths": [stack_path(n) for n in names]}), "swarm_stacks": (SwarmStacks, {})}
 
 
-def _sha256(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
+def ship_stack(name: str, text: str, current_hash: str | None, deployed: bool, timeout: int, force: bool = False):
+    """Upload a rendered stack file to this manager and deploy it, unless that very file is deployed already
+    (`force`: an image it uses was rebuilt this run)."""
+    if current_hash == sha256_text(text) and deployed and not force:
+        host.noop(f"stack {name} is up to date")
+        return
+    path = stack_path(name)
+    files.put(name=f"Stack file {name}", src=StringIO(text), dest=path, mode="0600")
+    stack_deploy(name=f"Deploy stack {name}", stack=name, path=path, timeout=timeout)
 
 
 @deploy("Stacks", data_defaults={key: DEFAULTS[key] for key in SETTINGS})
@@ -175,18 +181,14 @@ def deploy_stacks() -> None:
     rendered = render_stacks(host.data, address(view))
     if not rendered:
         return
-    paths = {stack["name"]: stack_path(stack["name"]) for stack, _, _ in rendered}
     hashes = planned_fact(view, "stack_files")
     deployed = planned_fact(view, "swarm_stacks")
     rebuilt = images_built_this_run(host.state)
     for stack, text, images in host.loop(rendered):
-        name, path = stack["name"], paths[stack["name"]]
+        name = stack["name"]
         if stack.get("state", "present") == "absent":
             if name in deployed:
                 server.shell(name=f"Remove stack {name}", commands=[f"docker stack rm {shlex.quote(name)}"])
             continue
-        if hashes.get(path) == _sha256(text) and name in deployed and not set(images) & rebuilt:
-            host.noop(f"stack {name} is up to date")
-            continue
-        files.put(name=f"Stack file {name}", src=StringIO(text), dest=path, mode="0600")
-        stack_deploy(name=f"Deploy stack {name}", stack=name, path=path, timeout=int(stack.get("timeout", 180)))
+        ship_stack(name, text, hashes.get(stack_path(name)), name in deployed, int(stack.get("timeout", 180)),
+                   force=bool(set(images) & rebuilt))  # fmt: skip
