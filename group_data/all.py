@@ -4,9 +4,6 @@ These are the demo's settings on the local lab; for your own cluster, change wha
 """
 
 import os
-import secrets
-
-from pyinfra_swarm.pki import pki_dir
 
 # Debian/Ubuntu's docker.io (lab: the nodes reach only Debian's mirror). Use "docker-ce" for Docker's own
 # packages from download.docker.com (the default when unset).
@@ -17,30 +14,20 @@ docker_daemon_config = {
     "log-opts": {"max-size": "10m", "max-file": "3"},
 }
 
-# Firewall: the swarm ports open to cluster peers only; every other inbound connection refused but SSH.
+# Firewall: the swarm ports open to cluster peers only; every other inbound connection refused but SSH and
+# the ports listed here, which also decide which published ports of services non-peers may reach (the demo's
+# web port; the registry's port stays for peers only).
 swarm_firewall = "auto"
-swarm_firewall_allow = ["22/tcp"]
+swarm_firewall_allow = ["22/tcp", "8080/tcp"]
 
-# The cluster's registry: a swarm service on manager1, TLS from a CA made on this machine, htpasswd auth.
-# The password is generated next to the CA (.pyinfra-swarm/pki, git-ignored), never kept in the repo.
+# The cluster's registry: a swarm service on manager1, TLS from a CA made on this machine, and htpasswd auth
+# with a user whose password is generated there too (~/.local/share/pyinfra-swarm/pki, never in the repo).
 registry_mode = "service"
 registry_node = "manager1"
 # Lab: nothing can be pulled, so the registry image is built from Debian's docker-registry package on its
 # node (use registry_image = "registry:2" and no registry_build where Docker Hub is reachable).
 registry_image = "pyinfra-swarm/registry:2.8"
 registry_build = "images/registry"
-
-
-def _registry_password() -> str:
-    path = pki_dir() / "registry-password"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.touch(mode=0o600)
-        path.write_text(secrets.token_urlsafe(24))
-    return path.read_text().strip()
-
-
-registry_users = {"swarm": _registry_password()}
 
 # Lab: managers build images FROM debian:bookworm, which `pyinfra-swarm lab up` exports to this archive.
 _lab_images = os.path.join(os.environ.get("PYINFRA_SWARM_LAB_DIR", ".lab"), "images")

@@ -17,7 +17,7 @@ from pyinfra.api.exceptions import DeployError
 from pyinfra.context import ctx_host
 from pyinfra.facts.server import Hostname
 
-from pyinfra_swarm.facts import DockerSwarm, HostAddresses, KernelFeatures, SwarmNodes
+from pyinfra_swarm.facts import Clock, DockerSwarm, HostAddresses, InterfaceMtus, KernelFeatures, SwarmNodes
 from pyinfra_swarm.hostfacts import gather, register
 from pyinfra_swarm.settings import is_manager, setting, swarm_hosts, validate_inventory
 
@@ -29,12 +29,15 @@ register("hostname", Hostname)
 register("addresses", HostAddresses)
 register("swarm", DockerSwarm)
 register("kernel", KernelFeatures)
+register("mtus", InterfaceMtus)
+register("clock", Clock)
+CLOCK_SKEW = 10.0  # seconds between a host's clock and the controller's worth a warning
 
 
 @dataclass
 class Cluster:
     hosts: list[Host]  # every swarm host in the inventory, managers first
-    reachable: list[Host]  # those pyinfra is connected to
+    reachable: list[Host]  # those pyinfra is connected to (hosts outside --limit are read, never changed)
     addresses: dict[Host, str]  # resolved advertise addresses (IP form)
     hostnames: dict[Host, str]
     swarm: dict[Host, dict[str, Any] | None]  # DockerSwarm fact of each reachable host
@@ -42,6 +45,8 @@ class Cluster:
     primary: Host | None  # a reachable manager already in the swarm: cluster-wide changes run there
     init_host: Host | None  # the manager that initialises the swarm, when no manager is in one yet
     cluster_id: str | None
+    in_limit: list[Host] = field(default_factory=list)  # the hosts this run may change (all without --limit)
+    data_path_port: int = 4789  # the VXLAN port the swarm uses (or will use, once initialised)
     nodes: list[dict[str, Any]] = field(default_factory=list)  # the primary's node list
     plan: dict[Host, str] = field(default_factory=dict)  # membership step of each reachable host (see plan_for)
 
@@ -81,12 +86,26 @@ def cluster(state: State) -> Cluster:
         return _VIEWS[state]
 
 
+def _connect_outside_limit(state: State, hosts: list[Host]) -> list[Host]:
+    """Connect to the swarm hosts outside --limit, to read their state (nothing runs on them): without
+    that, a run limited to a new manager would not see the swarm the others are in. Returns those reached."""
+    outside = [h for h in hosts if not state.is_host_in_limit(h) and not h.connected]
+    greenlets = [gevent.spawn(h.connect, show_errors=False) for h in outside]
+    gevent.joinall(greenlets)
+    return [h for h in outside if h.connected]
+
+
 def _build(state: State) -> Cluster:
     hosts = swarm_hosts(state)
-    reachable = [h for h in hosts if h in state.active_hosts]
+    in_limit = [h for h in hosts if state.is_host_in_limit(h)]
+    read_only = _connect_outside_limit(state, hosts) if len(in_limit) < len(hosts) else []
+    reachable = [h for h in hosts if h in state.active_hosts or h in read_only]
     for host in hosts:
         if host not in reachable:
-            logger.warning(f"{host.name} is not connected (unreachable, or outside --limit): left as it is this run")
+            logger.warning(f"{host.name} is unreachable: left as it is this run")
+        elif host not in in_limit:
+            logger.info(f"{host.name} is outside --limit: read, not changed")
+    controller_time = time.time()
     facts = gather(state, reachable)
     swarm = {h: facts[h]["swarm"] for h in reachable}
     hostnames = {h: facts[h]["hostname"] for h in reachable}
@@ -97,12 +116,15 @@ def _build(state: State) -> Cluster:
         if address:
             addresses[host] = address
     _check_unique_hostnames(hostnames)
+    _warn_clock_skew({h: facts[h]["clock"] for h in reachable}, controller_time)
+    _warn_small_mtu(addresses, {h: (facts[h]["addresses"], facts[h]["mtus"]) for h in reachable})
 
     info = {h: swarm[h] or {} for h in reachable}
     in_swarm = [
         h for h in reachable
         if is_manager(h) and info[h].get("LocalNodeState") == "active" and info[h].get("ControlAvailable")
     ]  # fmt: skip
+    in_swarm.sort(key=lambda h: h not in in_limit)  # act through a manager this run may change, if any
     cluster_ids = {info[h].get("Cluster", {}).get("ID") for h in in_swarm}
     if len(cluster_ids) > 1:
         names = ", ".join(f"{h.name} ({info[h].get('Cluster', {}).get('ID')})" for h in in_swarm)
@@ -111,21 +133,11 @@ def _build(state: State) -> Cluster:
             "ones leave (docker swarm leave --force) before running the deploy"
         )
     primary = in_swarm[0] if in_swarm else None
-    init_host = None
-    if primary is None:
-        locked = [h.name for h in reachable if info[h].get("LocalNodeState") == "locked"]
-        if locked:
-            raise DeployError(
-                f"the swarm is locked on {', '.join(locked)}: unlock it (docker swarm unlock) and run again"
-            )
-        # Not in a swarm: no Docker yet (None), Docker stopped ("unknown": the install step starts it), inactive.
-        free = (None, "unknown", "inactive")
-        init_host = next((h for h in reachable if is_manager(h) and info[h].get("LocalNodeState") in free), None)
-        if init_host is None:
-            raise DeployError(
-                "no reachable manager can start or reach the swarm: every manager in the inventory is "
-                "unreachable or a worker of another swarm"
-            )
+    init_host = None if primary else _init_host(hosts, reachable, in_limit, info)
+    first = primary or init_host
+    assert first is not None  # _init_host raises when there is none
+    if primary is not None:
+        _check_init_settings(primary, info[primary].get("Cluster") or {})
     view = Cluster(
         hosts=hosts,
         reachable=reachable,
@@ -136,6 +148,9 @@ def _build(state: State) -> Cluster:
         primary=primary,
         init_host=init_host,
         cluster_id=cluster_ids.pop() if primary else None,
+        in_limit=in_limit,
+        data_path_port=int(((info[primary].get("Cluster") or {}) if primary else {}).get("DataPathPort") or 0)
+        or setting(first, "swarm_data_path_port"),
         nodes=_node_list(in_swarm) if primary else [],
     )
     view.plan = {host: plan_for(view, host) for host in reachable}
@@ -145,7 +160,95 @@ def _build(state: State) -> Cluster:
             f"{managers} managers: an even number tolerates no more manager failures than {managers - 1}; "
             "use an odd number (3 or 5)"
         )
+    if primary is not None and primary not in in_limit:
+        logger.warning(
+            f"cluster-wide steps (node roles and labels, registry, stacks) run on {primary.name}, which is outside "
+            "--limit: skipped this run"
+        )
     return view
+
+
+def _init_host(hosts: list[Host], reachable: list[Host], in_limit: list[Host], info: dict[Host, dict]) -> Host:
+    """The manager that runs `swarm init`, when no reachable manager is in a swarm. Refused while a manager
+    of the inventory could be in a swarm that this run can't see (unreachable, Docker stopped with swarm
+    state on disk, locked), unless `swarm_bootstrap` says to start a new swarm anyway: a second swarm beside
+    a live one (split brain) is the worst thing a deploy can do."""
+    managers = [h for h in hosts if is_manager(h)]
+    locked = [h.name for h in reachable if info[h].get("LocalNodeState") == "locked"]
+    if locked:
+        raise DeployError(
+            f"the swarm is locked on {', '.join(locked)} (autolock, after a restart): unlock it with "
+            "`docker swarm unlock` and the unlock key, then run again"
+        )
+    # Not in a swarm: no Docker yet (None), Docker stopped ("unknown": the install step starts it), inactive.
+    free = (None, "unknown", "inactive")
+    candidates = [h for h in managers if h in reachable and (info[h].get("LocalNodeState") in free)]
+    unseen = [h for h in managers if h not in reachable]
+    stopped = [h for h in candidates if (info[h] or {}).get("StateOnDisk")]
+    if (unseen or stopped) and not any(setting(h, "swarm_bootstrap") for h in candidates):
+        reasons = [f"{h.name} (unreachable)" for h in unseen]
+        reasons += [f"{h.name} (Docker stopped, swarm state on disk: start Docker there)" for h in stopped]
+        raise DeployError(
+            "no reachable manager is in a swarm, but these managers could be: " + ", ".join(reasons) + ". "
+            "Starting a new swarm now could split the cluster in two. Bring them back and run again, or set "
+            "swarm_bootstrap: true to start a new swarm without them"
+        )
+    init_host = next((h for h in candidates if h not in stopped), None)
+    if init_host is None:
+        raise DeployError(
+            "no reachable manager can start or reach the swarm: every manager in the inventory is "
+            "unreachable or a worker of another swarm"
+        )
+    if init_host not in in_limit:
+        raise DeployError(
+            f"the swarm would be initialised on {init_host.name}, which is outside --limit: run without --limit "
+            "(or include it) to create the swarm"
+        )
+    return init_host
+
+
+def _check_init_settings(primary: Host, swarm_cluster: dict[str, Any]) -> None:
+    """Settings that only take effect at `swarm init` must match the running swarm: a difference is an error
+    before any change (the firewall would otherwise open a port the swarm doesn't use)."""
+    problems = []
+    port = swarm_cluster.get("DataPathPort")
+    if port and setting(primary, "swarm_data_path_port") != port:
+        problems.append(f"swarm_data_path_port is {setting(primary, 'swarm_data_path_port')}, the swarm uses {port}")
+    pools = setting(primary, "swarm_default_addr_pool")
+    if pools and swarm_cluster.get("DefaultAddrPool") and sorted(pools) != sorted(swarm_cluster["DefaultAddrPool"]):
+        problems.append(f"swarm_default_addr_pool is {pools}, the swarm uses {swarm_cluster['DefaultAddrPool']}")
+    mask = setting(primary, "swarm_default_addr_pool_mask_length")
+    if mask and swarm_cluster.get("SubnetSize") and mask != swarm_cluster["SubnetSize"]:
+        problems.append(f"swarm_default_addr_pool_mask_length is {mask}, the swarm uses {swarm_cluster['SubnetSize']}")
+    if problems:
+        raise DeployError(
+            "settings that only apply at `swarm init` differ from the running swarm: "
+            + "; ".join(problems)
+            + ". Set them to what the swarm uses (changing them means a new swarm)"
+        )
+
+
+def _warn_clock_skew(clocks: dict[Host, float | None], controller_time: float) -> None:
+    """Swarm's TLS certificates and raft need clocks that agree: name the hosts whose clock is off."""
+    for host, clock in clocks.items():
+        if clock is not None and abs(clock - controller_time) > CLOCK_SKEW:
+            logger.warning(
+                f"{host.name}: its clock is {clock - controller_time:+.0f} s off this machine's: swarm node "
+                "certificates may be refused; run NTP (systemd-timesyncd, chrony) on every node"
+            )
+
+
+def _warn_small_mtu(addresses: dict[Host, str], links: dict[Host, tuple[dict, dict]]) -> None:
+    """Overlay traffic carries 50 bytes of VXLAN headers: on an underlay MTU below 1500 the overlays' default
+    of 1500 drops large packets unless the networks set a smaller `mtu`."""
+    for host, (interfaces, mtus) in links.items():
+        name = next((i for i, addrs in interfaces.items() if addresses.get(host) in addrs), None)
+        mtu = mtus.get(name) if name else None
+        if mtu is not None and mtu < 1500:
+            logger.warning(
+                f"{host.name}: {name} has MTU {mtu}: overlay networks need mtu {mtu - 50} or less "
+                "(swarm_networks: {NAME: {mtu: ...}}, and com.docker.network.driver.mtu in stacks)"
+            )
 
 
 def _node_list(managers: list[Host]) -> list[dict[str, Any]]:
@@ -170,7 +273,9 @@ def _node_list(managers: list[Host]) -> list[dict[str, Any]]:
 
 def plan_for(view: Cluster, host: Host) -> str:
     """What joining this swarm takes for a host: "member" (nothing), "init", "join", "rejoin" (leave the other
-    swarm first, as swarm_force_rejoin allows) or "foreign" (in another swarm: the host is stopped)."""
+    swarm first, as swarm_force_rejoin allows), "locked" (autolocked after a restart: it must be unlocked,
+    never made to leave), "pending" (a join under way or stuck) or "foreign" (in another swarm); hosts in
+    the last three states are stopped with the reason."""
     if host is view.init_host:
         return "init"
     if view.in_this_swarm(host):
@@ -178,6 +283,10 @@ def plan_for(view: Cluster, host: Host) -> str:
     local = (view.swarm.get(host) or {}).get("LocalNodeState")
     if local in (None, "inactive", "unknown"):
         return "join"
+    if local == "locked":
+        return "locked"
+    if local == "pending" and not setting(host, "swarm_force_rejoin"):
+        return "pending"
     return "rejoin" if setting(host, "swarm_force_rejoin") else "foreign"
 
 

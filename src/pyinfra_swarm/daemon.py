@@ -1,5 +1,6 @@
 """/etc/docker/daemon.json from data: validated, written only when it changes, and Docker reloaded when only
-live-reloadable options changed, restarted otherwise, left alone when nothing changed."""
+live-reloadable options changed, restarted otherwise (one node of the swarm at a time, drained), left alone
+when nothing changed."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from pyinfra.operations import files, systemd
 from pyinfra_swarm.cluster import cluster, current_host
 from pyinfra_swarm.facts import DockerDaemonConfig, DockerSwarm
 from pyinfra_swarm.hostfacts import host_fact, register
-from pyinfra_swarm.settings import DEFAULTS, swarm_hosts, validate_daemon_config
+from pyinfra_swarm.maintenance import in_turn, window
+from pyinfra_swarm.settings import DEFAULTS, is_manager, swarm_hosts, validate_daemon_config
 
 DAEMON_JSON = "/etc/docker/daemon.json"
 # Options dockerd applies on SIGHUP (Docker's "configuration reload behavior" list).
@@ -72,6 +74,11 @@ def configure_daemon() -> None:
     swarm = host_fact("swarm")
     if swarm is None or swarm.get("LocalNodeState") == "unknown" or action is None:
         return  # Docker isn't installed or running yet: it starts with this file
+    member = window(cluster(host.state), current_host()) if current_host() in swarm_hosts(host.state) else None
+    if action == "restart" and member is not None:
+        # A node of the swarm: restarts go one node at a time, drained, never all engines at once.
+        in_turn("Restart Docker for the new daemon.json", ["systemctl restart docker"], member, is_manager(host))
+        return
     systemd.service(
         name=f"{action.capitalize()} Docker for the new daemon.json",
         service="docker",

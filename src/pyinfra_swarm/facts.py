@@ -15,13 +15,18 @@ KERNEL_OPTIONS = ("VXLAN", "IP_VS", "INET_ESP", "CRYPTO_GCM", "XFRM_USER", "OVER
 
 class DockerSwarm(FactBase[dict[str, Any] | None]):
     """`docker info`'s Swarm section (LocalNodeState, NodeID, ControlAvailable, Cluster, RemoteManagers);
-    None when Docker isn't installed, {"LocalNodeState": "unknown"} when its daemon doesn't answer."""
+    None when Docker isn't installed, {"LocalNodeState": "unknown", "StateOnDisk": bool} when its daemon
+    doesn't answer (StateOnDisk: /var/lib/docker/swarm holds a swarm's state, so the node may be a member)."""
 
     def requires_command(self) -> str:
         return "docker"
 
     def command(self) -> str:
-        return "docker info --format '{{json .Swarm}}' 2>/dev/null || echo '{\"LocalNodeState\": \"unknown\"}'"
+        return (
+            "docker info --format '{{json .Swarm}}' 2>/dev/null || { test -s /var/lib/docker/swarm/state.json "
+            '&& echo \'{"LocalNodeState": "unknown", "StateOnDisk": true}\' '
+            '|| echo \'{"LocalNodeState": "unknown", "StateOnDisk": false}\'; }'
+        )
 
     def process(self, output: list[str]) -> dict[str, Any]:
         return json.loads("".join(output))
@@ -133,6 +138,61 @@ class HostAddresses(FactBase[dict[str, list[str]]]):
         return addresses
 
 
+class InterfaceMtus(FactBase[dict[str, int]]):
+    """Interface name -> MTU (`ip -o link`)."""
+
+    @staticmethod
+    def default() -> Any:
+        return {}
+
+    def command(self) -> str:
+        return "ip -o link show"
+
+    def process(self, output: list[str]) -> dict[str, int]:
+        mtus = {}
+        for line in output:
+            fields = line.split()
+            if len(fields) > 4 and "mtu" in fields:
+                mtus[fields[1].rstrip(":").split("@")[0]] = int(fields[fields.index("mtu") + 1])
+        return mtus
+
+
+class Clock(FactBase[float | None]):
+    """The host's clock (seconds since the epoch), to compare with the controller's."""
+
+    def command(self) -> str:
+        return "date +%s.%N"
+
+    def process(self, output: list[str]) -> float | None:
+        try:
+            return float(output[-1])
+        except (IndexError, ValueError):
+            return None
+
+
+class SshdPorts(FactBase[list[int]]):
+    """The ports sshd listens on, from its effective configuration (`sshd -T`), or the port of this very
+    connection when that can't be read; [] when neither is known."""
+
+    @staticmethod
+    def default() -> Any:
+        return []
+
+    def command(self) -> str:
+        return (
+            '{ sshd -T 2>/dev/null || /usr/sbin/sshd -T 2>/dev/null; } | awk \'$1 == "port" {print "port", $2}\'; '
+            'echo "connection ${SSH_CONNECTION:-}"'
+        )
+
+    def process(self, output: list[str]) -> list[int]:
+        ports = [int(line.split()[1]) for line in output if line.startswith("port ") and line.split()[1].isdigit()]
+        if not ports:
+            fields = next((line.split() for line in output if line.startswith("connection ")), [])
+            if len(fields) == 5 and fields[4].isdigit():
+                ports = [int(fields[4])]
+        return sorted(set(ports))
+
+
 class FirewallTools(FactBase[dict[str, Any]]):
     """Which firewall front-ends are installed and active (ufw, firewalld, nft, iptables), and whether our own
     rules are loaded."""
@@ -189,21 +249,30 @@ class UfwState(FactBase[dict[str, Any]]):
 
 
 class FirewalldZone(FactBase[dict[str, Any] | None]):
-    """A firewalld zone's permanent sources, ports and protocols; None when the zone doesn't exist."""
+    """A firewalld zone's permanent sources, ports, protocols, target and description, and the default
+    zone's permanent ports; None when the zone doesn't exist."""
 
     def requires_command(self, zone: str) -> str:
         return "firewall-cmd"
 
     def command(self, zone: str) -> str:
-        return f"firewall-cmd --permanent --zone={shlex.quote(zone)} --list-all 2>/dev/null || true"
+        zone = shlex.quote(zone)
+        return (
+            f"firewall-cmd --permanent --zone={zone} --list-all 2>/dev/null || exit 0; "
+            f'echo "description: $(firewall-cmd --permanent --zone={zone} --get-description 2>/dev/null)"; '
+            'echo "default-ports: $(firewall-cmd --permanent --list-ports 2>/dev/null)"'
+        )
 
     def process(self, output: list[str]) -> dict[str, Any] | None:
         if not output:
             return None
-        zone: dict[str, Any] = {"sources": [], "ports": [], "protocols": []}
+        zone: dict[str, Any] = {"sources": [], "ports": [], "protocols": [], "target": "default", "description": "",
+                                "default-ports": []}  # fmt: skip
         for line in output:
             key, _, value = line.strip().partition(":")
-            if key in zone:
+            if key in ("target", "description"):
+                zone[key] = value.strip()
+            elif key in zone:
                 zone[key] = value.split()
         return zone
 
@@ -257,30 +326,33 @@ class ServiceStates(FactBase[dict[str, dict[str, bool]]]):
 
 
 class DockerPackages(FactBase[dict[str, Any]]):
-    """The package manager (apt or dnf) and which of the given packages are installed, with versions."""
+    """The package manager (apt or dnf), which of the given packages are installed, with versions, and
+    which of them are held (apt-mark hold)."""
 
     @staticmethod
     def default() -> Any:
-        return {"manager": None, "packages": {}}
+        return {"manager": None, "packages": {}, "held": []}
 
     def command(self, packages: list[str]) -> str:
         names = " ".join(shlex.quote(name) for name in packages)
         return (
             "if command -v dpkg-query >/dev/null; then echo manager=apt; "
-            f"dpkg-query -W -f '${{db:Status-Abbrev}} ${{Package}} ${{Version}}\\n' {names} 2>/dev/null | grep '^ii' "
-            "| cut -d' ' -f2-; "
+            f"dpkg-query -W -f '${{db:Status-Abbrev}} ${{Package}} ${{Version}}\\n' {names} 2>/dev/null "
+            '| awk \'$1 ~ /^[ih]i/ {print $2, $3, ($1 ~ /^h/ ? "held" : "")}\'; '
             "elif command -v rpm >/dev/null; then echo manager=dnf; "
             f"rpm -q --qf '%{{NAME}} %{{VERSION}}-%{{RELEASE}}\\n' {names} | grep -v 'not installed'; fi; true"
         )
 
     def process(self, output: list[str]) -> dict[str, Any]:
-        result: dict[str, Any] = {"manager": None, "packages": {}}
+        result: dict[str, Any] = {"manager": None, "packages": {}, "held": []}
         for line in output:
             if line.startswith("manager="):
                 result["manager"] = line.split("=", 1)[1]
             elif " " in line.strip():
-                name, version = line.strip().split(" ", 1)
+                name, version, *flags = line.split()
                 result["packages"][name] = version
+                if "held" in flags:
+                    result["held"].append(name)
         return result
 
 
@@ -318,18 +390,30 @@ class Bundle(FactBase[dict[str, Any]]):
         return values
 
 
-class DockerAuths(FactBase[list[str]]):
-    """Registries the user running Docker commands is logged in to (~/.docker/config.json `auths`)."""
+class RegistryLogins(FactBase[dict[str, str]]):
+    """Registries the user running Docker commands is logged in to (~/.docker/config.json `auths`), each with
+    the digest of the credentials this deploy last logged in with ("" when it didn't, or they're unknown)."""
+
+    MARKER = "$HOME/.docker/pyinfra-swarm-logins"
 
     def command(self) -> str:
-        return 'cat "$HOME/.docker/config.json" 2>/dev/null || true'
+        # The credentials themselves (base64 in "auth") never leave the host.
+        return (
+            'sed -E \'s/"(auth|identitytoken)": *"[^"]*"/"\\1": ""/g\' '
+            '"$HOME/.docker/config.json" 2>/dev/null; '
+            f'echo; echo "##logins##"; cat "{self.MARKER}" 2>/dev/null; true'
+        )
 
-    def process(self, output: list[str]) -> list[str]:
+    def process(self, output: list[str]) -> dict[str, str]:
+        text = "\n".join(output)
+        config, _, marker = text.partition("##logins##")
         try:
-            return sorted(json.loads("\n".join(output)).get("auths", {}))
+            auths = json.loads(config).get("auths", {}) if config.strip() else {}
         except ValueError:
-            return []
+            auths = {}
+        digests = dict(line.split(" ", 1) for line in marker.splitlines() if " " in line.strip())
+        return {registry: digests.get(registry, "").strip() for registry in sorted(auths)}
 
     @staticmethod
-    def default() -> list[str]:
-        return []
+    def default() -> dict[str, str]:
+        return {}

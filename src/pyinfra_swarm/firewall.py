@@ -1,6 +1,11 @@
 """Open the swarm ports to the cluster's own addresses only: 2377/tcp on managers, 7946/tcp+udp and the
 data path port (4789/udp) on every node, ESP when encrypted overlays are on. Backends: ufw, firewalld, or a
-chain / table of our own for iptables or nftables, restored at boot. Docker's own chains are left alone."""
+chain / table of our own for iptables or nftables, applied atomically and restored at boot.
+
+Published ports (host mode and the ingress mesh) don't pass INPUT: Docker DNATs them and they are forwarded.
+The iptables and nftables backends filter them too, through a chain of ours jumped to from Docker's
+DOCKER-USER (a forward hook in our table for nftables): with policy `deny`, only peers and the ports of
+`swarm_firewall_allow` get through. ufw and firewalld don't see published ports (Docker's rules come first)."""
 
 from __future__ import annotations
 
@@ -9,15 +14,25 @@ from dataclasses import dataclass
 from io import StringIO
 
 from pyinfra import host
-from pyinfra.api import deploy
-from pyinfra.operations import apt, files, server, systemd
+from pyinfra.api import deploy, operation
+from pyinfra.operations import apt, files, server
 
 from pyinfra_swarm.cluster import Cluster, cluster, current_host
-from pyinfra_swarm.facts import FileHashes, FirewalldZone, FirewallTools, ServiceStates, UfwState, sha256_text
+from pyinfra_swarm.facts import (
+    FileHashes,
+    FirewalldZone,
+    FirewallTools,
+    ServiceStates,
+    SshdPorts,
+    UfwState,
+    sha256_text,
+)
 from pyinfra_swarm.hostfacts import host_fact, register
 from pyinfra_swarm.settings import DEFAULTS, is_manager, setting
 
 CHAIN = "PYINFRA-SWARM"
+FORWARD_CHAIN = "PYINFRA-SWARM-FWD"  # published ports, jumped to from Docker's DOCKER-USER
+DOCKER_BRIDGES = ("docker0", "docker_gwbridge", "br-+")  # containers' own traffic is not inbound
 NFT_TABLE = "pyinfra_swarm"
 FIREWALLD_ZONE = "pyinfra-swarm"
 UFW_COMMENT = "pyinfra-swarm"
@@ -33,6 +48,7 @@ SETTINGS = ["swarm_firewall", "swarm_firewall_policy", "swarm_firewall_allow", "
 register("firewall", FirewallTools)
 register("firewall_files", FileHashes, paths=[IPTABLES_RULES, NFT_RULES, UNIT_FILE])
 register("firewall_service", ServiceStates, services=[UNIT])
+register("sshd_ports", SshdPorts)
 
 
 @dataclass(frozen=True)
@@ -47,9 +63,10 @@ class Policy:
 
 
 def node_policy(manager: bool, peers: list[str], allow: list[str], data_path_port: int, esp: bool,
-                deny_other: bool, ssh_port: int = 22, peer_ports: tuple[str, ...] = ()) -> Policy:  # fmt: skip
+                deny_other: bool, ssh_ports: tuple[int, ...] = (22,),
+                peer_ports: tuple[str, ...] = ()) -> Policy:  # fmt: skip
     ports = (["2377/tcp"] if manager else []) + ["7946/tcp", "7946/udp", f"{data_path_port}/udp", *peer_ports]
-    allowed = list(dict.fromkeys([*allow, f"{ssh_port}/tcp"]))
+    allowed = list(dict.fromkeys([*allow, *(f"{port}/tcp" for port in ssh_ports)]))
     return Policy(tuple(peers), tuple(ports), tuple(allowed), esp, deny_other)
 
 
@@ -58,39 +75,68 @@ def _split(port: str) -> tuple[str, str]:
     return number, proto
 
 
+def _input_rules(policy: Policy, family: int) -> list[str]:
+    icmp = "icmp" if family == 4 else "ipv6-icmp"
+    peers = [p for p in policy.peers if ipaddress.ip_address(p).version == family]
+    rules = ["-i lo -j ACCEPT", "-m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT", f"-p {icmp} -j ACCEPT"]
+    for port in policy.allow:
+        number, proto = _split(port)
+        rules.append(f"-p {proto} --dport {number} -j ACCEPT")
+    for peer in peers:
+        for port in policy.swarm_ports:
+            number, proto = _split(port)
+            rules.append(f"-s {peer} -p {proto} --dport {number} -j ACCEPT")
+        if policy.esp:
+            rules.append(f"-s {peer} -p esp -j ACCEPT")
+    if policy.deny_other:
+        return [*rules, "-p tcp -j REJECT --reject-with tcp-reset", "-j REJECT"]
+    for port in policy.swarm_ports:
+        number, proto = _split(port)
+        reject = "REJECT --reject-with tcp-reset" if proto == "tcp" else "REJECT"
+        rules.append(f"-p {proto} --dport {number} -j {reject}")
+    return [*rules, "-j RETURN"]
+
+
+def _forward_rules(policy: Policy, family: int) -> list[str]:
+    """Published ports: connections Docker DNATed, from outside its own bridges, get through from peers and
+    to the allowed ports only (policy deny); policy allow leaves them alone."""
+    if not policy.deny_other:
+        return []
+    rules = ["-m conntrack --ctstate ESTABLISHED,RELATED -j RETURN", "-m conntrack ! --ctstate DNAT -j RETURN"]
+    rules += [f"-i {bridge} -j RETURN" for bridge in DOCKER_BRIDGES]
+    rules += [f"-s {peer} -j RETURN" for peer in policy.peers if ipaddress.ip_address(peer).version == family]
+    for port in policy.allow:
+        number, proto = _split(port)
+        rules.append(f"-p {proto} -m conntrack --ctorigdstport {number} -j RETURN")
+    return [*rules, "-p tcp -j REJECT --reject-with tcp-reset", "-j REJECT"]
+
+
 def iptables_script(policy: Policy) -> str:
-    """A shell script that (re)builds our INPUT chain for IPv4 and IPv6; run at boot and on change."""
+    """A shell script that replaces our chains for IPv4 and IPv6 in one iptables-restore transaction each (a
+    bad rule leaves the previous rules in force) and hooks them into INPUT and DOCKER-USER; run at boot and
+    on change."""
     lines = [
         "#!/bin/sh",
-        "# Managed by pyinfra-swarm: inbound rules of this swarm node. Docker's chains are not touched.",
+        "# Managed by pyinfra-swarm: inbound rules of this swarm node. Docker's chains are not touched, but for a",
+        f"# jump from DOCKER-USER to {FORWARD_CHAIN} (published ports).",
         "set -e",
     ]
     for binary, family in (("iptables", 4), ("ip6tables", 6)):
         ipt = f"{binary} -w"
-        icmp = "icmp" if family == 4 else "ipv6-icmp"
-        peers = [p for p in policy.peers if ipaddress.ip_address(p).version == family]
-        rules = ["-i lo -j ACCEPT", "-m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT", f"-p {icmp} -j ACCEPT"]
-        for port in policy.allow:
-            number, proto = _split(port)
-            rules.append(f"-p {proto} --dport {number} -j ACCEPT")
-        for peer in peers:
-            for port in policy.swarm_ports:
-                number, proto = _split(port)
-                rules.append(f"-s {peer} -p {proto} --dport {number} -j ACCEPT")
-            if policy.esp:
-                rules.append(f"-s {peer} -p esp -j ACCEPT")
-        if policy.deny_other:
-            rules += ["-p tcp -j REJECT --reject-with tcp-reset", "-j REJECT"]
-        else:
-            for port in policy.swarm_ports:
-                number, proto = _split(port)
-                reject = "REJECT --reject-with tcp-reset" if proto == "tcp" else "REJECT"
-                rules.append(f"-p {proto} --dport {number} -j {reject}")
-            rules.append("-j RETURN")
-        guard = f"if command -v {binary} >/dev/null; then"
-        lines += [guard, f"  {ipt} -N {CHAIN} 2>/dev/null || true", f"  {ipt} -F {CHAIN}"]
-        lines += [f"  {ipt} -A {CHAIN} {rule}" for rule in rules]
-        lines += [f"  {ipt} -C INPUT -j {CHAIN} 2>/dev/null || {ipt} -I INPUT 1 -j {CHAIN}", "fi"]
+        ruleset = ["*filter", f":{CHAIN} - [0:0]", f":{FORWARD_CHAIN} - [0:0]"]
+        ruleset += [f"-A {CHAIN} {rule}" for rule in _input_rules(policy, family)]
+        ruleset += [f"-A {FORWARD_CHAIN} {rule}" for rule in _forward_rules(policy, family)]
+        lines += [
+            f"if command -v {binary}-restore >/dev/null; then",
+            f"  {binary}-restore -w --noflush <<'RULES'",
+            *ruleset,
+            "COMMIT",
+            "RULES",
+            f"  {ipt} -C INPUT -j {CHAIN} 2>/dev/null || {ipt} -I INPUT 1 -j {CHAIN}",
+            f"  {ipt} -N DOCKER-USER 2>/dev/null || true",
+            f"  {ipt} -C DOCKER-USER -j {FORWARD_CHAIN} 2>/dev/null || {ipt} -I DOCKER-USER 1 -j {FORWARD_CHAIN}",
+            "fi",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -128,6 +174,21 @@ def nftables_rules(policy: Policy) -> str:
         for proto in ("tcp", "udp"):
             if ports(proto, policy.swarm_ports):
                 body.append(f"    {proto} dport {{ {ports(proto, policy.swarm_ports)} }} reject")
+    forward = ["    type filter hook forward priority filter - 1; policy accept;"]
+    if policy.deny_other:  # published ports: see the module docstring
+        forward += ["    ct state established,related accept"]
+        forward += [f'    ct status dnat iifname "{bridge.replace("+", "*")}" accept' for bridge in DOCKER_BRIDGES]
+        for family, name in ((4, "ip"), (6, "ip6")):
+            peers = [p for p in policy.peers if ipaddress.ip_address(p).version == family]
+            if peers:
+                forward.append(f"    ct status dnat {name} saddr {{ {', '.join(peers)} }} accept")
+        for proto in ("tcp", "udp"):
+            if ports(proto, policy.allow):
+                forward.append(
+                    f"    ct status dnat meta l4proto {proto} ct original proto-dst {{ {ports(proto, policy.allow)} }} "
+                    "accept"
+                )
+        forward += ["    ct status dnat meta l4proto tcp reject with tcp reset", "    ct status dnat reject"]
     return (
         "\n".join(
             [
@@ -137,6 +198,9 @@ def nftables_rules(policy: Policy) -> str:
                 f"table inet {NFT_TABLE} {{",
                 "  chain input {",
                 *body,
+                "  }",
+                "  chain forward {",
+                *forward,
                 "  }",
                 "}",
             ]
@@ -176,20 +240,39 @@ def ufw_commands(policy: Policy, current: dict) -> list[str]:
     return commands
 
 
+def _firewalld_port(port: str) -> str:
+    return port.replace(":", "-")  # firewalld writes ranges as 8000-8100/tcp
+
+
 def firewalld_commands(policy: Policy, zone: dict | None) -> list[str]:
-    """firewall-cmd commands for a zone holding the peers as sources and the swarm ports; the allow list
-    goes to the default zone."""
+    """firewall-cmd commands (empty when nothing differs) for a zone of ours with the peers as sources:
+    traffic from a peer lands in it and nowhere else, so it holds the swarm ports, the allow list and SSH
+    (policy deny: the rest is refused; allow: its target is ACCEPT). The allow list also goes to the default
+    zone, for everyone; the ports put there are recorded in our zone's description, so that ports dropped
+    from the data are removed again."""
     cmd = f"firewall-cmd --permanent --zone={FIREWALLD_ZONE}"
     commands = [] if zone is not None else [f"firewall-cmd --permanent --new-zone={FIREWALLD_ZONE}"]
-    zone = zone or {"sources": [], "ports": [], "protocols": []}
+    zone = zone or {"sources": [], "ports": [], "protocols": [], "target": "default", "description": "",
+                    "default-ports": []}  # fmt: skip
+    allow = [_firewalld_port(port) for port in policy.allow]
     wanted = {
         "sources": ("source", list(policy.peers)),
-        "ports": ("port", list(policy.swarm_ports)),
+        "ports": ("port", list(dict.fromkeys([*policy.swarm_ports, *allow]))),
         "protocols": ("protocol", ["esp"] if policy.esp else []),
     }
     for key, (option, values) in wanted.items():
         commands += [f"{cmd} --remove-{option}={v}" for v in zone[key] if v not in values]
         commands += [f"{cmd} --add-{option}={v}" for v in values if v not in zone[key]]
+    target = "default" if policy.deny_other else "ACCEPT"
+    if zone["target"] != target:
+        commands.append(f"{cmd} --set-target={target}")
+    recorded = zone["description"].removeprefix("pyinfra-swarm allow:").split()
+    default_ports = zone["default-ports"]
+    stale = [port for port in recorded if port not in allow and port in default_ports]
+    commands += [f"firewall-cmd --permanent --remove-port={port}" for port in stale]
+    commands += [f"firewall-cmd --permanent --add-port={port}" for port in allow if port not in default_ports]
+    if recorded != allow:
+        commands.append(f"{cmd} --set-description='pyinfra-swarm allow: {' '.join(allow)}'")
     return commands
 
 
@@ -240,10 +323,10 @@ def configure_firewall() -> None:
         manager=is_manager(host),
         peers=view.peers(),
         allow=host.data.swarm_firewall_allow,
-        data_path_port=host.data.swarm_data_path_port,
+        data_path_port=view.data_path_port,
         esp=host.data.swarm_encrypted_overlays,
         deny_other=host.data.swarm_firewall_policy == "deny",
-        ssh_port=int(host.data.get("ssh_port") or 22),
+        ssh_ports=tuple(host_fact("sshd_ports")) or (int(host.data.get("ssh_port") or 22),),
         peer_ports=_registry_port(view),
     )
     if backend in ("iptables", "nftables"):
@@ -258,11 +341,12 @@ def configure_firewall() -> None:
             server.shell(name="Open the swarm ports to peers (ufw)", commands=commands)
     elif backend == "firewalld":
         commands = firewalld_commands(policy, host.get_fact(FirewalldZone, zone=FIREWALLD_ZONE))
-        commands += [f"firewall-cmd --permanent --add-port={port}" for port in policy.allow]
-        if commands:
+        if commands:  # reload only on a change: a reload drops the rules older engines add at run time
             server.shell(
                 name="Open the swarm ports to peers (firewalld)", commands=[*commands, "firewall-cmd --reload"]
             )
+        else:
+            host.noop("firewalld zone already in place")
 
 
 def _registry_port(view: Cluster) -> tuple[str, ...]:
@@ -275,6 +359,27 @@ def _registry_port(view: Cluster) -> tuple[str, ...]:
     return ()
 
 
+@operation()
+def own_rules(rules: str, path: str, unit: str, write_rules: bool, write_unit: bool, restart: bool):
+    """Our rules file and the unit that applies it at boot, applied now: one operation, so that a peer's
+    firewall is open by the time pyinfra runs a join planned on another host (pyinfra orders operations
+    across hosts by how many come before them on each host).
+
+    + rules: the rules file's text (an iptables-restore script or an nft script)
+    + path: where it goes
+    + unit: the text of pyinfra-swarm-firewall.service
+    + write_rules, write_unit: whether the rules file or the unit differ from what the host has
+    + restart: whether the unit runs already (restart) or not (start)
+    """
+    if write_rules:
+        yield from files.put._inner(src=StringIO(rules), dest=path, mode="0755")
+    if write_unit:
+        yield from files.put._inner(src=StringIO(unit), dest=UNIT_FILE, mode="0644")
+        yield "systemctl daemon-reload"
+    yield f"systemctl {'restart' if restart else 'start'} {UNIT}"
+    yield f"systemctl enable {UNIT}"
+
+
 def _own_rules(backend: str, policy: Policy, tools: dict) -> None:
     """Our chain (iptables) or table (nftables), from a rules file applied by a unit of our own."""
     if backend == "iptables":
@@ -285,22 +390,19 @@ def _own_rules(backend: str, policy: Policy, tools: dict) -> None:
         start, loaded = f"/usr/sbin/nft -f {path}", tools["table"]
         if not tools["nft"]:
             apt.packages(name="Install nftables", packages=["nftables"], update=True)
-    unit, unit_path = unit_text(start), UNIT_FILE
+    unit = unit_text(start)
     hashes = host_fact("firewall_files")
     service = host_fact("firewall_service").get(UNIT, {"active": False, "enabled": False})
-    rules_same, unit_same = hashes.get(path) == sha256_text(rules), hashes.get(unit_path) == sha256_text(unit)
+    rules_same, unit_same = hashes.get(path) == sha256_text(rules), hashes.get(UNIT_FILE) == sha256_text(unit)
     if rules_same and unit_same and loaded and service["enabled"]:
         host.noop(f"firewall rules ({backend}) already in place")
         return
-    if not rules_same:
-        files.put(name=f"Firewall rules ({backend})", src=StringIO(rules), dest=path, mode="0755")
-    if not unit_same:
-        files.put(name=f"Unit {UNIT}", src=StringIO(unit), dest=unit_path, mode="0644")
-    systemd.service(
-        name="Apply the firewall rules, now and at boot",
-        service=UNIT,
-        running=True,
-        enabled=True,
-        restarted=service["active"],
-        daemon_reload=not unit_same,
+    own_rules(
+        name=f"Firewall rules ({backend}), applied now and at boot",
+        rules=rules,
+        path=path,
+        unit=unit,
+        write_rules=not rules_same,
+        write_unit=not unit_same,
+        restart=service["active"],
     )

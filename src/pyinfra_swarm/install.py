@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shlex
+
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.api.exceptions import DeployError
@@ -9,9 +11,11 @@ from pyinfra.facts.deb import DebArch
 from pyinfra.facts.server import LinuxDistribution
 from pyinfra.operations import apt, dnf, files, server, systemd
 
+from pyinfra_swarm.cluster import cluster, current_host
 from pyinfra_swarm.facts import DockerPackages, KernelFeatures, ServiceStates
 from pyinfra_swarm.hostfacts import host_fact, register
-from pyinfra_swarm.settings import DEFAULTS
+from pyinfra_swarm.maintenance import in_turn, window
+from pyinfra_swarm.settings import DEFAULTS, is_manager, swarm_hosts
 
 DEBIAN_FAMILY = {"debian": "debian", "raspbian": "raspbian", "ubuntu": "ubuntu"}
 # Docker's dnf repositories by distribution; Rocky and Alma use the CentOS one.
@@ -45,13 +49,14 @@ def package_specs(packages: list[str], version: str | None, manager: str) -> lis
     if not version:
         return packages
     separator = "=" if manager == "apt" else "-"
-    pinned = {"docker-ce", "docker-ce-cli", "docker.io"}
-    return [f"{name}{separator}{version}" if name in pinned else name for name in packages]
+    return [f"{name}{separator}{version}" if name in PINNED else name for name in packages]
 
 
 ALL_PACKAGES = sorted(
-    set(DOCKER_CE_PACKAGES + DISTRO_PACKAGES + APT_CONFLICTS["docker-ce"] + DNF_CONFLICTS + ["apparmor"])
+    set(DOCKER_CE_PACKAGES + DISTRO_PACKAGES + APT_CONFLICTS["docker-ce"] + DNF_CONFLICTS + ["apparmor", "curl"])
 )
+# The packages a version pin applies to, held (apt-mark hold) while pinned so that `apt upgrade` leaves them.
+PINNED = {"docker-ce", "docker-ce-cli", "docker.io"}
 
 
 register("packages", DockerPackages, packages=ALL_PACKAGES)
@@ -75,9 +80,33 @@ def plan_packages(manager: str | None, source: str, installed: dict[str, str], v
     return remove, wanted, outdated or any(name not in installed for name in wanted)
 
 
+def hold_commands(wanted: list[str], installed: dict[str, str], held: list[str], version: str | None) -> list[str]:
+    """apt-mark commands that hold the pinned packages while `docker_version` is set, and release them when
+    it is not."""
+    pinned = sorted(name for name in wanted if name in PINNED)
+    if version:
+        to_hold = [name for name in pinned if name not in held or name not in installed]
+        return [f"apt-mark hold {' '.join(to_hold)}"] if to_hold else []
+    to_release = [name for name in pinned if name in held]
+    return [f"apt-mark unhold {' '.join(to_release)}"] if to_release else []
+
+
+def apt_swap_command(remove: list[str], wanted: list[str], version: str | None) -> str:
+    """One apt transaction that installs the wanted packages and removes the conflicting ones (`pkg-`), so
+    a node is never left without an engine between the two."""
+    specs = [*package_specs(wanted, version, "apt"), *(f"{name}-" for name in remove)]
+    return (
+        "DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends --allow-downgrades "
+        "--allow-change-held-packages -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "
+        + " ".join(shlex.quote(spec) for spec in specs)
+    )
+
+
 @deploy("Install Docker", data_defaults={key: DEFAULTS[key] for key in SETTINGS})
 def install_docker() -> None:
-    """Install Docker from data's `docker_source`, remove conflicting packages, start and enable it."""
+    """Install Docker from data's `docker_source`, remove conflicting packages, start and enable it. On a
+    node already in the swarm, an engine change (a new version, a source switch) runs one node at a time,
+    with the node drained (see maintenance.py)."""
     source = host.data.docker_source
     facts = host_fact("packages")
     manager = facts["manager"]
@@ -89,9 +118,19 @@ def install_docker() -> None:
             "use docker_source: docker-ce"
         )
     apparmor = bool(host_fact("kernel").get("APPARMOR"))
-    remove, wanted, install = plan_packages(manager, source, facts["packages"], host.data.docker_version, apparmor)
+    installed = facts["packages"]
+    version = host.data.docker_version
+    remove, wanted, install = plan_packages(manager, source, installed, version, apparmor)
+    this = current_host()
+    member = window(cluster(host.state), this) if this in swarm_hosts(host.state) else None
     if manager == "apt":
-        _install_apt(source, remove, wanted, install)
+        if "curl" not in installed:
+            apt.packages(name="curl (joins go to Docker's API)", packages=["curl"], update=True, no_recommends=True)
+        _install_apt(source, remove, wanted, install, member)
+        holds = hold_commands(wanted, installed, facts.get("held", []), version)
+        if holds:
+            server.shell(name="Hold the pinned Docker packages" if version else "Release held Docker packages",
+                         commands=holds)  # fmt: skip
     else:
         _install_dnf(remove, install)
     service = host_fact("docker_service").get("docker.service", {})
@@ -101,7 +140,15 @@ def install_docker() -> None:
         server.user(name=f"{user} is in the docker group", user=user, groups=["docker"], append=True)
 
 
-def _install_apt(source: str, remove: list[str], wanted: list[str], install: bool) -> None:
+def _install_apt(source: str, remove: list[str], wanted: list[str], install: bool, member: dict | None) -> None:
+    if member is not None and (install or remove):
+        # In the swarm: the engine restarts with the upgrade, so its node takes its turn, drained.
+        if source == "docker-ce":
+            _docker_ce_apt_repository()
+        commands = ["DEBIAN_FRONTEND=noninteractive apt-get update -q", apt_swap_command(remove, wanted,
+                    host.data.docker_version)]  # fmt: skip
+        in_turn(f"Install Docker ({source})", commands, member, is_manager(host))
+        return
     if remove:
         apt.packages(name="Remove packages that conflict with " + source, packages=remove, present=False)
     if not install:
@@ -115,6 +162,7 @@ def _install_apt(source: str, remove: list[str], wanted: list[str], install: boo
         update=True,
         no_recommends=True,
         allow_downgrades=bool(version),
+        extra_install_args="--allow-change-held-packages" if version else None,
     )
 
 

@@ -17,8 +17,14 @@ VALIDITY = datetime.timedelta(days=3650)
 
 
 def pki_dir() -> Path:
-    """Where the CA lives: $PYINFRA_SWARM_PKI_DIR or ./.pyinfra-swarm/pki (git-ignored)."""
-    return Path(os.environ.get("PYINFRA_SWARM_PKI_DIR", ".pyinfra-swarm/pki")).resolve()
+    """Where the CA, the registry's certificates and generated passwords live on the controller:
+    $PYINFRA_SWARM_PKI_DIR, else $XDG_DATA_HOME/pyinfra-swarm/pki (~/.local/share/pyinfra-swarm/pki): one
+    place whatever directory or checkout the deploy runs from."""
+    configured = os.environ.get("PYINFRA_SWARM_PKI_DIR")
+    if configured:
+        return Path(configured).expanduser().resolve()
+    data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(data_home) / "pyinfra-swarm" / "pki"
 
 
 def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:

@@ -1,6 +1,6 @@
 """Checks before anything changes: the inventory and every host's data (bad input stops the whole run),
-hostnames and advertise addresses (see cluster.py), that each joining host reaches the manager it will join
-through, and what the kernel supports, reported with what it means."""
+hostnames and advertise addresses (see cluster.py), whether each joining host reaches the manager it will join
+through (a warning: ICMP may be blocked), and what the kernel supports, reported with what it means."""
 
 from __future__ import annotations
 
@@ -67,10 +67,11 @@ def preflight() -> None:
             logger.warning(f"preflight: {line}")
     acting = view.acting_manager
     if view.plan.get(this) in ("join", "rejoin") and acting is not None:
-        # The swarm port itself is checked right before the join: this run may open it (firewall step).
+        # Only a hint: ICMP may be blocked where the swarm ports are open. The swarm port itself is checked
+        # right before the join (this run's firewall step may open it).
         address = view.addresses[acting]
         if host.get_fact(Pingable, address=address) is False:
-            raise DeployError(
-                f"host {host.name}: manager {acting.name} ({address}) doesn't answer ping from it: check the "
-                "network between the nodes, and that swarm_advertise_addr is the address they reach each other on"
+            logger.warning(
+                f"{host.print_prefix}manager {acting.name} ({address}) doesn't answer ping: if the join fails, check "
+                "the network between the nodes, and that swarm_advertise_addr is the address they reach each other on"
             )

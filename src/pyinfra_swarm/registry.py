@@ -1,10 +1,13 @@
 """The cluster's image registry: a swarm service pinned by a node label (data on a named volume), or a host
 service from Debian's docker-registry package. TLS with a certificate from the controller's small CA (the CA
-goes to every node's /etc/docker/certs.d/HOST:PORT/), optional htpasswd auth; `registry_tls: False` is the
-explicit opt-out, written into daemon.json's insecure-registries by the daemon deploy."""
+goes to every node's /etc/docker/certs.d/HOST:PORT/), htpasswd auth (a user with a generated password when
+data names none; `registry_anonymous: True` is the explicit opt-out); `registry_tls: False` is the explicit
+opt-out of TLS, written into daemon.json's insecure-registries by the daemon deploy."""
 
 from __future__ import annotations
 
+import hashlib
+import secrets
 import weakref
 from io import StringIO
 from pathlib import Path
@@ -19,7 +22,7 @@ from pyinfra.operations import apt, files, server, systemd
 
 from pyinfra_swarm.artifacts import ImageContexts, plan_build
 from pyinfra_swarm.cluster import Cluster, cluster, current_host
-from pyinfra_swarm.facts import DockerAuths, FileHashes, sha256_text
+from pyinfra_swarm.facts import FileHashes, RegistryLogins, sha256_text
 from pyinfra_swarm.hostfacts import Spec, planned_fact, register_planned
 from pyinfra_swarm.objects import SwarmObjects, ensure_objects, versioned
 from pyinfra_swarm.pki import pki_dir, server_certificate
@@ -30,6 +33,7 @@ from pyinfra_swarm.swarm import connector_args
 NODE_LABEL = "pyinfra-swarm.registry"
 STACK = "registry"
 HOST_CONFIG_DIR = "/etc/docker/registry"
+GENERATED_USER = "pyinfra-swarm"
 
 
 def _cluster_setting(view: Cluster, key: str):
@@ -61,6 +65,25 @@ def insecure_registries(view: Cluster) -> list[str]:
     """What daemon.json must list in insecure-registries: the registry, when TLS is switched off."""
     registry = address(view)
     return [registry] if registry and not _cluster_setting(view, "registry_tls") else []
+
+
+def credentials(view: Cluster) -> dict[str, str]:
+    """The registry's users: `registry_users`, or one user whose password is made once on the controller
+    (PKI directory, mode 0600) unless `registry_anonymous` switches auth off."""
+    users = _cluster_setting(view, "registry_users") or {}
+    if users or _cluster_setting(view, "registry_anonymous"):
+        return dict(users)
+    path = pki_dir() / "registry-password"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_urlsafe(24) + "\n")
+    return {GENERATED_USER: path.read_text().strip()}
+
+
+def login_digest(registry: str, user: str, password: str) -> str:
+    """What the node records of the credentials it logged in with: a change means a new login."""
+    return hashlib.sha256(f"{registry}\0{user}\0{password}".encode()).hexdigest()
 
 
 def htpasswd(users: dict[str, str], directory: Path) -> str:
@@ -108,9 +131,9 @@ def service_stack(image: str, port: int, tls: dict[str, str], auth: str | None) 
     return yaml.safe_dump(stack, sort_keys=True)
 
 
-def host_config(tls: bool, auth: bool) -> str:
+def host_config(tls: bool, auth: bool, port: int = 5000) -> str:
     """/etc/docker/registry/config.yml of Debian's docker-registry (host mode)."""
-    http: dict = {"addr": ":5000"}
+    http: dict = {"addr": f":{port}"}
     if tls:
         http["tls"] = {"certificate": f"{HOST_CONFIG_DIR}/registry.crt", "key": f"{HOST_CONFIG_DIR}/registry.key"}
     config: dict = {
@@ -125,8 +148,16 @@ def host_config(tls: bool, auth: bool) -> str:
 
 @operation(is_idempotent=False)
 def login(registry: str, user: str, password: str):
-    """`docker login --password-stdin`: the password goes through stdin, never on a command line."""
+    """`docker login --password-stdin`: the password goes through stdin, never on a command line (pyinfra's
+    `docker.login` puts it in the shell command, which sudo logs). Records a digest of the credentials, so
+    that a changed password logs in again."""
     yield FunctionCommand(_login, (registry, user, password), {})
+    marker = RegistryLogins.MARKER
+    line = f"{registry} {login_digest(registry, user, password)}"
+    yield StringCommand(
+        f'mkdir -p "$HOME/.docker" && {{ grep -v "^{registry} " "{marker}" 2>/dev/null; echo "{line}"; }} '
+        f'> "{marker}.new" && mv "{marker}.new" "{marker}"'
+    )
 
 
 def _login(state: State, host: Host, registry: str, user: str, password: str) -> None:
@@ -157,7 +188,7 @@ def _planned_facts(view: Cluster, target: Host) -> Spec:
         spec["registry_stack"] = (FileHashes, {"paths": [stack_path(STACK)]})
         spec["swarm_stacks"] = (SwarmStacks, {})
         spec["swarm_objects"] = (SwarmObjects, {})
-        spec["docker_auths"] = (DockerAuths, {})
+        spec["registry_logins"] = (RegistryLogins, {})
     return spec
 
 
@@ -183,14 +214,14 @@ def configure_registry() -> None:
     this = current_host()
     registry = address(view)
     tls_on = bool(_cluster_setting(view, "registry_tls"))
-    users = _cluster_setting(view, "registry_users") or {}
+    users = credentials(view)
     ca, cert, key, auth = _material(view, target, tls_on, users)
     ca_file = ca_path(registry)
     if tls_on and planned_fact(view, "registry_ca").get(ca_file) != sha256_text(ca):
         files.put(name=f"Trust the registry's CA ({registry})", src=StringIO(ca), dest=ca_file, mode="0644")
     mode = _cluster_setting(view, "registry_mode")
     if this is target and mode == "host":
-        _host_service(tls_on, cert, key, auth)
+        _host_service(tls_on, cert, key, auth, _cluster_setting(view, "registry_port"))
     if this is target and mode == "service" and _cluster_setting(view, "registry_build"):
         image = _cluster_setting(view, "registry_image")
         current = planned_fact(view, "registry_image").get(image)
@@ -199,9 +230,11 @@ def configure_registry() -> None:
         return
     if mode == "service":
         _service(view, target, tls_on, cert, key, auth)
-    if users and registry not in planned_fact(view, "docker_auths"):
+    if users:
         user = sorted(users)[0]
-        login(name=f"Log in to {registry}", registry=registry, user=user, password=users[user])
+        logins = planned_fact(view, "registry_logins")
+        if logins.get(registry) != login_digest(registry, user, users[user]):
+            login(name=f"Log in to {registry}", registry=registry, user=user, password=users[user])
 
 
 def _service(view: Cluster, target: Host, tls_on: bool, cert: str, key: str, auth: str) -> None:
@@ -220,19 +253,21 @@ def _service(view: Cluster, target: Host, tls_on: bool, cert: str, key: str, aut
     )  # fmt: skip
     ensure_objects("secret", secrets, planned_fact(view, "swarm_objects")["secret"])
     entry = view.node_of(target)
+    commands = [f"docker node update --label-rm {NODE_LABEL} {n['id']}" for n in view.nodes
+                if NODE_LABEL in n["labels"] and (entry is None or n["id"] != entry["id"])]  # fmt: skip
     if entry is None or entry["labels"].get(NODE_LABEL) != "true":
         node = entry["id"] if entry else view.hostnames[target]
-        server.shell(
-            name="Label the registry's node", commands=[f"docker node update --label-add {NODE_LABEL}=true {node}"]
-        )
+        commands.append(f"docker node update --label-add {NODE_LABEL}=true {node}")
+    if commands:  # registry_node moved: the old node loses the label, so the replica moves with it
+        server.shell(name="Label the registry's node", commands=commands)
     current = planned_fact(view, "registry_stack").get(stack_path(STACK))
     ship_stack(STACK, text, current, STACK in planned_fact(view, "swarm_stacks"), timeout=120)
 
 
-def _host_service(tls_on: bool, cert: str, key: str, auth: str) -> None:
+def _host_service(tls_on: bool, cert: str, key: str, auth: str, port: int) -> None:
     apt.packages(name="Install docker-registry", packages=["docker-registry"], update=True, cache_time=3600)
     changed = []
-    wanted = {"config.yml": host_config(tls_on, bool(auth))}
+    wanted = {"config.yml": host_config(tls_on, bool(auth), port)}
     if tls_on:
         wanted.update({"registry.crt": cert, "registry.key": key})
     if auth:

@@ -35,6 +35,8 @@ DEFAULTS: dict[str, Any] = {
     "swarm_availability": "active",  # active | pause | drain
     "swarm_labels": {},  # node labels, e.g. {"zone": "a"}
     "swarm_force_rejoin": False,  # leave a different swarm and join this one
+    "swarm_bootstrap": False,  # init a new swarm even though some managers of the inventory weren't reached
+    "swarm_data_path_addr": None,  # IP or interface for overlay (VXLAN) traffic; default: the advertise address
     # Registry: "service" (a swarm service pinned to registry_node), "host" (Debian's docker-registry package
     # on registry_node) or None (no registry).
     "registry_mode": None,
@@ -43,7 +45,8 @@ DEFAULTS: dict[str, Any] = {
     "registry_image": "registry:2",  # service mode
     "registry_build": None,  # service mode: a context directory to build the registry image from, on its node
     "registry_tls": True,  # False: plain HTTP, written into every node's insecure-registries
-    "registry_users": {},  # htpasswd auth (bcrypt) when not empty: {user: password}
+    "registry_users": {},  # htpasswd users {user: password}; empty: one user with a password made on the controller
+    "registry_anonymous": False,  # True: no auth at all (anyone who reaches the port may push)
     # Images: archives uploaded and `docker load`ed where they are missing, and images built on a manager
     # from a context directory and pushed to the registry.
     "docker_image_archives": [],  # [{"image": "debian:bookworm", "archive": "path.tar", "group": "all"}]
@@ -153,6 +156,11 @@ def validate_host_data(host: Host) -> list[str]:
                 problems.append(f"swarm_advertise_addr {address} can't be reached from other nodes")
     elif not INTERFACE_RE.match(address):
         problems.append(f"swarm_advertise_addr {address!r} is neither an IP address nor an interface name")
+    data_path = setting(host, "swarm_data_path_addr")
+    if data_path is not None and not (
+        isinstance(data_path, str) and (_is_ip(data_path) or INTERFACE_RE.match(data_path))
+    ):
+        problems.append(f"swarm_data_path_addr {data_path!r} is neither an IP address nor an interface name")
 
     source = setting(host, "docker_source")
     if source not in SOURCES:
@@ -165,8 +173,11 @@ def validate_host_data(host: Host) -> list[str]:
     if setting(host, "swarm_firewall_policy") not in ("deny", "allow"):
         problems.append("swarm_firewall_policy must be 'deny' or 'allow'")
     allow = setting(host, "swarm_firewall_allow")
-    if not isinstance(allow, list) or not all(isinstance(p, str) and PORT_RE.match(p) for p in allow):
-        problems.append(f"swarm_firewall_allow must be a list like ['22/tcp', '8000:8100/tcp'], not {allow!r}")
+    if not isinstance(allow, list) or not all(isinstance(p, str) and _valid_port(p) for p in allow):
+        problems.append(
+            f"swarm_firewall_allow must be a list like ['22/tcp', '8000:8100/tcp'] with ports from 1 to 65535, "
+            f"not {allow!r}"
+        )
     availability = setting(host, "swarm_availability")
     if availability not in AVAILABILITIES:
         problems.append(f"swarm_availability {availability!r} is unknown: use one of {', '.join(AVAILABILITIES)}")
@@ -249,6 +260,23 @@ def _has_type(value: Any, expected: type | tuple[type, ...]) -> bool:
     if isinstance(value, bool) and expected is int:
         return False
     return isinstance(value, expected)
+
+
+def _valid_port(spec: str) -> bool:
+    """'80/tcp' or '8000:8100/udp' with every number from 1 to 65535 and a range in order."""
+    match = PORT_RE.match(spec)
+    if not match:
+        return False
+    first, last = int(match.group(1)), int(match.group(2) or match.group(1))
+    return 1 <= first <= last <= 65535
+
+
+def _is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
 
 
 def _looks_like_ip(value: str) -> bool:

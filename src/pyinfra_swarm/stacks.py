@@ -4,6 +4,7 @@ service has its replicas running, and fail with the tasks' errors if they don't 
 
 from __future__ import annotations
 
+import json
 import shlex
 import time
 from io import StringIO
@@ -96,32 +97,77 @@ def replica_counts(output: list[str]) -> dict[str, tuple[int, int]]:
     return counts
 
 
-def update_states(output: list[str]) -> dict[str, str]:
-    """`docker service inspect --format '{{.Spec.Name}} {{UpdateStatus.State}}'` -> {service: state}."""
-    return dict(line.strip().split(" ", 1) for line in output if " " in line.strip())
+def progress_command(stack: str) -> str:
+    """One command that prints where a stack stands: `replicas NAME R/D` per service, `service ID NAME
+    UPDATE-STATE TEMPLATE-JSON` per service and `task SERVICE-ID STATE SPEC-JSON` per task meant to run."""
+    name = shlex.quote(stack)
+    return (
+        f"docker stack services {name} --format 'replicas {{{{.Name}}}} {{{{.Replicas}}}}'; "
+        f'ids=$(docker stack services -q {name}); [ -z "$ids" ] || docker service inspect $ids --format '
+        "'service {{.ID}} {{.Spec.Name}} {{if .UpdateStatus}}{{.UpdateStatus.State}}{{else}}none{{end}} "
+        "{{json .Spec.TaskTemplate}}'; "
+        f"tasks=$(docker stack ps -q --filter desired-state=running {name} 2>/dev/null); "
+        '[ -z "$tasks" ] || docker inspect $tasks --format '
+        "'task {{.ServiceID}} {{.Status.State}} {{json .Spec}}'; true"
+    )
+
+
+def stack_progress(output: list[str]) -> dict[str, dict[str, Any]]:
+    """{service: {"running", "desired", "update", "current", "stale"}} from `progress_command`'s output.
+    `current`: tasks running the service's present spec; `stale`: tasks meant to run an older spec (after
+    `docker stack deploy` the old tasks keep running until the update starts, with no update status yet)."""
+    services: dict[str, dict[str, Any]] = {}
+    templates: dict[str, tuple[str, Any]] = {}
+    tasks: list[tuple[str, str, Any]] = []
+    for line in output:
+        kind, _, rest = line.strip().partition(" ")
+        if kind == "replicas":
+            service, _, replicas = rest.partition(" ")
+            for name, (running, desired) in replica_counts([f"{service} {replicas}"]).items():
+                services[name] = {"running": running, "desired": desired, "update": "none", "current": 0, "stale": 0}
+        elif kind == "service":
+            service_id, name, update, template = rest.split(" ", 3)
+            templates[service_id] = (name, json.loads(template))
+            services.setdefault(name, {"running": 0, "desired": 0, "update": "none", "current": 0, "stale": 0})
+            services[name]["update"] = update
+        elif kind == "task":
+            service_id, task_state, spec = rest.split(" ", 2)
+            tasks.append((service_id, task_state, json.loads(spec)))
+    for service_id, task_state, spec in tasks:
+        if service_id not in templates:
+            continue
+        name, template = templates[service_id]
+        if spec != template:
+            services[name]["stale"] += 1
+        elif task_state == "running":
+            services[name]["current"] += 1
+    return services
+
+
+def converged(services: dict[str, dict[str, Any]]) -> bool:
+    """Every service runs its desired replicas, all of its present spec, and no update is under way."""
+    return bool(services) and all(
+        s["update"] in ("none", "completed") and not s["stale"] and s["current"] == s["desired"]
+        for s in services.values()
+    )
 
 
 def wait_converged(state: State, host: Host, stack: str, timeout: int) -> None:
-    """Poll until every service of the stack runs its desired replicas and no rolling update is under way;
-    fail with the tasks' errors after `timeout` seconds, or at once when an update paused or rolled back."""
+    """Poll until every service of the stack runs its desired replicas of its present spec and no rolling
+    update is under way; fail with the tasks' errors after `timeout` seconds, or at once when an update
+    paused or rolled back."""
     args = connector_args(state, host)
-    name = shlex.quote(stack)
-    services = StringCommand(f"docker stack services {name} --format '{{{{.Name}}}} {{{{.Replicas}}}}'")
-    updates = StringCommand(
-        f"docker service inspect $(docker stack services -q {name}) --format "
-        "'{{.Spec.Name}} {{if .UpdateStatus}}{{.UpdateStatus.State}}{{else}}none{{end}}'"
-    )
+    command = StringCommand(progress_command(stack))
     deadline = time.monotonic() + timeout
     last_report = 0.0
     while True:
-        status, output = host.run_shell_command(services, print_output=False, **args)
-        counts = replica_counts(output.stdout_lines) if status else {}
-        _, output = host.run_shell_command(updates, print_output=False, **args)
-        rolling = {s: u for s, u in update_states(output.stdout_lines).items() if u not in ("none", "completed")}
-        stuck = {s: u for s, u in rolling.items() if u in ("paused", "rollback_completed", "rollback_paused")}
+        status, output = host.run_shell_command(command, print_output=False, **args)
+        services = stack_progress(output.stdout_lines) if status else {}
+        stuck = {n: s["update"] for n, s in services.items()
+                 if s["update"] in ("paused", "rollback_completed", "rollback_paused")}  # fmt: skip
         if stuck:
-            _fail(host, args, stack, f"stack {stack}: update {', '.join(f'{s} {u}' for s, u in stuck.items())}")
-        if counts and not rolling and all(running == desired for running, desired in counts.values()):
+            _fail(host, args, stack, f"stack {stack}: update {', '.join(f'{n} {u}' for n, u in stuck.items())}")
+        if converged(services):
             logger.info(f"{host.print_prefix}stack {stack}: every service converged")
             return
         now = time.monotonic()
@@ -129,8 +175,10 @@ def wait_converged(state: State, host: Host, stack: str, timeout: int) -> None:
             _fail(host, args, stack, f"stack {stack} did not converge within {timeout} s")
         if now - last_report >= 5:
             progress = ", ".join(
-                f"{s} {r}/{d}" + (" updating" if s in rolling else "") for s, (r, d) in sorted(counts.items())
-            )
+                f"{n} {s['current']}/{s['desired']}" + (f" ({s['stale']} old)" if s["stale"] else "")
+                + (" updating" if s["update"] not in ("none", "completed") else "")
+                for n, s in sorted(services.items())
+            )  # fmt: skip
             logger.info(f"{host.print_prefix}stack {stack}: waiting ({progress or 'no services yet'})")
             last_report = now
         gevent.sleep(POLL)

@@ -3,6 +3,7 @@ manager (masked everywhere), and keep node roles, labels and availability as the
 
 from __future__ import annotations
 
+import json
 import shlex
 import weakref
 from typing import Any
@@ -14,7 +15,6 @@ from pyinfra.api import Host, State, StringCommand, deploy, operation
 from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS, pop_global_arguments
 from pyinfra.api.command import FunctionCommand
 from pyinfra.api.exceptions import OperationError
-from pyinfra.api.hiddenvalue import HiddenValue
 from pyinfra.operations import server
 
 from pyinfra_swarm.cluster import Cluster, cluster, current_host
@@ -23,7 +23,8 @@ from pyinfra_swarm.settings import DEFAULTS, is_manager
 SWARM_PORT = 2377
 MANAGED_LABELS = "pyinfra-swarm.managed-labels"  # node label listing the labels this deploy set
 SETTINGS = ["swarm_advertise_addr", "swarm_default_addr_pool", "swarm_default_addr_pool_mask_length",
-            "swarm_data_path_port", "swarm_availability", "swarm_labels", "swarm_force_rejoin"]  # fmt: skip
+            "swarm_data_path_port", "swarm_availability", "swarm_labels", "swarm_force_rejoin", "swarm_bootstrap",
+            "swarm_data_path_addr"]  # fmt: skip
 
 _JOIN_INFO: weakref.WeakKeyDictionary[State, dict[str, tuple[str, list[str]]]] = weakref.WeakKeyDictionary()
 _JOIN_LOCK = BoundedSemaphore()
@@ -38,10 +39,13 @@ def init(
     default_addr_pool_mask_length: int | None = None,
     data_path_port: int | None = None,
     availability: str | None = None,
+    data_path_addr: str | None = None,
 ):
     """Initialise a new swarm on this host (a manager), listening and advertising on one address."""
     args = ["docker", "swarm", "init", "--advertise-addr", advertise_addr, "--listen-addr",
             f"{advertise_addr}:{SWARM_PORT}"]  # fmt: skip
+    if data_path_addr:
+        args += ["--data-path-addr", data_path_addr]
     for pool in default_addr_pool or []:
         args += ["--default-addr-pool", pool]
     if default_addr_pool_mask_length:
@@ -54,9 +58,10 @@ def init(
 
 
 @operation(is_idempotent=False)
-def join(role: str, advertise_addr: str):
-    """Join this host to the swarm as `role`, with a token read from a live manager when this runs."""
-    yield FunctionCommand(_join, (role, advertise_addr), {})
+def join(role: str, advertise_addr: str, data_path_addr: str | None = None):
+    """Join this host to the swarm as `role`, with a token read from a live manager when this runs. The
+    token goes to Docker's API on stdin, never on a command line (sudo's log, `ps`, auditd)."""
+    yield FunctionCommand(_join, (role, advertise_addr, data_path_addr), {})
 
 
 @operation(is_idempotent=False)
@@ -109,7 +114,39 @@ def _transient(error: str) -> bool:
     return any(text in error for text in ("does not have a leader", "deadline exceeded", "leadership change"))
 
 
-def _join(state: State, host: Host, role: str, advertise_addr: str) -> None:
+# `docker swarm join` takes the token only as an argument; Docker's API takes it in the request body.
+JOIN_REQUEST = (
+    "curl -sS --unix-socket /var/run/docker.sock -H 'Content-Type: application/json' --data-binary @- "
+    "-w '\\n%{http_code}' http://localhost/swarm/join"
+)
+
+
+def join_body(token: str, advertise_addr: str, manager_addr: str, data_path_addr: str | None) -> str:
+    """The body of Docker's POST /swarm/join: what `docker swarm join` sends."""
+    return json.dumps({
+        "ListenAddr": f"{advertise_addr}:{SWARM_PORT}",
+        "AdvertiseAddr": advertise_addr,
+        "DataPathAddr": data_path_addr or "",
+        "RemoteAddrs": [f"{manager_addr}:{SWARM_PORT}"],
+        "JoinToken": token,
+    })  # fmt: skip
+
+
+def join_result(stdout: list[str]) -> tuple[bool, str]:
+    """(joined, error message) from JOIN_REQUEST's output: the response body, then the HTTP status."""
+    lines = [line for line in stdout if line.strip()]
+    status = lines[-1].strip() if lines else ""
+    body = "\n".join(lines[:-1])
+    if status == "200":
+        return True, ""
+    try:
+        message = json.loads(body).get("message", body)
+    except ValueError:
+        message = body
+    return False, message or f"HTTP status {status or 'unknown'}"
+
+
+def _join(state: State, host: Host, role: str, advertise_addr: str, data_path_addr: str | None) -> None:
     token, managers = join_info(state, role)
     args = connector_args(state, host)
     problems = []
@@ -120,34 +157,49 @@ def _join(state: State, host: Host, role: str, advertise_addr: str) -> None:
         if not status:
             problems.append(f"{manager_addr}:{SWARM_PORT} is not reachable")
             continue
-        command = StringCommand(
-            "docker", "swarm", "join", "--token", HiddenValue(token), "--advertise-addr", advertise_addr,
-            "--listen-addr", f"{advertise_addr}:{SWARM_PORT}", f"{manager_addr}:{SWARM_PORT}",
-        )  # fmt: skip
+        body = join_body(token, advertise_addr, manager_addr, data_path_addr)
         for _ in range(RETRIES):
-            status, output = host.run_shell_command(command, print_output=False, **args)
-            if status or not _transient(output.stderr):
+            status, output = host.run_shell_command(
+                StringCommand(JOIN_REQUEST), _stdin=body, print_output=False, **args
+            )
+            joined, error = join_result(output.stdout_lines) if status else (False, output.stderr.strip())
+            if joined or not _transient(error):
                 break
             gevent.sleep(RETRY_DELAY)
-        if status:
+        if joined:
             logger.info(f"{host.print_prefix}joined the swarm as a {role} through {manager_addr}")
             return
-        problems.append(f"through {manager_addr}: {output.stderr.strip()}")
-    raise OperationError(
-        f"joining the swarm as a {role} failed ({'; '.join(problems)}): if a port is not reachable, open the "
-        "swarm ports between the nodes (firewalls, cloud security groups)"
+        problems.append(f"through {manager_addr}: {error}")
+    outside = [m.name for m in cluster(state).managers if not state.is_host_in_limit(m)]
+    hint = (
+        f"the firewalls of managers outside --limit ({', '.join(outside)}) don't know this host yet: run the "
+        "deploy with them in the limit (or without --limit)"
+        if outside
+        else "if a port is not reachable, open the swarm ports between the nodes (firewalls, cloud security groups)"
     )
+    raise OperationError(f"joining the swarm as a {role} failed ({'; '.join(problems)}): {hint}")
+
+
+STOPPED = {
+    "foreign": "is in a different swarm (node {node}, managers {managers}): stopped here. Set swarm_force_rejoin: "
+    "true for it to leave that swarm and join this one",
+    "locked": "is locked (autolock, after a restart of Docker): stopped here; it is never made to leave. Unlock it "
+    "with `docker swarm unlock` and the swarm's unlock key (`docker swarm unlock-key` on an unlocked manager)",
+    "pending": "is still joining a swarm (state pending, managers {managers}): stopped here. Wait for the join to "
+    "finish or fail, or set swarm_force_rejoin: true for it to give up and join again",
+}
 
 
 @deploy("Join the swarm", data_defaults={key: DEFAULTS[key] for key in SETTINGS})
 def join_swarm() -> None:
     """Init the swarm on the first free manager, or join this host to it with the role the inventory gives.
-    A host already in this swarm (same cluster, by node ID) is left alone; one in another swarm is stopped,
-    unless `swarm_force_rejoin` lets it leave that swarm first."""
+    A host already in this swarm (same cluster, by node ID) is left alone; one in another swarm, locked or
+    pending is stopped with the reason, unless `swarm_force_rejoin` lets it leave another swarm first."""
     view = cluster(host.state)
     this = current_host()
     step = view.plan[this]
     address = view.addresses[this]
+    data_path_addr = host.data.swarm_data_path_addr
     if step == "member":
         host.noop("already in this swarm")
     elif step == "init":
@@ -158,20 +210,18 @@ def join_swarm() -> None:
             default_addr_pool_mask_length=host.data.swarm_default_addr_pool_mask_length,
             data_path_port=host.data.swarm_data_path_port,
             availability=host.data.swarm_availability,
+            data_path_addr=data_path_addr,
         )
-    elif step == "foreign":
+    elif step in STOPPED:
         info = view.swarm[this] or {}
         managers = ", ".join(m.get("Addr", "?") for m in info.get("RemoteManagers") or []) or "unknown"
-        logger.error(
-            f"{host.print_prefix}is in a different swarm (node {info.get('NodeID')}, managers {managers}): "
-            "stopped here. Set swarm_force_rejoin: true for it to leave that swarm and join this one"
-        )
+        logger.error(f"{host.print_prefix}{STOPPED[step].format(node=info.get('NodeID'), managers=managers)}")
         host.state.fail_hosts({this})
     else:
         if step == "rejoin":
             leave(name="Leave the other swarm (swarm_force_rejoin)")
         role = "manager" if is_manager(this) else "worker"
-        join(name=f"Join the swarm as a {role}", role=role, advertise_addr=address)
+        join(name=f"Join the swarm as a {role}", role=role, advertise_addr=address, data_path_addr=data_path_addr)
 
 
 def node_commands(view: Cluster) -> list[str]:
@@ -182,7 +232,7 @@ def node_commands(view: Cluster) -> list[str]:
     updates: list[str] = []
     for target in view.reachable:
         step = view.plan.get(target)
-        if step == "foreign":
+        if step in STOPPED or target not in view.in_limit:
             continue
         hostname = view.hostnames[target]
         entry = view.node_of(target)

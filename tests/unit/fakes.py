@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from typing import Any
 
 os.environ["PYINFRA_FAKE_DELAY"] = os.environ["PYINFRA_FAKE_DELAY_JITTER"] = "0"
@@ -43,12 +44,14 @@ def host(
     nodes: str | None = None,
     kernel: list[str] = KERNEL_FULL,
     firewall: dict[str, str] | None = None,
+    mtu: int = 1500,
+    sshd_ports: tuple[int, ...] = (22,),
     extra: dict[Any, Any] | None = None,
     **data: Any,
 ) -> tuple[str, dict[str, Any]]:
     """An inventory entry for a fake host. `swarm` is the `docker info` Swarm JSON (None: Docker missing);
     the other keywords shape what the host's gathered facts (hostfacts.Bundle) say."""
-    installed = [f"{pkg} {version}" for pkg, version in (packages or {}).items()]
+    installed = [f"{pkg} {version}" for pkg, version in {"curl": "7.88", **(packages or {})}.items()]
     sections = {
         "hostname": [hostname or name],
         "addresses": addresses or [f"2: eth0    inet {address}/24 brd 10.1.0.255 scope global eth0"],
@@ -60,6 +63,9 @@ def host(
         "firewall": [f"{key}={value}" for key, value in {"iptables": "/usr/sbin/iptables", **(firewall or {})}.items()],
         "firewall_files": [],
         "firewall_service": [],
+        "mtus": [f"2: eth0: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu {mtu} qdisc noqueue state UP"],
+        "clock": [f"{time.time():.3f}"],
+        "sshd_ports": [f"port {port}" for port in sshd_ports],
     }
     bundle: list[str] = []
     for fact_name in _REGISTRY:
@@ -84,6 +90,12 @@ def _self_node(node_id: str, hostname: str) -> dict[str, Any]:
     return {"ID": node_id, "Description": {"Hostname": hostname}, "Status": {"State": "ready"},
             "Spec": {"Role": "manager", "Availability": "active", "Labels": {}},
             "ManagerStatus": {"Leader": True, "Reachability": "reachable"}}  # fmt: skip
+
+
+class Step(tuple):
+    """(operation name, [command, ...]) of a planned operation; `serial`: it runs on one host at a time."""
+
+    serial: bool
 
 
 def plan(deploys: list, managers: list, workers: list | None = None) -> dict[str, Any]:
@@ -111,7 +123,9 @@ def plan(deploys: list, managers: list, workers: list | None = None) -> dict[str
             op = state.get_op_data_for_host(inventory_host, op_hash)
             name = ", ".join(sorted(state.get_op_meta(op_hash).names))
             with ctx_state.use(state), ctx_host.use(inventory_host):
-                steps.append((name, [str(command) for command in op.command_generator()]))
+                step = Step((name, [str(command) for command in op.command_generator()]))
+            step.serial = bool(state.get_op_meta(op_hash).global_arguments.get("_serial"))
+            steps.append(step)
         planned[inventory_host.name.removeprefix("@fake/")] = steps
     return planned
 

@@ -30,11 +30,27 @@ def test_first_write_before_docker_is_installed_needs_no_restart():
     assert not any("systemctl" in c for c in cmds)
 
 
+def _steps(current: dict, desired: dict, swarm: str | None = ACTIVE):
+    entry = host("m1", "10.1.0.1", swarm=swarm, daemon_config=render(current), docker_daemon_config=desired,
+                 extra={"--property SubState": ["Id=docker.service", "SubState=running", ""]})  # fmt: skip
+    return plan([configure_daemon], [entry])["m1"]
+
+
 def test_reloadable_change_reloads_and_other_change_restarts():
     reload = _plan(DEFAULT, {**DEFAULT, "insecure-registries": ["10.1.0.1:5000"]})
     assert reload[-1] == "systemctl reload docker.service"
-    restart = _plan(DEFAULT, {**DEFAULT, "mtu": 1400})
+    inactive = json.dumps({"LocalNodeState": "inactive"})
+    restart = _plan(DEFAULT, {**DEFAULT, "mtu": 1400}, swarm=inactive)
     assert restart[-1] == "systemctl restart docker.service"
+
+
+def test_a_swarm_node_restarts_drained_and_one_at_a_time():
+    steps = _steps(DEFAULT, {**DEFAULT, "mtu": 1400})
+    restart = steps[-1]
+    assert restart.serial and "(managers, one at a time)" in restart[0]
+    drain, command, restore = restart[1]
+    assert command == "systemctl restart docker"
+    assert drain.startswith("FunctionCommand(_drain, ('n1',") and restore.startswith("FunctionCommand(_restore")
 
 
 @pytest.mark.parametrize(

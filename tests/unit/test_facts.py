@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from pyinfra_swarm.facts import (
+    Clock,
     DockerDaemonConfig,
     DockerPackages,
     FileHashes,
     FirewalldZone,
     HostAddresses,
+    InterfaceMtus,
     KernelFeatures,
     ServiceStates,
+    SshdPorts,
     UfwState,
 )
 
@@ -51,10 +54,19 @@ def test_file_hashes_and_service_states():
     }  # fmt: skip
 
 
-def test_docker_packages():
-    assert DockerPackages().process(["manager=apt", "docker.io 20.10.24+dfsg1-1+deb12u1"]) == {
-        "manager": "apt", "packages": {"docker.io": "20.10.24+dfsg1-1+deb12u1"}
+def test_docker_packages_with_held_ones():
+    assert DockerPackages().process(["manager=apt", "docker.io 20.10.24+dfsg1-1+deb12u1 held", "curl 7.88 "]) == {
+        "manager": "apt", "packages": {"docker.io": "20.10.24+dfsg1-1+deb12u1", "curl": "7.88"}, "held": ["docker.io"]
     }  # fmt: skip
+
+
+def test_sshd_ports_interface_mtus_and_clock():
+    assert SshdPorts().process(["port 2222", "port 22", "connection 10.0.2.2 5000 10.0.2.15 22"]) == [22, 2222]
+    assert SshdPorts().process(["connection 10.0.2.2 5000 10.0.2.15 2200"]) == [2200]
+    assert SshdPorts().process(["connection "]) == []
+    links = ["1: lo: <LOOPBACK,UP> mtu 65536 qdisc noqueue", "3: eth0@if7: <BROADCAST,UP> mtu 1450 qdisc noqueue"]
+    assert InterfaceMtus().process(links) == {"lo": 65536, "eth0": 1450}
+    assert Clock().process(["1764380000.25"]) == 1764380000.25 and Clock().process([]) is None
 
 
 def test_ufw_state_and_firewalld_zone():
@@ -66,7 +78,8 @@ def test_ufw_state_and_firewalld_zone():
     zone = FirewalldZone().process(
         ["pyinfra-swarm", "  sources: 10.1.0.1 10.1.0.2", "  ports: 7946/tcp", "  protocols:"]
     )
-    assert zone == {"sources": ["10.1.0.1", "10.1.0.2"], "ports": ["7946/tcp"], "protocols": []}
+    assert zone == {"sources": ["10.1.0.1", "10.1.0.2"], "ports": ["7946/tcp"], "protocols": [], "target": "default",
+                    "description": "", "default-ports": []}  # fmt: skip
     assert FirewalldZone().process([]) is None
 
 

@@ -24,20 +24,48 @@ def _policy(manager=True, esp=False, deny=True):
 def test_manager_policy_opens_2377_and_workers_do_not():
     assert _policy().swarm_ports == ("2377/tcp", "7946/tcp", "7946/udp", "4789/udp")
     assert _policy(manager=False).swarm_ports == ("7946/tcp", "7946/udp", "4789/udp")
-    assert node_policy(False, PEERS, [], 4790, False, True, ssh_port=2222).allow == ("2222/tcp",)
+    assert node_policy(False, PEERS, [], 4790, False, True, ssh_ports=(22, 2222)).allow == ("22/tcp", "2222/tcp")
 
 
 def test_iptables_script_accepts_peers_only_and_rejects_the_rest():
     script = iptables_script(_policy(esp=True))
-    assert "iptables -w -A PYINFRA-SWARM -s 10.1.0.2 -p udp --dport 4789 -j ACCEPT" in script
-    assert "iptables -w -A PYINFRA-SWARM -s 10.1.0.1 -p esp -j ACCEPT" in script
+    assert "-A PYINFRA-SWARM -s 10.1.0.2 -p udp --dport 4789 -j ACCEPT" in script
+    assert "-A PYINFRA-SWARM -s 10.1.0.1 -p esp -j ACCEPT" in script
     swarm_accepts = [line for line in script.splitlines() if "--dport 4789" in line or "--dport 7946" in line]
     assert swarm_accepts and all(" -s 10.1.0." in line for line in swarm_accepts if "ACCEPT" in line)
-    assert "iptables -w -A PYINFRA-SWARM -p tcp --dport 8000:8100 -j ACCEPT" in script
+    assert "-A PYINFRA-SWARM -p tcp --dport 8000:8100 -j ACCEPT" in script
     assert script.rstrip().endswith("fi")
-    assert "iptables -w -A PYINFRA-SWARM -j REJECT" in script
+    assert "-A PYINFRA-SWARM -j REJECT" in script
     assert "iptables -w -C INPUT -j PYINFRA-SWARM 2>/dev/null || iptables -w -I INPUT 1 -j PYINFRA-SWARM" in script
-    assert "DOCKER" not in script and "FORWARD" not in script  # Docker's chains are left alone
+
+
+def test_iptables_rules_are_applied_in_one_transaction_per_family():
+    script = iptables_script(_policy())
+    for binary in ("iptables", "ip6tables"):
+        start = script.index(f"{binary}-restore -w --noflush <<'RULES'")
+        block = script[start : script.index("RULES\n", start + 40)]
+        assert block.splitlines()[1:4] == ["*filter", ":PYINFRA-SWARM - [0:0]", ":PYINFRA-SWARM-FWD - [0:0]"]
+        assert block.rstrip().endswith("COMMIT")
+    assert "-F PYINFRA-SWARM" not in script  # no flush outside the transaction: a bad rule keeps the old ones
+
+
+def test_published_ports_pass_docker_user_only_from_peers_and_to_allowed_ports():
+    script = iptables_script(_policy())
+    forward = [line for line in script.splitlines() if line.startswith("-A PYINFRA-SWARM-FWD")]
+    assert forward[:2] == ["-A PYINFRA-SWARM-FWD -m conntrack --ctstate ESTABLISHED,RELATED -j RETURN",
+                           "-A PYINFRA-SWARM-FWD -m conntrack ! --ctstate DNAT -j RETURN"]  # fmt: skip
+    assert "-A PYINFRA-SWARM-FWD -i docker_gwbridge -j RETURN" in forward
+    assert "-A PYINFRA-SWARM-FWD -s 10.1.0.2 -j RETURN" in forward
+    assert "-A PYINFRA-SWARM-FWD -p tcp -m conntrack --ctorigdstport 8000:8100 -j RETURN" in forward
+    assert forward[-1] == "-A PYINFRA-SWARM-FWD -j REJECT"
+    assert "iptables -w -C DOCKER-USER -j PYINFRA-SWARM-FWD 2>/dev/null || " in script
+    # Policy allow: published ports are left alone (the chain is empty).
+    assert not [line for line in iptables_script(_policy(deny=False)).splitlines() if "-A PYINFRA-SWARM-FWD" in line]
+    rules = nftables_rules(_policy())
+    assert "type filter hook forward priority filter - 1; policy accept;" in rules
+    assert "ct status dnat ip saddr { 10.1.0.1, 10.1.0.2 } accept" in rules
+    assert "ct status dnat meta l4proto tcp ct original proto-dst { 22, 8000-8100 } accept" in rules
+    assert rules.index("ct status dnat meta l4proto tcp reject") > rules.index("ct original proto-dst")
 
 
 def test_allow_policy_only_rejects_swarm_ports_from_others():
@@ -73,11 +101,45 @@ def test_firewalld_zone_holds_peers_and_swarm_ports():
     assert "firewall-cmd --permanent --zone=pyinfra-swarm --add-source=10.1.0.2" in fresh
     assert "firewall-cmd --permanent --zone=pyinfra-swarm --add-port=4789/udp" in fresh
     assert "firewall-cmd --permanent --zone=pyinfra-swarm --add-protocol=esp" in fresh
-    zone = {"sources": ["10.1.0.1", "10.1.0.2", "10.1.0.9"], "ports": ["7946/tcp", "7946/udp", "4789/udp"],
-            "protocols": []}  # fmt: skip
-    assert firewalld_commands(_policy(manager=False), zone) == [
-        "firewall-cmd --permanent --zone=pyinfra-swarm --remove-source=10.1.0.9"
+    # Peers land in our zone only: SSH and the allow list must be open there too.
+    assert "firewall-cmd --permanent --zone=pyinfra-swarm --add-port=22/tcp" in fresh
+    assert "firewall-cmd --permanent --zone=pyinfra-swarm --add-port=8000-8100/tcp" in fresh
+    assert "firewall-cmd --permanent --add-port=8000-8100/tcp" in fresh  # everyone, in the default zone
+    assert (
+        fresh[-1] == "firewall-cmd --permanent --zone=pyinfra-swarm --set-description='pyinfra-swarm allow: "
+        "22/tcp 8000-8100/tcp'"
+    )
+
+
+def test_firewalld_changes_only_what_differs_and_removes_dropped_ports():
+    policy = _policy(manager=False)
+    zone = {"sources": ["10.1.0.1", "10.1.0.2"], "ports": ["7946/tcp", "7946/udp", "4789/udp", "22/tcp",
+            "8000-8100/tcp"], "protocols": [], "target": "default", "default-ports": ["22/tcp", "8000-8100/tcp"],
+            "description": "pyinfra-swarm allow: 22/tcp 8000-8100/tcp"}  # fmt: skip
+    assert firewalld_commands(policy, zone) == []  # nothing differs: no reload
+    dropped = node_policy(False, PEERS, ["22/tcp"], 4789, False, True)
+    assert firewalld_commands(dropped, {**zone, "sources": [*zone["sources"], "10.1.0.9"]}) == [
+        "firewall-cmd --permanent --zone=pyinfra-swarm --remove-source=10.1.0.9",
+        "firewall-cmd --permanent --zone=pyinfra-swarm --remove-port=8000-8100/tcp",
+        "firewall-cmd --permanent --remove-port=8000-8100/tcp",
+        "firewall-cmd --permanent --zone=pyinfra-swarm --set-description='pyinfra-swarm allow: 22/tcp'",
     ]
+    allow_policy = node_policy(False, PEERS, ["22/tcp", "8000:8100/tcp"], 4789, False, False)
+    assert firewalld_commands(allow_policy, zone) == [
+        "firewall-cmd --permanent --zone=pyinfra-swarm --set-target=ACCEPT"
+    ]
+
+
+def test_deploy_with_firewalld_reloads_only_on_change():
+    listing = ["pyinfra-swarm", "  target: default", "  sources: 10.1.0.1 10.1.0.2",
+               "  ports: 2377/tcp 7946/tcp 7946/udp 4789/udp 22/tcp", "  protocols:",
+               "description: pyinfra-swarm allow: 22/tcp", "default-ports: 22/tcp"]  # fmt: skip
+    manager = host("m1", "10.1.0.1", firewall={"firewalld": "active"}, extra={"--list-all": listing})
+    assert commands(plan([configure_firewall], [manager], [host("w1", "10.1.0.2", swarm_firewall="none")])["m1"]) == []
+    moved = host("m1", "10.1.0.1", firewall={"firewalld": "active"}, extra={"--list-all": listing}, sshd_ports=(2222,))
+    cmds = commands(plan([configure_firewall], [moved], [host("w1", "10.1.0.2", swarm_firewall="none")])["m1"])
+    assert "firewall-cmd --permanent --zone=pyinfra-swarm --add-port=2222/tcp" in cmds
+    assert cmds[-1] == "firewall-cmd --reload"
 
 
 def test_backend_detection():
