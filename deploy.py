@@ -7,7 +7,7 @@ from pyinfra_swarm.artifacts import build_images, load_image_archives
 from pyinfra_swarm.daemon import configure_daemon
 from pyinfra_swarm.firewall import configure_firewall
 from pyinfra_swarm.install import install_docker
-from pyinfra_swarm.objects import configure_objects
+from pyinfra_swarm.objects import configure_objects, prune_objects
 from pyinfra_swarm.preflight import preflight
 from pyinfra_swarm.registry import configure_registry
 from pyinfra_swarm.stacks import deploy_stacks
@@ -27,3 +27,4 @@ configure_registry()
 build_images()
 configure_objects()
 deploy_stacks()
+prune_objects()

@@ -4,6 +4,7 @@ names (NAME_<hash of the content>), so a changed value is a new object that stac
 from __future__ import annotations
 
 import hashlib
+import re
 import shlex
 from pathlib import Path
 from typing import Any
@@ -128,3 +129,38 @@ def configure_objects() -> None:
         server.shell(name="Create overlay networks", commands=missing_networks)
     ensure_objects("secret", secrets, existing["secret"])
     ensure_objects("config", configs, existing["config"])
+
+
+def stale_versions(existing: list[str], current: dict[str, str]) -> list[str]:
+    """Versions (`NAME_<10 hex>`) of the named objects other than the current one ({name: versioned name})."""
+    stale = []
+    for name, version in current.items():
+        pattern = re.compile(rf"{re.escape(name)}_[0-9a-f]{{10}}")
+        stale += [other for other in existing if pattern.fullmatch(other) and other != version]
+    return sorted(stale)
+
+
+@deploy("Remove old versions of secrets and configs")
+def prune_objects() -> None:
+    """On the manager acting for the cluster, after the stacks moved to the current versions: remove the older
+    versions of the data's (and the registry's) secrets and configs. A version some service still uses is
+    kept (Docker refuses to remove it), and tried again next run."""
+    from pyinfra_swarm.registry import secret_versions
+
+    view = cluster(host.state)
+    if current_host() is not view.acting_manager:
+        return
+    current = {
+        "secret": {**versioned_names(host.data, "swarm_secrets"), **secret_versions(view)},
+        "config": versioned_names(host.data, "swarm_configs"),
+    }
+    if not (current["secret"] or current["config"]):
+        return
+    existing = planned_fact(view, "swarm_objects")
+    commands = [
+        f"docker {kind} rm {name} >/dev/null 2>&1 || echo '{kind} {name} is still in use: kept'"
+        for kind in ("secret", "config")
+        for name in stale_versions(existing[kind], current[kind])
+    ]
+    if commands:
+        server.shell(name="Remove old versions of secrets and configs", commands=commands)

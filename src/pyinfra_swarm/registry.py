@@ -237,13 +237,29 @@ def configure_registry() -> None:
             login(name=f"Log in to {registry}", registry=registry, user=user, password=users[user])
 
 
-def _service(view: Cluster, target: Host, tls_on: bool, cert: str, key: str, auth: str) -> None:
+def _service_secrets(tls_on: bool, cert: str, key: str, auth: str) -> dict[str, str]:
+    """{versioned name: content} of the registry service's secrets."""
     secrets = {}
     if tls_on:
         secrets[versioned("registry_crt", cert)] = cert
         secrets[versioned("registry_key", key)] = key
     if auth:
         secrets[versioned("registry_htpasswd", auth)] = auth
+    return secrets
+
+
+def secret_versions(view: Cluster) -> dict[str, str]:
+    """{name: current versioned name} of the registry service's secrets (none without a service)."""
+    target = registry_host(view)
+    if target is None or _cluster_setting(view, "registry_mode") != "service":
+        return {}
+    tls_on = bool(_cluster_setting(view, "registry_tls"))
+    _, cert, key, auth = _material(view, target, tls_on, credentials(view))
+    return {name.rsplit("_", 1)[0]: name for name in _service_secrets(tls_on, cert, key, auth)}
+
+
+def _service(view: Cluster, target: Host, tls_on: bool, cert: str, key: str, auth: str) -> None:
+    secrets = _service_secrets(tls_on, cert, key, auth)
     names = sorted(secrets)
     tls = {"crt": next(n for n in names if n.startswith("registry_crt")),
            "key": next(n for n in names if n.startswith("registry_key"))} if tls_on else {}  # fmt: skip

@@ -137,11 +137,22 @@ def stack_progress(output: list[str]) -> dict[str, dict[str, Any]]:
         if service_id not in templates:
             continue
         name, template = templates[service_id]
-        if spec != template:
+        if _what_restarts(spec) != _what_restarts(template):
             services[name]["stale"] += 1
         elif task_state == "running":
             services[name]["current"] += 1
     return services
+
+
+# Task spec fields whose change makes swarm replace a task. Compared one by one: the API shows a service's
+# spec with defaults filled in that its tasks' specs leave out, and swarm keeps a task whose node still meets
+# changed placement constraints.
+RESTART_KEYS = ("Image", "Command", "Args", "Env", "Labels", "Mounts", "Secrets", "Configs", "User", "Dir")
+
+
+def _what_restarts(spec: dict[str, Any]) -> dict[str, Any]:
+    container = spec.get("ContainerSpec") or {}
+    return {**{key: container.get(key) for key in RESTART_KEYS}, "ForceUpdate": spec.get("ForceUpdate") or 0}
 
 
 def converged(services: dict[str, dict[str, Any]]) -> bool:
@@ -160,6 +171,7 @@ def wait_converged(state: State, host: Host, stack: str, timeout: int) -> None:
     command = StringCommand(progress_command(stack))
     deadline = time.monotonic() + timeout
     last_report = 0.0
+    steady = False
     while True:
         status, output = host.run_shell_command(command, print_output=False, **args)
         services = stack_progress(output.stdout_lines) if status else {}
@@ -168,8 +180,12 @@ def wait_converged(state: State, host: Host, stack: str, timeout: int) -> None:
         if stuck:
             _fail(host, args, stack, f"stack {stack}: update {', '.join(f'{n} {u}' for n, u in stuck.items())}")
         if converged(services):
-            logger.info(f"{host.print_prefix}stack {stack}: every service converged")
-            return
+            if steady:  # converged on two polls in a row, as `docker service update` verifies
+                logger.info(f"{host.print_prefix}stack {stack}: every service converged")
+                return
+            steady = True
+        else:
+            steady = False
         now = time.monotonic()
         if now > deadline:
             _fail(host, args, stack, f"stack {stack} did not converge within {timeout} s")
