@@ -86,6 +86,9 @@ def parse_ssh_config(output: str) -> dict[str, dict[str, str]]:
     return hosts
 
 
+VAGRANT_ADDR_POOL = "10.128.0.0/16"
+
+
 def vagrant_groups(settings: dict[str, Any], status: str, ssh_config: str) -> tuple[dict[str, HostList], list[str]]:
     """(groups for pyinfra, notes about VMs left out): running VMs of the settings, in their swarm group."""
     addresses = machine_addresses(settings)
@@ -108,6 +111,8 @@ def vagrant_groups(settings: dict[str, Any], status: str, ssh_config: str) -> tu
             "ssh_strict_host_key_checking": "no",
             "_sudo": True,
             "swarm_advertise_addr": address,
+            # Swarm's default pool, 10.0.0.0/8, overlaps the 10.0.2.0/24 NAT network every VirtualBox VM has.
+            "swarm_default_addr_pool": [VAGRANT_ADDR_POOL],
         }
         groups["swarm_managers" if name.startswith("manager") else "swarm_workers"].append((name, data))
     return groups, notes

@@ -98,9 +98,9 @@ class Step(tuple):
     serial: bool
 
 
-def plan(deploys: list, managers: list, workers: list | None = None) -> dict[str, Any]:
+def plan(deploys: list, managers: list, workers: list | None = None, limit: list[str] | None = None) -> dict[str, Any]:
     """{host: [(operation name, [command, ...]), ...]} that the deploys plan for each host; None for a host
-    the deploys stopped (failed). Each call is a run of its own (its own State)."""
+    the deploys stopped (failed), or outside `limit`. Each call is a run of its own (its own State)."""
     workers = workers or []
     inventory = Inventory(
         (managers + workers, {}),
@@ -108,12 +108,14 @@ def plan(deploys: list, managers: list, workers: list | None = None) -> dict[str
         swarm_workers=([name for name, _ in workers], {}),
     )
     state = State(inventory, Config())
+    if limit is not None:  # as `pyinfra --limit`
+        state.limit_hosts = [inventory.get_host(f"@fake/{name}") for name in limit]
     connect_all(state)
     for deploy in deploys:
         add_deploy(state, deploy)
     planned: dict[str, Any] = {}
     for inventory_host in inventory:
-        if inventory_host in state.failed_hosts:
+        if inventory_host in state.failed_hosts or not state.is_host_in_limit(inventory_host):
             planned[inventory_host.name.removeprefix("@fake/")] = None
             continue
         steps = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -39,6 +40,9 @@ def test_ssh_goes_through_the_forwarded_port_and_the_swarm_through_the_private_n
     assert worker1["ssh_key"] == "/home/user/pyinfra-swarm/vagrant/.vagrant/machines/worker1/virtualbox/private_key"
     assert worker1["swarm_advertise_addr"] == "192.168.56.14"
     assert all(data["swarm_advertise_addr"] != "10.0.2.15" for _, data in groups["swarm_managers"])
+    # Overlay subnets stay clear of VirtualBox's NAT network (10.0.2.0/24 on every VM).
+    pool = ipaddress.ip_network(worker1["swarm_default_addr_pool"][0])
+    assert not pool.overlaps(ipaddress.ip_network("10.0.2.0/24"))
 
 
 def test_address_plan_follows_the_subnet():
