@@ -15,6 +15,7 @@ demo: $(STAMP) engine lab-up ## bring the lab up, run deploy.py against it, say 
 	@$(BIN)/pyinfra-swarm lab summary --name $(LAB)
 
 test: $(STAMP) engine lint ## unit tests, then end-to-end tests on a lab of their own
+	@scripts/ensure-vagrant
 	$(BIN)/pytest -v tests
 
 unit: $(STAMP) ## the fast unit-only tests
@@ -54,6 +55,8 @@ vagrant-down: ## destroy the Vagrant lab's VMs
 
 $(STAMP): pyproject.toml
 	@command -v python3 >/dev/null || { echo "python3 is missing: install it (apt-get install python3 python3-venv)"; exit 1; }
+	@python3 -c 'import ensurepip, venv' 2>/dev/null || [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null || \
+		{ apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-venv >/dev/null; }
 	python3 -m venv $(VENV) || { echo "creating $(VENV) failed: install python3-venv"; exit 1; }
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'

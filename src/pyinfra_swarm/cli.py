@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import time
 
@@ -100,7 +101,7 @@ def _summary(args: argparse.Namespace) -> int:
     lab_state = state.load(LabSpec(name=args.name, workers=0).state_dir)
     workers = [node for node in lab_state.nodes if node.role == "worker"]
     manager = next(node.node for node in lab_state.nodes if node.role == "manager")
-    ssh = f"pyinfra-swarm lab ssh --name {args.name} {manager}"
+    ssh = f"{_this_command()} lab ssh --name {args.name} {manager}"
     print(f"The demo runs on lab '{args.name}'. Where to look:")
     for worker in workers[:3]:
         print(
@@ -110,6 +111,13 @@ def _summary(args: argparse.Namespace) -> int:
     print(f"  {ssh} docker stack ps demo                        # where each task runs")
     print(f"  {ssh} docker node ls                              # the swarm")
     return 0
+
+
+def _this_command() -> str:
+    """How to type this command in a new shell: its name when it is on PATH, else its path (the venv's)."""
+    if shutil.which("pyinfra-swarm"):
+        return "pyinfra-swarm"
+    return os.path.relpath(sys.argv[0]) if not os.path.relpath(sys.argv[0]).startswith("..") else sys.argv[0]
 
 
 def _ssh(args: argparse.Namespace) -> int:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tests.conftest import ROOT
 from tests.e2e.conftest import Lab
-from tests.e2e.test_swarm import nodes
+from tests.e2e.test_swarm import can_connect, nodes
 
 DEMO_VARS = {"demo_version": "1", "greeting": "hello", "web_replicas": 3, "web_port": 8080}
 
@@ -92,11 +92,29 @@ def test_demo_stack_on_the_cluster_registry(make_lab, tmp_path):
     with urllib.request.urlopen(f"http://{lab.address('worker2')}:8080/", timeout=5) as response:
         assert response.read().decode().startswith("hi from")
 
+    # The registry's port is for the cluster's peers: worker2 got its 401 above, this machine (not a peer) is
+    # refused, though the port is published through Docker's DNAT (not INPUT).
+    assert not can_connect(lab.address("manager1"), 5000)
+
+    # A new registry password: the registry gets the new htpasswd, the acting manager logs in again, and an
+    # image built afterwards is pushed with it (a stale login fails the push with 401) and deployed; the old
+    # htpasswd version is removed once nothing uses it.
+    first_password = (lab.state_dir / "pki" / "registry-password").read_text().strip()
+    (lab.state_dir / "pki" / "registry-password").write_text("a-new-password-for-this-test\n")
+    version2 = stacks(templates, demo_vars={**DEMO_VARS, "greeting": "hi", "demo_version": "2"})
+    version2["all"]["docker_images"] = [{"name": "demo-app", "context": "images/demo-app", "tag": "2"}]
+    renewed = lab.deploy("-v", group_data=version2)
+    assert renewed.returncode == 0, renewed
+    assert "Image registry | Log in to " + registry in renewed.changed, renewed
+    assert lab.sh("manager1", "docker secret ls --format '{{.Name}}'").count("registry_htpasswd_") == 1
+    running = lab.sh("manager1", "docker service ps demo_web --filter desired-state=running --format '{{.Image}}'")
+    assert running.split() == [f"{registry}/demo-app:2"] * 3, running
+
     # An image pushed before the registry's container restarts is still pullable after it (named volume).
     lab.sh("manager1", "docker kill $(docker ps -q --filter label=com.docker.swarm.service.name=registry_registry)")
     wait_running(lab, "registry_registry")
     time.sleep(2)
-    pull = lab.ssh("manager1", f"docker pull -q {registry}/demo-app:1")
+    pull = lab.ssh("manager1", f"docker pull -q {registry}/demo-app:2")
     assert pull.returncode == 0, pull.stdout + pull.stderr
 
     # A stack whose service can't start fails the deploy within its timeout, with the task's error; the other
@@ -106,8 +124,10 @@ def test_demo_stack_on_the_cluster_registry(make_lab, tmp_path):
     )
     before = services(lab)
     started = time.monotonic()
-    broken = lab.deploy(group_data=stacks(templates, {"name": "broken", "template": "broken.yml.j2", "timeout": 30},
-                                          demo_vars={**DEMO_VARS, "greeting": "hi"}))  # fmt: skip
+    broken_data = stacks(templates, {"name": "broken", "template": "broken.yml.j2", "timeout": 30},
+                         demo_vars={**DEMO_VARS, "greeting": "hi", "demo_version": "2"})  # fmt: skip
+    broken_data["all"]["docker_images"] = version2["all"]["docker_images"]
+    broken = lab.deploy(group_data=broken_data)
     assert broken.returncode != 0
     assert time.monotonic() - started < 150
     assert "stack broken did not converge within 30 s; failing tasks: broken_app.1" in broken.output, broken
@@ -115,14 +135,15 @@ def test_demo_stack_on_the_cluster_registry(make_lab, tmp_path):
     assert {k: v for k, v in services(lab).items() if not k.startswith("broken_")} == before
     assert nodes(lab)["worker1"]["state"] == "ready"
 
-    assert_no_secret_printed(lab)
+    assert_no_secret_printed(lab, first_password)
 
 
-def assert_no_secret_printed(lab: Lab) -> None:
+def assert_no_secret_printed(lab: Lab, *others: str) -> None:
     password = (lab.state_dir / "pki" / "registry-password").read_text().strip()
     key = next((lab.state_dir / "pki").glob("registry-*.key")).read_text().splitlines()[1]
     for output in lab.outputs:
-        assert password not in output and key not in output
+        for secret in (password, key, *others):
+            assert secret not in output
 
 
 BAD_STACKS = {

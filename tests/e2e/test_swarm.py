@@ -3,7 +3,9 @@ bad input before any change. The lab's kernel has no IPVS, so no test relies on 
 
 from __future__ import annotations
 
+import itertools
 import json
+import socket
 import textwrap
 import time
 
@@ -21,7 +23,7 @@ DAEMON = {
 # These tests are about the swarm: the repo's demo workloads (registry, images, stacks) are switched off.
 SWARM_ONLY = {"registry_mode": None, "docker_image_archives": [], "docker_images": [], "swarm_stacks": []}
 GROUP_DATA = {
-    "all": {**SWARM_ONLY, "docker_daemon_config": DAEMON},
+    "all": {**SWARM_ONLY, "docker_daemon_config": DAEMON, "swarm_firewall_allow": ["22/tcp", "9090/tcp"]},
     "swarm_workers": {"swarm_labels": {"role": "worker", "tier": "web"}},
 }
 
@@ -72,12 +74,38 @@ def docker_installed(lab: Lab, node: str) -> bool:
     return lab.ssh(node, "command -v dockerd || test -e /etc/docker/daemon.json").returncode == 0
 
 
-def assert_no_token_printed(lab: Lab) -> None:
-    tokens = lab.sh("manager1", "docker swarm join-token -q worker; docker swarm join-token -q manager").split()
+def assert_no_token_printed(lab: Lab, manager: str = "manager1") -> None:
+    """Neither join token is in anything the deploys printed, nor in any node's journal or auth log (sudo
+    logs the commands it runs), nor in any process's command line right now."""
+    tokens = lab.sh(manager, "docker swarm join-token -q worker; docker swarm join-token -q manager").split()
     assert len(tokens) == 2
     for output in lab.outputs:
         for token in tokens:
             assert token not in output
+    for node in [n["node"] for n in lab.nodes]:
+        logs = lab.ssh(node, "journalctl --no-pager -o cat 2>/dev/null; cat /var/log/auth.log 2>/dev/null; "
+                             "cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' ' '")  # fmt: skip
+        assert "SWMTKN-" not in logs.stdout, f"a join token is in the logs of {node}"
+
+
+def can_connect(address: str, port: int) -> bool:
+    """Whether this machine (the lab's host: not a swarm peer) gets a TCP connection to address:port."""
+    try:
+        with socket.create_connection((address, port), timeout=3):
+            return True
+    except OSError:
+        return False
+
+
+def engine_restarts(lab: Lab, node_names: list[str]) -> dict[str, tuple[int, int]]:
+    """node -> (when dockerd last stopped, when it last became active), on the kernel's monotonic clock,
+    which every lab node shares."""
+    windows = {}
+    for node in node_names:
+        show = lab.sh(node, "systemctl show docker -p InactiveEnterTimestampMonotonic -p ActiveEnterTimestampMonotonic")
+        values = dict(line.split("=", 1) for line in show.split())
+        windows[node] = (int(values["InactiveEnterTimestampMonotonic"]), int(values["ActiveEnterTimestampMonotonic"]))
+    return windows
 
 
 def test_bad_input_stops_the_run_before_any_change(make_lab):
@@ -117,12 +145,14 @@ def test_one_manager_three_workers(make_lab):
         assert lab.sh(node, "docker info --format '{{.LoggingDriver}}'").strip() == "json-file"
     assert "10.200." in lab.sh("manager1", "docker network inspect docker_gwbridge --format '{{json .IPAM}}'")
 
-    # Firewall: a port not in the list is refused between nodes; swarm ports answer peers.
+    # Firewall: a port not in the list is refused between nodes; swarm ports answer peers, and only peers.
     lab.sh("worker1", "(timeout 20 nc -l -p 9999 >/dev/null 2>&1 &) ; sleep 0.5")
     assert lab.ssh("worker2", f"nc -z -w 3 {lab.address('worker1')} 9999").returncode != 0
     assert lab.ssh("worker2", f"nc -z -w 3 {lab.address('worker1')} 7946").returncode == 0
     assert lab.ssh("worker2", f"nc -z -w 3 {lab.address('manager1')} 2377").returncode == 0
     assert lab.ssh("worker2", f"nc -z -w 3 {lab.address('worker1')} 2377").returncode != 0  # managers only
+    assert not can_connect(lab.address("worker1"), 7946) and not can_connect(lab.address("manager1"), 2377)
+    assert can_connect(lab.address("worker1"), 22)
 
     # Swarm traffic flows: containers on two nodes talk over an overlay network (VXLAN through the firewall).
     for node in ["manager1", "worker1"]:
@@ -134,6 +164,20 @@ def test_one_manager_three_workers(make_lab):
     ping = lab.ssh("worker1", "docker run --rm --network e2e-net e2e-busybox /bin/busybox ping -c 2 -W 3 e2e-a")
     assert ping.returncode == 0, ping.stdout + ping.stderr
     lab.sh("manager1", "docker rm -f e2e-a >/dev/null")
+
+    # Published ports go through Docker's DNAT, not INPUT: non-peers reach only the allowed one (9090), peers
+    # reach both (host-mode ports: the lab has no IPVS for the ingress mesh).
+    lab.sh("manager1", "docker service create -d --name e2e-pub --constraint node.hostname==e2e-swarm-worker1 "
+                       "--publish mode=host,published=9090,target=8000 --publish mode=host,published=9091,target=8001 "
+                       "e2e-busybox /bin/busybox sh -c '/bin/busybox httpd -p 8001 -h / && "
+                       "exec /bin/busybox httpd -f -p 8000 -h /' >/dev/null")  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not can_connect(lab.address("worker1"), 9090):
+        assert time.monotonic() < deadline, "the published port 9090 never answered"
+        time.sleep(1)
+    assert not can_connect(lab.address("worker1"), 9091), "a published port not in swarm_firewall_allow answered"
+    assert lab.ssh("worker2", f"nc -z -w 3 {lab.address('worker1')} 9091").returncode == 0  # a peer
+    lab.sh("manager1", "docker service rm e2e-pub >/dev/null")
 
     # The same deploy again changes nothing, at any verbosity.
     for verbosity in ["-v", "-vv"]:
@@ -157,6 +201,36 @@ def test_one_manager_three_workers(make_lab):
     assert relabel.returncode == 0, relabel
     labels = nodes(lab)["worker3"]["labels"]
     assert "tier" not in labels and labels["role"] == "worker" and labels["manual"] == "yes"
+
+    # A daemon.json change that needs a restart: one node at a time, managers first, each drained and back
+    # (Ready, active) before the next engine stops.
+    before = engine_restarts(lab, ["manager1", *WORKERS])
+    slower = {**DAEMON, "log-opts": {"max-size": "6m", "max-file": "2"}}
+    restart = lab.deploy("-v", group_data={**GROUP_DATA, "all": {**GROUP_DATA["all"], "docker_daemon_config": slower}})
+    assert restart.returncode == 0, restart
+    assert restart.output.count("for engine maintenance") == 4, restart
+    windows = engine_restarts(lab, ["manager1", *WORKERS])
+    assert all(windows[n][0] > before[n][1] for n in windows), "an engine was not restarted"
+    ordered = sorted(windows.items(), key=lambda item: item[1][0])
+    assert ordered[0][0] == "manager1", ordered
+    for (_, (_, started)), (node, (stopped, _)) in itertools.pairwise(ordered):
+        assert stopped > started, f"{node}'s engine stopped before the previous one was back: {ordered}"
+    swarm = nodes(lab)
+    assert all(n["state"] == "ready" and n["availability"] == "active" for n in swarm.values()), swarm
+
+    # --limit to a new manager never starts a second swarm: it joins this one or stops with the reason.
+    lab.up("--managers", "2", "--workers", "3")
+    limited = lab.deploy("--limit", "manager2", group_data=GROUP_DATA)
+    state = json.loads(lab.sh("manager2", "docker info --format '{{json .Swarm}}'"))
+    cluster = json.loads(lab.sh("manager1", "docker info --format '{{json .Swarm.Cluster.ID}}'"))
+    assert state["LocalNodeState"] == "inactive" or state.get("Cluster", {}).get("ID") == cluster, (state, limited)
+    assert "swarm init" not in limited.output and "Initialise the swarm" not in limited.output
+    if limited.returncode != 0:
+        assert "don't know this host yet: run the deploy with them in the limit" in limited.output, limited
+    full = lab.deploy(group_data=GROUP_DATA)
+    assert full.returncode == 0, full
+    swarm = nodes(lab)
+    assert swarm["manager2"]["role"] == "manager" and swarm["manager2"]["reachability"] == "reachable"
 
     assert_no_token_printed(lab)
 
@@ -190,6 +264,25 @@ def test_three_managers_survive_losing_one(make_lab, docker_api):
         time.sleep(2)
     again = lab.deploy(group_data=data, env=sudo)
     assert again.changed == [], again
+    assert_no_token_printed(lab)  # joins ran through sudo: nothing in sudo's log, the journal or `ps`
+
+    # Autolock on, manager3's engine restarted: it is locked. Even with swarm_force_rejoin the deploy never
+    # makes it leave: it stops there with what to do, and the other hosts carry on.
+    key = next(line.split()[0] for line in lab.sh("manager1", "docker swarm update --autolock=true").splitlines()
+               if line.strip().startswith("SWMKEY-"))  # fmt: skip
+    lab.sh("manager3", "systemctl restart docker")
+    assert lab.sh("manager3", "docker info --format '{{.Swarm.LocalNodeState}}'").strip() == "locked"
+    forced = {"all": {**data["all"], "swarm_force_rejoin": True}}
+    locked = lab.deploy(group_data=forced, env=sudo)
+    assert locked.returncode != 0 and "manager3] is locked (autolock, after a restart of Docker)" in locked.output
+    assert "Leave the other swarm" not in locked.output, locked
+    assert lab.sh("manager3", "docker info --format '{{.Swarm.LocalNodeState}}'").strip() == "locked"
+    lab.sh("manager3", f"echo {key} | docker swarm unlock")
+    lab.sh("manager1", "docker swarm update --autolock=false")
+    deadline = time.monotonic() + 60
+    while not all(n["reachability"] == "reachable" for n in nodes(lab).values() if n["role"] == "manager"):
+        assert time.monotonic() < deadline, nodes(lab)
+        time.sleep(2)
 
     # Lose the first manager, add a worker: the deploy goes through another manager.
     lab.up("--managers", "3", "--workers", "3")
@@ -206,6 +299,7 @@ def test_three_managers_survive_losing_one(make_lab, docker_api):
         row for row in degraded.output.splitlines() if "Error" in row and "[" in row and "manager1" not in row
     ] == []
     docker_api.start("pyinfra-swarm-e2e-ha-manager1")
+    assert_no_token_printed(lab, manager="manager2")
 
 
 @pytest.mark.parametrize("workers", [11])
