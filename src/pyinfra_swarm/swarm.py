@@ -64,6 +64,15 @@ def join(role: str, advertise_addr: str, data_path_addr: str | None = None):
     yield FunctionCommand(_join, (role, advertise_addr, data_path_addr), {})
 
 
+@operation()
+def barrier():
+    """Runs nothing. Every host plans it at the same place, so pyinfra runs what comes after it on any host
+    (joins) only once every host has run what comes before it (its firewall): pyinfra orders operations
+    across hosts by how many each host has before them, so a host with nothing else to do would otherwise
+    join before its manager's firewall lets it in."""
+    yield from ()
+
+
 @operation(is_idempotent=False)
 def leave():
     """Leave whatever swarm this host is in (used before joining this one, with swarm_force_rejoin)."""
@@ -200,6 +209,7 @@ def join_swarm() -> None:
     step = view.plan[this]
     address = view.addresses[this]
     data_path_addr = host.data.swarm_data_path_addr
+    barrier(name="Every host's firewall is in place")
     if step == "member":
         host.noop("already in this swarm")
     elif step == "init":

@@ -127,7 +127,8 @@ def plan(deploys: list, managers: list, workers: list | None = None, limit: list
             with ctx_state.use(state), ctx_host.use(inventory_host):
                 step = Step((name, [str(command) for command in op.command_generator()]))
             step.serial = bool(state.get_op_meta(op_hash).global_arguments.get("_serial"))
-            steps.append(step)
+            if step[1]:  # operations that run nothing (no change, the join barrier) are left out
+                steps.append(step)
         planned[inventory_host.name.removeprefix("@fake/")] = steps
     return planned
 
