@@ -1,14 +1,44 @@
-"""Facts the swarm deploys decide on: swarm membership, the node list, daemon.json, kernel features,
-addresses and firewalls. Each is one shell command; none prints a secret."""
+"""Every fact pyinfra-swarm reads from a host: swarm membership, the node list, swarm objects and stacks,
+daemon.json, packages, images, kernel features, addresses and firewalls. Each is one shell command; none
+prints a secret. `Bundle` runs several in one command, and `read` returns a fact from what this run has
+gathered already (see plan.py), reading it from the host only when it wasn't."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import shlex
+import weakref
 from typing import Any
 
-from pyinfra.api import FactBase
+from pyinfra.api import FactBase, Host, State
+from pyinfra.context import ctx_host
+
+Spec = dict[str, tuple[type[FactBase], dict[str, Any]]]  # name -> (fact class, its arguments)
+_GATHERED: weakref.WeakKeyDictionary[State, dict[tuple[Host, str], Any]] = weakref.WeakKeyDictionary()
+
+
+def fact_key(cls: type[FactBase], kwargs: dict[str, Any]) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}:{json.dumps(kwargs, sort_keys=True, default=str)}"
+
+
+def remember(state: State, host: Host, spec: Spec, values: dict[str, Any]) -> None:
+    """Keep the facts gathered for `host` (a Bundle's result), for `read`."""
+    gathered = _GATHERED.setdefault(state, {})
+    for name, (cls, kwargs) in spec.items():
+        gathered[(host, fact_key(cls, kwargs))] = values[name]
+
+
+def read(cls: type[FactBase], target: Host | None = None, **kwargs: Any) -> Any:
+    """A fact of `target` (default: the host being deployed): the value this run gathered already, else read
+    from the host now, as `host.get_fact` would (operations used on their own work as any pyinfra operation)."""
+    target = target or ctx_host.get()
+    key = (target, fact_key(cls, kwargs))
+    gathered = _GATHERED.get(target.state, {})
+    if key in gathered:
+        return gathered[key]
+    return target.get_fact(cls, **kwargs)
+
 
 KERNEL_OPTIONS = ("VXLAN", "IP_VS", "INET_ESP", "CRYPTO_GCM", "XFRM_USER", "OVERLAY_FS", "BRIDGE_NETFILTER")
 
@@ -363,7 +393,7 @@ class Bundle(FactBase[dict[str, Any]]):
     SEPARATOR = "##pyinfra-swarm-fact##"
     MISSING = "##pyinfra-swarm-missing##"
 
-    def command(self, facts: dict[str, tuple[type[FactBase], dict[str, Any]]]) -> str:
+    def command(self, facts: Spec) -> str:
         self.facts = facts  # process() reads the output back section by section
         parts = []
         for cls, kwargs in facts.values():
@@ -417,3 +447,90 @@ class RegistryLogins(FactBase[dict[str, str]]):
     @staticmethod
     def default() -> dict[str, str]:
         return {}
+
+
+class SwarmObjects(FactBase[dict[str, list[str]]]):
+    """Names of the swarm's overlay networks, secrets and configs (on a manager)."""
+
+    def requires_command(self) -> str:
+        return "docker"
+
+    def command(self) -> str:
+        return (
+            "docker network ls --filter driver=overlay --format 'network {{.Name}}'; "
+            "docker secret ls --format 'secret {{.Name}}'; docker config ls --format 'config {{.Name}}'; true"
+        )
+
+    def process(self, output: list[str]) -> dict[str, list[str]]:
+        objects: dict[str, list[str]] = {"network": [], "secret": [], "config": []}
+        for line in output:
+            kind, _, name = line.strip().partition(" ")
+            if kind in objects and name:
+                objects[kind].append(name)
+        return objects
+
+    @staticmethod
+    def default() -> dict[str, list[str]]:
+        return {"network": [], "secret": [], "config": []}
+
+
+class SwarmStacks(FactBase[list[str]]):
+    """Names of the stacks deployed in the swarm (on a manager)."""
+
+    def requires_command(self) -> str:
+        return "docker"
+
+    def command(self) -> str:
+        return "docker stack ls --format '{{.Name}}' 2>/dev/null || true"
+
+    def process(self, output: list[str]) -> list[str]:
+        return [line.strip() for line in output if line.strip()]
+
+    @staticmethod
+    def default() -> list[str]:
+        return []
+
+
+CONTEXT_LABEL = "pyinfra-swarm.context"  # image label: the sha256 of the build context it was built from
+
+
+class ImageContexts(FactBase[dict[str, str | None]]):
+    """For each image reference: the context hash label of the local image, "" without the label, None when
+    the image is missing."""
+
+    def requires_command(self, images: list[str]) -> str:
+        return "docker"
+
+    def command(self, images: list[str]) -> str:
+        quoted = " ".join(shlex.quote(image) for image in images)
+        fmt = shlex.quote(f'{{{{index .Config.Labels "{CONTEXT_LABEL}"}}}}')
+        label = f'$(docker image inspect --format {fmt} "$i")'
+        # docker 20.10 prints an empty line for a missing image even with --format: test for it first.
+        return (
+            f'for i in {quoted}; do if docker image inspect "$i" >/dev/null 2>&1; '
+            f'then echo "$i {label}"; else echo "$i #missing"; fi; done'
+        )
+
+    def process(self, output: list[str]) -> dict[str, str | None]:
+        result: dict[str, str | None] = {}
+        for line in output:
+            image, _, label = line.strip().partition(" ")
+            result[image] = None if label == "#missing" else ("" if label == "<no value>" else label)
+        return result
+
+    @staticmethod
+    def default() -> dict[str, str | None]:
+        return {}
+
+
+class Pingable(FactBase[bool | None]):
+    """Whether this host reaches an address by ICMP echo within 2 seconds; None without a ping command."""
+
+    def command(self, address: str) -> str:
+        return (
+            f"command -v ping >/dev/null || {{ echo unknown; exit 0; }}; "
+            f"ping -c 1 -W 2 {shlex.quote(address)} >/dev/null 2>&1 && echo yes || echo no"
+        )
+
+    def process(self, output: list[str]) -> bool | None:
+        return {"yes": True, "no": False}.get(output[-1] if output else "")

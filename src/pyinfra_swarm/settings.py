@@ -1,10 +1,16 @@
-"""Every setting the deploys read from host and group data, with its default, and the checks that reject bad
-input before anything on any host changes. Errors name the host and the key."""
+"""Every setting the deploys read from host and group data, declared once (SCHEMA): default, type, allowed
+values, scope and meaning. Defaults, the deploys' `data_defaults`, the checks that reject bad input before
+anything on any host changes, and the README's settings tables all come from it (`python -m
+pyinfra_swarm.settings` prints the tables). Errors name the host and the key."""
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import re
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from pyinfra.api import Host, State
@@ -12,90 +18,254 @@ from pyinfra.api.exceptions import DeployError
 
 MANAGERS = "swarm_managers"
 WORKERS = "swarm_workers"
-
-DEFAULTS: dict[str, Any] = {
-    # Install: `docker-ce` (Docker's apt/dnf repository) or `distro` (docker.io from Debian/Ubuntu).
-    "docker_source": "docker-ce",
-    "docker_version": None,  # a package version to pin, e.g. "5:27.3.1-1~debian.12~bookworm" or "20.10.24*"
-    "docker_ce_repo_url": "https://download.docker.com/linux",
-    "docker_ce_channel": "stable",
-    "docker_users": [],  # existing users added to the docker group
-    # /etc/docker/daemon.json, passed through as is (after type checks of the keys listed in DAEMON_KEY_TYPES).
-    "docker_daemon_config": {"log-driver": "json-file", "log-opts": {"max-size": "10m", "max-file": "3"}},
-    # Firewall: auto | ufw | firewalld | iptables | nftables | none.
-    "swarm_firewall": "auto",
-    "swarm_firewall_policy": "deny",  # deny: refuse all inbound but the allow list and swarm peers
-    "swarm_firewall_allow": ["22/tcp"],  # open to everyone (the SSH port pyinfra uses is always added)
-    "swarm_encrypted_overlays": False,  # opens ESP (IP protocol 50) between peers
-    # Swarm membership.
-    "swarm_advertise_addr": None,  # this node's IP (or interface name) that other nodes reach it on
-    "swarm_default_addr_pool": [],  # CIDRs for overlay subnets, e.g. ["10.20.0.0/16"]
-    "swarm_default_addr_pool_mask_length": None,  # e.g. 24
-    "swarm_data_path_port": 4789,  # VXLAN port
-    "swarm_availability": "active",  # active | pause | drain
-    "swarm_labels": {},  # node labels, e.g. {"zone": "a"}
-    "swarm_force_rejoin": False,  # leave a different swarm and join this one
-    "swarm_bootstrap": False,  # init a new swarm even though some managers of the inventory weren't reached
-    "swarm_data_path_addr": None,  # IP or interface for overlay (VXLAN) traffic; default: the advertise address
-    # Registry: "service" (a swarm service pinned to registry_node), "host" (Debian's docker-registry package
-    # on registry_node) or None (no registry).
-    "registry_mode": None,
-    "registry_node": None,  # inventory name of the host it runs on (default: the first manager)
-    "registry_port": 5000,
-    "registry_image": "registry:2",  # service mode
-    "registry_build": None,  # service mode: a context directory to build the registry image from, on its node
-    "registry_tls": True,  # False: plain HTTP, written into every node's insecure-registries
-    "registry_users": {},  # htpasswd users {user: password}; empty: one user with a password made on the controller
-    "registry_anonymous": False,  # True: no auth at all (anyone who reaches the port may push)
-    # Images: archives uploaded and `docker load`ed where they are missing, and images built on a manager
-    # from a context directory and pushed to the registry.
-    "docker_image_archives": [],  # [{"image": "debian:bookworm", "archive": "path.tar", "group": "all"}]
-    "docker_images": [],  # [{"name": "app", "context": "images/app", "tag": "1"}]
-    # Swarm objects and stacks (created from a manager).
-    "swarm_networks": {},  # {name: {"attachable": True, "subnet": "10.30.0.0/24", "mtu": 1450, "encrypted": False}}
-    "swarm_secrets": {},  # {name: {"file": "path"} or {"value": "..."}}
-    "swarm_configs": {},  # same as secrets
-    "swarm_stacks": [],  # [{"name": "demo", "template": "demo.yml.j2", "state": "present", "vars": {}, "timeout": 180}]
-    "swarm_stacks_dir": "templates/stacks",
-    "stack_vars": {},  # variables for every stack template
-}
-
-SOURCES = ("docker-ce", "distro")
-FIREWALLS = ("auto", "ufw", "firewalld", "iptables", "nftables", "none")
-AVAILABILITIES = ("active", "pause", "drain")
+PREFIXES = ("swarm_", "docker_", "registry_")  # data keys with these prefixes must be settings
 PORT_RE = re.compile(r"^(\d{1,5})(?::(\d{1,5}))?/(tcp|udp)$")
 INTERFACE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.@-]{0,14}$")
 LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
+Check = Callable[[Any], "str | None"]  # a value's problem, or None
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One key of host or group data."""
+
+    key: str
+    default: Any
+    types: tuple[type, ...]  # what the value may be (None is always allowed where the default is None)
+    meaning: str  # one line for the README
+    table: str  # README table: "swarm" or "workloads"
+    scope: str = "host"  # "host": may differ per host; "cluster": must be the same on every host
+    choices: tuple[Any, ...] = ()
+    check: Check | None = None
+    shown_default: str | None = None  # how the README shows the default, when repr() doesn't read well
+
+
+def _cidr(value: Any) -> bool:
+    try:
+        ipaddress.ip_network(value, strict=True)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _looks_like_ip(value: str) -> bool:
+    return bool(re.fullmatch(r"[0-9.]+", value)) or ":" in value
+
+
+def _valid_port(spec: str) -> bool:
+    """'80/tcp' or '8000:8100/udp' with every number from 1 to 65535 and a range in order."""
+    match = PORT_RE.match(spec)
+    if not match:
+        return False
+    first, last = int(match.group(1)), int(match.group(2) or match.group(1))
+    return 1 <= first <= last <= 65535
+
+
+def _port_number(low: int, high: int) -> Check:
+    def check(value: Any) -> str | None:
+        if isinstance(value, bool) or not low <= value <= high:
+            return f"must be a port number from {low} to {high}, not {value!r}"
+        return None
+
+    return check
+
+
+def _advertise_addr(value: Any) -> str | None:
+    if value == "":
+        return "is empty: set it to the IP address, or the interface name, other nodes reach this host on"
+    if _looks_like_ip(value):
+        try:
+            ip = ipaddress.ip_address(value)
+        except ValueError:
+            return f"{value!r} is not a valid IP address"
+        if ip.is_loopback or ip.is_unspecified or ip.is_multicast:
+            return f"{value} can't be reached from other nodes"
+        return None
+    if not INTERFACE_RE.match(value):
+        return f"{value!r} is neither an IP address nor an interface name"
+    return None
+
+
+def _data_path_addr(value: Any) -> str | None:
+    if _is_ip(value) or INTERFACE_RE.match(value):
+        return None
+    return f"{value!r} is neither an IP address nor an interface name"
+
+
+def _firewall_allow(value: Any) -> str | None:
+    if all(isinstance(port, str) and _valid_port(port) for port in value):
+        return None
+    return f"must be a list like ['22/tcp', '8000:8100/tcp'] with ports from 1 to 65535, not {value!r}"
+
+
+def _labels(value: Any) -> str | None:
+    if all(isinstance(k, str) and LABEL_KEY_RE.match(k) and isinstance(v, (str, int, float, bool)) for k, v in
+           value.items()):  # fmt: skip
+        return None
+    return f"must map label names to plain values, not {value!r}"
+
+
+def _pools(value: Any) -> str | None:
+    if all(_cidr(pool) for pool in value):
+        return None
+    return f"must be a list of CIDRs like ['10.20.0.0/16'], not {value!r}"
+
+
+def _mask(value: Any) -> str | None:
+    return None if not isinstance(value, bool) and 8 <= value <= 30 else f"must be a number from 8 to 30, not {value!r}"
+
+
+def _users(value: Any) -> str | None:
+    if all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        return None
+    return "must map user names to passwords (strings)"
+
+
+def _list_of_str(value: Any) -> str | None:
+    return None if all(isinstance(item, str) for item in value) else "must be a list of user names"
+
+
+def _archives(value: Any) -> str | None:
+    for index, entry in enumerate(value):
+        if not isinstance(entry, dict) or not entry.get("image") or not entry.get("archive"):
+            return f"[{index}] needs an image and an archive path"
+    return None
+
+
+def _images(value: Any) -> str | None:
+    for index, entry in enumerate(value):
+        if not isinstance(entry, dict) or not all(entry.get(k) for k in ("name", "context", "tag")):
+            return f"[{index}] needs a name, a context directory and a tag"
+    return None
+
+
+def _sources(value: Any) -> str | None:
+    for name, source in value.items():
+        if not isinstance(source, dict) or len({"file", "value"} & set(source)) != 1:
+            return f"[{name!r}] needs exactly one of file or value"
+    return None
+
+
+def _stacks(value: Any) -> str | None:
+    for index, stack in enumerate(value):
+        if not isinstance(stack, dict) or not stack.get("name") or not stack.get("template"):
+            return f"[{index}] needs a name and a template"
+        if stack.get("state", "present") not in ("present", "absent"):
+            return f"[{index}] ({stack['name']}): state must be present or absent"
+    return None
+
+
+def _daemon_config(value: Any) -> str | None:
+    problems = validate_daemon_config(value)
+    return "; ".join(p.removeprefix("docker_daemon_config") for p in problems) or None  # each starts with [
+
+
+SCHEMA: tuple[Setting, ...] = (
+    # The swarm
+    Setting("swarm_advertise_addr", None, (str,), "IP or interface name other nodes reach this host on", "swarm",
+            check=_advertise_addr, shown_default="(required)"),
+    Setting("docker_source", "docker-ce", (str,), "`docker-ce` (Docker's apt/dnf repository) or `distro` "
+            "(Debian/Ubuntu's `docker.io`; this repo's `group_data/all.py` picks it: the lab reaches only Debian's "
+            "mirror)", "swarm", choices=("docker-ce", "distro")),
+    Setting("docker_version", None, (str,), "version pin, e.g. `5:27.3.1-1~debian.12~bookworm` (apt) or `27.3.1` "
+            "(dnf); a trailing `*` matches a prefix; held (`apt-mark hold`) while set", "swarm"),
+    Setting("docker_ce_repo_url", "https://download.docker.com/linux", (str,), "where Docker CE comes from (a "
+            "mirror)", "swarm"),
+    Setting("docker_ce_channel", "stable", (str,), "Docker CE's channel", "swarm"),
+    Setting("docker_users", [], (list,), "existing users added to the `docker` group", "swarm", check=_list_of_str),
+    Setting("docker_daemon_config", {"log-driver": "json-file", "log-opts": {"max-size": "10m", "max-file": "3"}},
+            (dict,), "`daemon.json`, passed through; known keys are type-checked; `live-restore: true` is refused "
+            "(not supported with swarm)", "swarm", check=_daemon_config, shown_default="json-file logs, 10m x 3"),
+    Setting("swarm_firewall", "auto", (str, bool), "`auto` (ufw or firewalld when active, else iptables), `ufw`, "
+            "`firewalld`, `iptables`, `nftables`, `none`", "swarm",
+            choices=("auto", "ufw", "firewalld", "iptables", "nftables", "none", False)),
+    Setting("swarm_firewall_policy", "deny", (str,), "`deny`: refuse all other inbound traffic; `allow`: only keep "
+            "non-peers off the swarm ports", "swarm", choices=("deny", "allow")),
+    Setting("swarm_firewall_allow", ["22/tcp"], (list,), "ports open to everyone (`80/tcp`, `8000:8100/tcp`, each "
+            "from 1 to 65535), on the host and for services' published ports; sshd's ports are always added",
+            "swarm", check=_firewall_allow),
+    Setting("swarm_encrypted_overlays", False, (bool,), "open ESP between peers (refused when the kernel lacks "
+            "ESP/GCM)", "swarm", scope="cluster"),
+    Setting("swarm_default_addr_pool", [], (list,), "overlay subnets for `swarm init`, e.g. `['10.20.0.0/16']`",
+            "swarm", scope="cluster", check=_pools),
+    Setting("swarm_default_addr_pool_mask_length", None, (int,), "size of each overlay subnet for `swarm init`, "
+            "e.g. `24`", "swarm", scope="cluster", check=_mask),
+    Setting("swarm_data_path_port", 4789, (int,), "VXLAN port for `swarm init`; on a running swarm it must match "
+            "the swarm's (the firewall opens the port the swarm uses)", "swarm", scope="cluster",
+            check=_port_number(1024, 49151)),
+    Setting("swarm_data_path_addr", None, (str,), "IP or interface for overlay (VXLAN) traffic, at init and join; "
+            "default: the advertise address", "swarm", check=_data_path_addr),
+    Setting("swarm_availability", "active", (str,), "`active`, `pause` or `drain` (e.g. keep tasks off managers)",
+            "swarm", choices=("active", "pause", "drain")),
+    Setting("swarm_labels", {}, (dict,), "node labels, e.g. `{'zone': 'a'}`", "swarm", check=_labels),
+    Setting("swarm_force_rejoin", False, (bool,), "a host in a *different* swarm (or stuck `pending`) leaves it "
+            "and joins this one (otherwise it is stopped with an error); a `locked` manager is never made to leave",
+            "swarm"),
+    Setting("swarm_bootstrap", False, (bool,), "start a new swarm although some managers of the inventory weren't "
+            "reached (see *Never two swarms*)", "swarm", scope="cluster"),
+    # What runs on the swarm
+    Setting("registry_mode", None, (str,), "`service`, `host` or none (no registry)", "workloads", scope="cluster",
+            choices=("service", "host")),
+    Setting("registry_node", None, (str,), "the inventory host the registry runs on; its advertise address is "
+            "the registry's address", "workloads", scope="cluster", shown_default="first manager"),
+    Setting("registry_port", 5000, (int,), "published port (host mode: the port the registry listens on, opened "
+            "to the peers by the firewall)", "workloads", scope="cluster", check=_port_number(1, 65535)),
+    Setting("registry_image", "registry:2", (str,), "service mode: the registry's image", "workloads",
+            scope="cluster"),
+    Setting("registry_build", None, (str,), "service mode: a context directory to build the image from on the "
+            "registry's node (the lab builds Debian's `docker-registry`)", "workloads", scope="cluster"),
+    Setting("registry_tls", True, (bool,), "TLS with a certificate from the controller's CA; `False` writes the "
+            "registry into every node's `insecure-registries`", "workloads", scope="cluster"),
+    Setting("registry_users", {}, (dict,), "htpasswd users `{user: password}`; empty: the user `pyinfra-swarm` "
+            "with a password generated in the PKI directory (keep passwords out of the repo)", "workloads",
+            scope="cluster", check=_users),
+    Setting("registry_anonymous", False, (bool,), "`True`: no auth at all, anyone who reaches the port may push",
+            "workloads", scope="cluster"),
+    Setting("docker_image_archives", [], (list,), "`[{'image': ..., 'archive': PATH, 'group': 'all'}]`",
+            "workloads", scope="cluster", check=_archives),
+    Setting("docker_images", [], (list,), "`[{'name': ..., 'context': DIR, 'tag': ...}]`", "workloads",
+            scope="cluster", check=_images),
+    Setting("swarm_networks", {}, (dict,), "overlay networks `{name: {attachable, subnet, mtu, encrypted}}`",
+            "workloads", scope="cluster"),
+    Setting("swarm_secrets", {}, (dict,), "`{name: {'file': PATH} or {'value': ...}}`", "workloads",
+            scope="cluster", check=_sources),
+    Setting("swarm_configs", {}, (dict,), "same as secrets", "workloads", scope="cluster", check=_sources),
+    Setting("swarm_stacks", [], (list,), "`[{'name', 'template', 'state': 'present', 'vars': {}, 'timeout': 180}]`",
+            "workloads", scope="cluster", check=_stacks),
+    Setting("swarm_stacks_dir", "templates/stacks", (str,), "where stack templates live", "workloads",
+            scope="cluster"),
+    Setting("stack_vars", {}, (dict,), "variables for every stack template", "workloads", scope="cluster"),
+)  # fmt: skip
+SETTINGS = {s.key: s for s in SCHEMA}
+DEFAULTS: dict[str, Any] = {s.key: s.default for s in SCHEMA}
+
 # daemon.json keys whose value type is checked; other keys pass through unchecked.
 DAEMON_KEY_TYPES: dict[str, type | tuple[type, ...]] = {
-    "insecure-registries": list,
-    "registry-mirrors": list,
-    "log-driver": str,
-    "log-level": str,
-    "log-opts": dict,
-    "default-address-pools": list,
-    "mtu": int,
-    "metrics-addr": str,
-    "live-restore": bool,
-    "debug": bool,
-    "experimental": bool,
-    "max-concurrent-downloads": int,
-    "max-concurrent-uploads": int,
-    "storage-driver": str,
-    "data-root": str,
-    "labels": list,
-    "dns": list,
-    "features": dict,
-    "iptables": bool,
-    "ip-forward": bool,
-    "userland-proxy": bool,
-    "shutdown-timeout": int,
-}
+    "insecure-registries": list, "registry-mirrors": list, "log-driver": str, "log-level": str, "log-opts": dict,
+    "default-address-pools": list, "mtu": int, "metrics-addr": str, "live-restore": bool, "debug": bool,
+    "experimental": bool, "max-concurrent-downloads": int, "max-concurrent-uploads": int, "storage-driver": str,
+    "data-root": str, "labels": list, "dns": list, "features": dict, "iptables": bool, "ip-forward": bool,
+    "userland-proxy": bool, "shutdown-timeout": int,
+}  # fmt: skip
+
+
+def defaults(*keys: str) -> dict[str, Any]:
+    """`data_defaults` for a deploy that reads `keys`."""
+    return {key: DEFAULTS[key] for key in keys}
 
 
 def setting(host: Host, key: str) -> Any:
-    """A host's value for `key`, or its default: usable for any host, not only the one being deployed."""
+    """A host's value for `key`, or its default: the one way to read a setting, for any host (not only the
+    one being deployed)."""
     value = host.data.get(key)
     return DEFAULTS[key] if value is None else value
 
@@ -120,8 +290,9 @@ def validate_inventory(state: State) -> None:
     for host in managers:
         if host in workers:
             errors.append(f"inventory: host {host.name} is in both {MANAGERS} and {WORKERS}: pick one role")
+    hosts = managers + [h for h in workers if h not in managers]
     addresses: dict[str, str] = {}
-    for host in managers + [h for h in workers if h not in managers]:
+    for host in hosts:
         errors += [f"host {host.name}: {problem}" for problem in validate_host_data(host)]
         address = host.data.get("swarm_advertise_addr")
         if isinstance(address, str) and _looks_like_ip(address):
@@ -131,106 +302,66 @@ def validate_inventory(state: State) -> None:
                     f"{addresses[address]}: every node needs its own"
                 )
             addresses.setdefault(address, host.name)
+    errors += cluster_wide_differences(hosts)
     if errors:
         raise DeployError("bad inventory or group data:\n  " + "\n  ".join(errors))
 
 
-def validate_host_data(host: Host) -> list[str]:
-    """Problems with one host's data, each naming its key."""
-    problems: list[str] = []
-    address = host.data.get("swarm_advertise_addr")
-    if address is None or address == "":
-        problems.append(
-            "swarm_advertise_addr is missing: set it (group_data or host data) to the IP address, or the "
-            "interface name, other nodes reach this host on"
-        )
-    elif not isinstance(address, str):
-        problems.append(f"swarm_advertise_addr must be a string, not {type(address).__name__}")
-    elif _looks_like_ip(address):
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            problems.append(f"swarm_advertise_addr {address!r} is not a valid IP address")
-        else:
-            if ip.is_loopback or ip.is_unspecified or ip.is_multicast:
-                problems.append(f"swarm_advertise_addr {address} can't be reached from other nodes")
-    elif not INTERFACE_RE.match(address):
-        problems.append(f"swarm_advertise_addr {address!r} is neither an IP address nor an interface name")
-    data_path = setting(host, "swarm_data_path_addr")
-    if data_path is not None and not (
-        isinstance(data_path, str) and (_is_ip(data_path) or INTERFACE_RE.match(data_path))
-    ):
-        problems.append(f"swarm_data_path_addr {data_path!r} is neither an IP address nor an interface name")
-
-    source = setting(host, "docker_source")
-    if source not in SOURCES:
-        problems.append(f"docker_source {source!r} is unknown: use one of {', '.join(SOURCES)}")
-    firewall = setting(host, "swarm_firewall")
-    if firewall is False:
-        firewall = "none"
-    if firewall not in FIREWALLS:
-        problems.append(f"swarm_firewall {firewall!r} is unknown: use one of {', '.join(map(str, FIREWALLS))}")
-    if setting(host, "swarm_firewall_policy") not in ("deny", "allow"):
-        problems.append("swarm_firewall_policy must be 'deny' or 'allow'")
-    allow = setting(host, "swarm_firewall_allow")
-    if not isinstance(allow, list) or not all(isinstance(p, str) and _valid_port(p) for p in allow):
-        problems.append(
-            f"swarm_firewall_allow must be a list like ['22/tcp', '8000:8100/tcp'] with ports from 1 to 65535, "
-            f"not {allow!r}"
-        )
-    availability = setting(host, "swarm_availability")
-    if availability not in AVAILABILITIES:
-        problems.append(f"swarm_availability {availability!r} is unknown: use one of {', '.join(AVAILABILITIES)}")
-    labels = setting(host, "swarm_labels")
-    if not isinstance(labels, dict) or not all(
-        isinstance(k, str) and LABEL_KEY_RE.match(k) and isinstance(v, (str, int, float, bool))
-        for k, v in labels.items()
-    ):
-        problems.append(f"swarm_labels must map label names to plain values, not {labels!r}")
-    port = setting(host, "swarm_data_path_port")
-    if not isinstance(port, int) or isinstance(port, bool) or not 1024 <= port <= 49151:
-        problems.append(f"swarm_data_path_port must be a port number from 1024 to 49151, not {port!r}")
-    pools = setting(host, "swarm_default_addr_pool")
-    if not isinstance(pools, list) or not all(_is_cidr(pool) for pool in pools):
-        problems.append(f"swarm_default_addr_pool must be a list of CIDRs like ['10.20.0.0/16'], not {pools!r}")
-    mask = setting(host, "swarm_default_addr_pool_mask_length")
-    if mask is not None and (not isinstance(mask, int) or isinstance(mask, bool) or not 8 <= mask <= 30):
-        problems.append(f"swarm_default_addr_pool_mask_length must be a number from 8 to 30, not {mask!r}")
-    if not isinstance(setting(host, "docker_users"), list):
-        problems.append("docker_users must be a list of user names")
-    problems += validate_daemon_config(setting(host, "docker_daemon_config"))
-    problems += validate_workload_data(host)
-    return problems
-
-
-def validate_workload_data(host: Host) -> list[str]:
-    """Problems with the registry, image, object and stack settings (the files they name are checked when
-    they are read, still before anything changes)."""
+def cluster_wide_differences(hosts: list[Host]) -> list[str]:
+    """Cluster-wide settings must have one value: name the first host that differs from the first host."""
     problems = []
-    if setting(host, "registry_mode") not in (None, "service", "host"):
-        problems.append(f"registry_mode {setting(host, 'registry_mode')!r} is unknown: use service, host or None")
-    port = setting(host, "registry_port")
-    if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
-        problems.append(f"registry_port must be a port number, not {port!r}")
-    users = setting(host, "registry_users")
-    if not isinstance(users, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in users.items()):
-        problems.append("registry_users must map user names to passwords (strings)")
-    for index, entry in enumerate(setting(host, "docker_image_archives")):
-        if not isinstance(entry, dict) or not entry.get("image") or not entry.get("archive"):
-            problems.append(f"docker_image_archives[{index}] needs an image and an archive path")
-    for index, entry in enumerate(setting(host, "docker_images")):
-        if not isinstance(entry, dict) or not all(entry.get(k) for k in ("name", "context", "tag")):
-            problems.append(f"docker_images[{index}] needs a name, a context directory and a tag")
-    for key in ("swarm_secrets", "swarm_configs"):
-        for name, source in (setting(host, key) or {}).items():
-            if not isinstance(source, dict) or len({"file", "value"} & set(source)) != 1:
-                problems.append(f"{key}[{name!r}] needs exactly one of file or value")
-    for index, stack in enumerate(setting(host, "swarm_stacks")):
-        if not isinstance(stack, dict) or not stack.get("name") or not stack.get("template"):
-            problems.append(f"swarm_stacks[{index}] needs a name and a template")
-        elif stack.get("state", "present") not in ("present", "absent"):
-            problems.append(f"swarm_stacks[{index}] ({stack['name']}): state must be present or absent")
+    for item in SCHEMA:
+        if item.scope != "cluster" or not hosts:
+            continue
+        first = setting(hosts[0], item.key)
+        other = next((h for h in hosts[1:] if setting(h, item.key) != first), None)
+        if other is not None:
+            problems.append(
+                f"{item.key} is cluster-wide but differs between {hosts[0].name} ({first!r}) and {other.name} "
+                f"({setting(other, item.key)!r}): set it once, in group_data/all.py"
+            )
     return problems
+
+
+def validate_host_data(host: Host) -> list[str]:
+    """Problems with one host's data, each naming its key: unknown keys, types, allowed values, checks."""
+    problems: list[str] = []
+    data = host.data.dict()
+    for key in sorted(data):
+        if key.startswith(PREFIXES) and key not in SETTINGS:
+            close = difflib.get_close_matches(key, list(SETTINGS), n=1)
+            hint = f": did you mean {close[0]}?" if close else " (see the README's settings tables)"
+            problems.append(f"{key} is not a setting of pyinfra-swarm{hint}")
+    for item in SCHEMA:
+        value = data.get(item.key)
+        if item.key == "swarm_advertise_addr" and value is None:
+            problems.append(
+                "swarm_advertise_addr is missing: set it (group_data or host data) to the IP address, or the "
+                "interface name, other nodes reach this host on"
+            )
+            continue
+        if value is None:
+            continue
+        problem = _problem(item, value)
+        if problem:
+            problems.append(problem)
+    return problems
+
+
+def _problem(item: Setting, value: Any) -> str | None:
+    if item.choices and value not in item.choices:
+        allowed = ", ".join(str(c) for c in item.choices if c is not False)
+        return f"{item.key} {value!r} is unknown: use one of {allowed}"
+    bool_where_number = isinstance(value, bool) and bool not in item.types
+    if not isinstance(value, item.types) or bool_where_number:
+        names = " or ".join(t.__name__ for t in item.types)
+        if item.key == "docker_daemon_config":
+            return f"docker_daemon_config must be a mapping of daemon.json options, not {type(value).__name__}"
+        return f"{item.key} must be a {names}, not {type(value).__name__} ({value!r})"
+    problem = item.check(value) if item.check else None
+    if problem is None:
+        return None
+    return f"{item.key}{problem}" if problem.startswith(("[", "[")) else f"{item.key} {problem}"
 
 
 def validate_daemon_config(config: Any) -> list[str]:
@@ -248,7 +379,7 @@ def validate_daemon_config(config: Any) -> list[str]:
             "docker_daemon_config['live-restore'] is true, which Docker does not support in swarm mode: remove it"
         )
     for pool in config.get("default-address-pools") or []:
-        if not isinstance(pool, dict) or not _is_cidr(pool.get("base")) or not isinstance(pool.get("size"), int):
+        if not isinstance(pool, dict) or not _cidr(pool.get("base")) or not isinstance(pool.get("size"), int):
             problems.append(
                 f"docker_daemon_config['default-address-pools'] entries need a CIDR 'base' and an int 'size', "
                 f"not {pool!r}"
@@ -262,30 +393,16 @@ def _has_type(value: Any, expected: type | tuple[type, ...]) -> bool:
     return isinstance(value, expected)
 
 
-def _valid_port(spec: str) -> bool:
-    """'80/tcp' or '8000:8100/udp' with every number from 1 to 65535 and a range in order."""
-    match = PORT_RE.match(spec)
-    if not match:
-        return False
-    first, last = int(match.group(1)), int(match.group(2) or match.group(1))
-    return 1 <= first <= last <= 65535
+def markdown_table(table: str) -> str:
+    """The README's settings table `table` ("swarm" or "workloads"), from SCHEMA."""
+    rows = ["| key | default | scope | meaning |", "| --- | --- | --- | --- |"]
+    for item in SCHEMA:
+        if item.table == table:
+            shown = item.shown_default or ("none" if item.default is None else f"`{item.default!r}`")
+            rows.append(f"| `{item.key}` | {shown} | {item.scope} | {item.meaning} |")
+    return "\n".join(rows) + "\n"
 
 
-def _is_ip(value: str) -> bool:
-    try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        return False
-    return True
-
-
-def _looks_like_ip(value: str) -> bool:
-    return bool(re.fullmatch(r"[0-9.]+", value)) or ":" in value
-
-
-def _is_cidr(value: Any) -> bool:
-    try:
-        ipaddress.ip_network(value, strict=True)
-    except (TypeError, ValueError):
-        return False
-    return True
+if __name__ == "__main__":
+    for name in sys.argv[1:] or ["swarm", "workloads"]:
+        print(markdown_table(name))

@@ -11,16 +11,13 @@ from typing import Any
 os.environ["PYINFRA_FAKE_DELAY"] = os.environ["PYINFRA_FAKE_DELAY_JITTER"] = "0"
 
 from pyinfra.api import Config, Inventory, State
+from pyinfra.api.command import FileUploadCommand, FunctionCommand
 from pyinfra.api.connect import connect_all
 from pyinfra.api.deploy import add_deploy
 from pyinfra.context import ctx_host, ctx_state
 
-import pyinfra_swarm.daemon
-import pyinfra_swarm.firewall
-import pyinfra_swarm.install
-import pyinfra_swarm.swarm  # noqa: F401  (each deploy module registers the facts it gathers)
 from pyinfra_swarm.facts import Bundle
-from pyinfra_swarm.hostfacts import _REGISTRY
+from pyinfra_swarm.plan import HOST_FACTS
 
 KERNEL_FULL = ["CONFIG_VXLAN=m", "CONFIG_IP_VS=m", "CONFIG_INET_ESP=m", "CONFIG_CRYPTO_GCM=y", "CONFIG_XFRM_USER=m",
                "CONFIG_OVERLAY_FS=m", "CONFIG_BRIDGE_NETFILTER=m"]  # fmt: skip
@@ -68,7 +65,7 @@ def host(
         "sshd_ports": [f"port {port}" for port in sshd_ports],
     }
     bundle: list[str] = []
-    for fact_name in _REGISTRY:
+    for fact_name in HOST_FACTS:
         bundle += [*sections[fact_name], Bundle.SEPARATOR]
     responses: dict[Any, Any] = {
         "echo apparmor=": bundle[:-1],  # the Bundle of registered facts (planned ones answer nothing)
@@ -90,6 +87,16 @@ def _self_node(node_id: str, hostname: str) -> dict[str, Any]:
     return {"ID": node_id, "Description": {"Hostname": hostname}, "Status": {"State": "ready"},
             "Spec": {"Role": "manager", "Availability": "active", "Labels": {}},
             "ManagerStatus": {"Leader": True, "Reachability": "reachable"}}  # fmt: skip
+
+
+def describe(command: Any) -> str:
+    """A planned command as tests compare it: a shell command as it would run (secrets masked), an upload as
+    `upload DEST`, a callback as `function(args...)`."""
+    if isinstance(command, FunctionCommand):
+        return f"{command.function.__name__}({', '.join(repr(arg) for arg in command.args)})"
+    if isinstance(command, FileUploadCommand):
+        return f"upload {command.dest}"
+    return str(command)
 
 
 class Step(tuple):
@@ -125,7 +132,7 @@ def plan(deploys: list, managers: list, workers: list | None = None, limit: list
             op = state.get_op_data_for_host(inventory_host, op_hash)
             name = ", ".join(sorted(state.get_op_meta(op_hash).names))
             with ctx_state.use(state), ctx_host.use(inventory_host):
-                step = Step((name, [str(command) for command in op.command_generator()]))
+                step = Step((name, [describe(command) for command in op.command_generator()]))
             step.serial = bool(state.get_op_meta(op_hash).global_arguments.get("_serial"))
             if step[1]:  # operations that run nothing (no change, the join barrier) are left out
                 steps.append(step)

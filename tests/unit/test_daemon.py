@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from pyinfra_swarm.daemon import apply_action, configure_daemon, render
+from pyinfra_swarm.deploys.daemon import apply_action, configure_daemon, render
 from tests.unit.fakes import commands, host, plan
 
 ACTIVE = json.dumps({"LocalNodeState": "active", "NodeID": "n1", "ControlAvailable": True, "Cluster": {"ID": "c"}})
@@ -26,7 +26,7 @@ def test_unchanged_config_plans_nothing():
 
 def test_first_write_before_docker_is_installed_needs_no_restart():
     cmds = _plan(None, DEFAULT, swarm=None)
-    assert any("FileUploadCommand" in c and "/etc/docker/daemon.json" in c for c in cmds)
+    assert "upload /etc/docker/daemon.json" in cmds
     assert not any("systemctl" in c for c in cmds)
 
 
@@ -50,7 +50,7 @@ def test_a_swarm_node_restarts_drained_and_one_at_a_time():
     assert restart.serial and "(managers, one at a time)" in restart[0]
     drain, command, restore = restart[1]
     assert command == "systemctl restart docker"
-    assert drain.startswith("FunctionCommand(_drain, ('n1',") and restore.startswith("FunctionCommand(_restore")
+    assert drain.startswith("_drain('n1',") and restore.startswith("_restore('n1',")
 
 
 @pytest.mark.parametrize(

@@ -84,7 +84,7 @@ def test_ufw_state_and_firewalld_zone():
 
 
 def test_image_contexts_tell_missing_from_unlabelled_images():
-    from pyinfra_swarm.artifacts import ImageContexts
+    from pyinfra_swarm.facts import ImageContexts
 
     fact = ImageContexts()
     assert "if docker image inspect" in fact.command(images=["debian:bookworm"])  # docker 20.10 prints "" if missing

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pyinfra_swarm.firewall import (
+from pyinfra_swarm.deploys.firewall import (
     configure_firewall,
     firewalld_commands,
     iptables_script,

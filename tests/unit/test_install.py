@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pyinfra_swarm.install import install_docker, package_specs, plan_packages
+from pyinfra_swarm.deploys.install import install_docker, package_specs, plan_packages
 from tests.unit.fakes import ROCKY, UBUNTU, commands, host, plan
 
 DOCKER_CE = "docker-ce docker-ce-cli containerd.io docker-buildx-plugin docker-compose-plugin"

@@ -10,13 +10,15 @@ import logging
 import pytest
 from pyinfra.api.exceptions import DeployError, PyinfraError
 
-from pyinfra_swarm.cluster import _init_host, _warn_clock_skew, _warn_small_mtu
-from pyinfra_swarm.install import apt_swap_command, hold_commands, install_docker
-from pyinfra_swarm.objects import stale_versions
-from pyinfra_swarm.registry import configure_registry, credentials, host_config, login_digest
+from pyinfra_swarm.deploys.install import apt_swap_command, hold_commands, install_docker
+from pyinfra_swarm.deploys.registry import configure_registry, credentials, host_config
+from pyinfra_swarm.deploys.stacks import stale_versions
+from pyinfra_swarm.deploys.swarm import configure_nodes, join_swarm
+from pyinfra_swarm.facts import Bundle
+from pyinfra_swarm.operations.registry import login_digest
+from pyinfra_swarm.operations.swarm import converged, join_body, join_result, stack_progress
+from pyinfra_swarm.plan import _init_host, _warn_clock_skew, _warn_small_mtu
 from pyinfra_swarm.settings import validate_host_data
-from pyinfra_swarm.stacks import converged, stack_progress
-from pyinfra_swarm.swarm import configure_nodes, join_body, join_result, join_swarm
 from tests.unit.fakes import commands, host, plan
 from tests.unit.test_swarm import node, nodes, swarm
 
@@ -33,7 +35,7 @@ def _member(name: str, address: str, node_id: str, manager: bool, **data):
 def test_limit_to_a_new_manager_joins_the_swarm_of_the_managers_outside_the_limit():
     planned = plan([join_swarm, configure_nodes], [_member("m1", "10.1.0.1", "M1", True), host("m2", "10.1.0.2")],
                    [_member("w1", "10.1.0.3", "W1", False)], limit=["m2"])  # fmt: skip
-    assert commands(planned["m2"]) == ["FunctionCommand(_join, ('manager', '10.1.0.2', None), {})"]
+    assert commands(planned["m2"]) == ["_join('manager', '10.1.0.2', ['@fake/m1', '@fake/m2'], None)"]
     assert planned["m1"] is None and planned["w1"] is None  # read, never changed
 
 
@@ -54,17 +56,19 @@ class _Host:
     """Just enough of a pyinfra Host for the plan's pure functions."""
 
     def __init__(self, name: str, manager: bool, data: dict) -> None:
-        self.name, self.data = name, data
+        self.name, self.data = name, _Data(data)
         self.groups = ["swarm_managers" if manager else "swarm_workers"]
+
+
+class _Data(dict):
+    """Host data: `get` and `dict` as pyinfra's HostData has them."""
+
+    def dict(self) -> dict:
+        return dict(self)
 
 
 def _fake(name: str, manager: bool = True, **data):
     return _Host(name, manager, data)
-
-
-class _View:
-    def __init__(self, managers: list) -> None:
-        self.managers = managers
 
 
 def test_no_init_while_a_manager_that_may_hold_the_swarm_is_unreachable():
@@ -139,10 +143,10 @@ def test_an_engine_upgrade_on_a_swarm_node_is_one_drained_transaction():
     upgrade = next(step for step in steps if "one at a time" in step[0])
     assert upgrade.serial and "(managers, one at a time)" in upgrade[0]
     drain, _, install, restore = upgrade[1]
-    assert drain.startswith("FunctionCommand(_drain, ('M1', ['@fake/m1'], 120)")
+    assert drain == "_drain('M1', ['@fake/m1'], 120)"
     assert "apt-get install -y -q --no-install-recommends --allow-downgrades --allow-change-held-packages" in install
     assert install.endswith("'docker.io=20.10.24*'")
-    assert restore.startswith("FunctionCommand(_restore, ('M1', ['@fake/m1'], 'active', 180)")
+    assert restore == "_restore('M1', ['@fake/m1'], 'active', 180)"
     assert commands(steps)[-1] == "apt-mark hold docker.io"
 
 
@@ -168,39 +172,40 @@ def test_a_source_switch_is_one_apt_transaction():
 
 
 def test_registry_auth_is_on_by_default_with_a_generated_password(pki_dir):
-    view = _View([_fake("m1")])
-    users = credentials(view)
+    first = _fake("m1")
+    users = credentials(first)
     assert list(users) == ["pyinfra-swarm"] and len(users["pyinfra-swarm"]) >= 24
-    assert credentials(view) == users  # made once, kept on the controller
+    assert credentials(first) == users  # made once, kept on the controller
     assert (pki_dir / "registry-password").stat().st_mode & 0o777 == 0o600
-    assert credentials(_View([_fake("m1", registry_anonymous=True)])) == {}
-    assert credentials(_View([_fake("m1", registry_users={"ci": "pw"})])) == {"ci": "pw"}
+    assert credentials(_fake("m1", registry_anonymous=True)) == {}
+    assert credentials(_fake("m1", registry_users={"ci": "pw"})) == {"ci": "pw"}
 
 
-def _registry_plan(monkeypatch, logins: dict[str, str], labels_on: str = "M1"):
-    """The registry deploy on m1 (the acting manager and the registry's node), the planned facts given."""
-    import pyinfra_swarm.registry
-
+def _registry_plan(logins: dict[str, str], labels_on: str = "M1"):
+    """The registry deploy on m1 (the acting manager and the registry's node), with these logins on m1."""
     label = {"pyinfra-swarm.registry": "true"}
     listing = nodes(node("M1", "m1", "manager", labels=label if labels_on == "M1" else {}),
                     node("M2", "m2", "manager", labels=label if labels_on == "M2" else {}))  # fmt: skip
-    facts = {"registry_ca": {}, "registry_stack": {}, "swarm_stacks": [], "registry_logins": logins,
-             "swarm_objects": {"network": [], "secret": [], "config": []}}  # fmt: skip
-    monkeypatch.setattr(pyinfra_swarm.registry, "planned_fact", lambda view, name, target=None: facts[name])
     data = {"registry_mode": "service", "registry_node": "@fake/m1", "registry_users": {"ci": "pw"}}
-    managers = [host("m1", "10.1.0.1", swarm=swarm("M1", True), nodes=listing, **data),
+    config = json.dumps({"auths": {registry: {"auth": ""} for registry in logins}})
+    marker = [f"{registry} {digest}" for registry, digest in logins.items()]
+    # The planned facts' Bundle on m1: CA file, the registry's stack file, stacks, objects, logins.
+    planned = ["", Bundle.SEPARATOR, "", Bundle.SEPARATOR, Bundle.SEPARATOR, Bundle.SEPARATOR, config, "##logins##",
+               *marker]  # fmt: skip
+    managers = [host("m1", "10.1.0.1", swarm=swarm("M1", True), nodes=listing, extra={"##logins##": planned},
+                     **data),
                 host("m2", "10.1.0.2", swarm=swarm("M2", True), **data)]  # fmt: skip
     return commands(plan([configure_registry], managers)["m1"])
 
 
-def test_the_acting_manager_logs_in_again_when_the_credentials_change(monkeypatch):
+def test_the_acting_manager_logs_in_again_when_the_credentials_change():
     digest = login_digest("10.1.0.1:5000", "ci", "pw")
-    fresh = _registry_plan(monkeypatch, {})
-    assert any(c.startswith("FunctionCommand(_login, ('10.1.0.1:5000', 'ci'") for c in fresh)
+    fresh = _registry_plan({})
+    assert "docker login --username ci --password-stdin 10.1.0.1:5000" in fresh
     assert any("pyinfra-swarm-logins" in c and digest in c for c in fresh)
-    assert not any("_login" in c for c in _registry_plan(monkeypatch, {"10.1.0.1:5000": digest}))
-    assert any("_login" in c for c in _registry_plan(monkeypatch, {"10.1.0.1:5000": "0123"}))  # another password
-    assert any("_login" in c for c in _registry_plan(monkeypatch, {"10.1.0.1:5000": ""}))  # logged in by hand
+    assert not any("docker login" in c for c in _registry_plan({"10.1.0.1:5000": digest}))
+    assert any("docker login" in c for c in _registry_plan({"10.1.0.1:5000": "0123"}))  # another password
+    assert any("docker login" in c for c in _registry_plan({"10.1.0.1:5000": ""}))  # logged in by hand
 
 
 def test_registry_logins_fact_reads_no_credentials():
@@ -212,8 +217,8 @@ def test_registry_logins_fact_reads_no_credentials():
     assert fact.process(output) == {"other:443": "", "r:5000": "abc"}
 
 
-def test_a_moved_registry_takes_its_node_label_along(monkeypatch):
-    cmds = _registry_plan(monkeypatch, {}, labels_on="M2")
+def test_a_moved_registry_takes_its_node_label_along():
+    cmds = _registry_plan({}, labels_on="M2")
     labels = next(c for c in cmds if "pyinfra-swarm.registry" in c and "node update" in c)
     assert labels.startswith("docker node update --label-rm pyinfra-swarm.registry M2")
 

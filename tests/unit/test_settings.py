@@ -7,7 +7,7 @@ import re
 import pytest
 from pyinfra.api.exceptions import PyinfraError
 
-from pyinfra_swarm.preflight import kernel_report, preflight
+from pyinfra_swarm.deploys.preflight import kernel_report, preflight
 from pyinfra_swarm.settings import validate_daemon_config
 from tests.unit.fakes import host, plan
 

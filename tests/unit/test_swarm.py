@@ -8,7 +8,7 @@ import re
 import pytest
 from pyinfra.api.exceptions import PyinfraError
 
-from pyinfra_swarm.swarm import configure_nodes, join_swarm
+from pyinfra_swarm.deploys.swarm import configure_nodes, join_swarm
 from tests.unit.fakes import commands, host, plan
 
 
@@ -35,17 +35,18 @@ def _plan(managers, workers=()):
 
 
 def test_fresh_hosts_init_on_the_first_manager_and_join_the_rest():
+    cluster = {"swarm_default_addr_pool": ["10.20.0.0/16"], "swarm_default_addr_pool_mask_length": 24,
+               "swarm_data_path_port": 4790}  # fmt: skip
     planned = _plan(
-        [host("m1", "10.1.0.1", swarm_default_addr_pool=["10.20.0.0/16"], swarm_default_addr_pool_mask_length=24,
-              swarm_data_path_port=4790, swarm_availability="drain"), host("m2", "10.1.0.2")],
-        [host("w1", "10.1.0.3", swarm_labels={"zone": "a", "ssd": True})],
+        [host("m1", "10.1.0.1", swarm_availability="drain", **cluster), host("m2", "10.1.0.2", **cluster)],
+        [host("w1", "10.1.0.3", swarm_labels={"zone": "a", "ssd": True}, **cluster)],
     )  # fmt: skip
     assert commands(planned["m1"])[0] == (
         "docker swarm init --advertise-addr 10.1.0.1 --listen-addr 10.1.0.1:2377 --default-addr-pool 10.20.0.0/16 "
         "--default-addr-pool-mask-length 24 --data-path-port 4790 --availability drain"
     )
-    assert commands(planned["m2"]) == ["FunctionCommand(_join, ('manager', '10.1.0.2', None), {})"]
-    assert commands(planned["w1"]) == ["FunctionCommand(_join, ('worker', '10.1.0.3', None), {})"]
+    assert commands(planned["m2"]) == ["_join('manager', '10.1.0.2', ['@fake/m1', '@fake/m2'], None)"]
+    assert commands(planned["w1"]) == ["_join('worker', '10.1.0.3', ['@fake/m1', '@fake/m2'], None)"]
     assert commands(planned["m1"])[1:] == [
         "docker node update --availability drain m1",
         "docker node update --label-add ssd=true --label-add zone=a "
@@ -66,7 +67,7 @@ def test_any_reachable_manager_in_the_swarm_acts_when_the_first_is_fresh():
         [host("m1", "10.1.0.1"), host("m2", "10.1.0.2", swarm=swarm("M2", True), nodes=listing)],
         [host("w1", "10.1.0.3", swarm=swarm("W1", False))],
     )
-    assert commands(planned["m1"]) == ["FunctionCommand(_join, ('manager', '10.1.0.1', None), {})"]
+    assert commands(planned["m1"]) == ["_join('manager', '10.1.0.1', ['@fake/m2', '@fake/m1'], None)"]
     assert commands(planned["m2"]) == []  # no init: a manager is already in the swarm
 
 
@@ -96,7 +97,7 @@ def test_a_rejoining_host_has_its_stale_entry_removed():
     listing = nodes(node("M1", "m1", "manager"), node("OLD", "w1", state="down"))
     planned = _plan([host("m1", "10.1.0.1", swarm=swarm("M1", True), nodes=listing)],
                     [host("w1", "10.1.0.2", swarm=swarm("", False, state="inactive"))])  # fmt: skip
-    assert commands(planned["w1"]) == ["FunctionCommand(_join, ('worker', '10.1.0.2', None), {})"]
+    assert commands(planned["w1"]) == ["_join('worker', '10.1.0.2', ['@fake/m1'], None)"]
     assert commands(planned["m1"]) == ["docker node rm --force OLD"]
 
 
@@ -110,7 +111,7 @@ def test_a_host_in_another_swarm_is_stopped_unless_force_rejoin():
     forced = _plan(managers, [host("w1", "10.1.0.2", swarm=swarm("W1", False)), forced_w2])
     assert commands(forced["w2"]) == [
         "docker swarm leave --force",
-        "FunctionCommand(_join, ('worker', '10.1.0.3', None), {})",
+        "_join('worker', '10.1.0.3', ['@fake/m1'], None)",
     ]
 
 
@@ -137,7 +138,7 @@ def test_an_even_number_of_managers_is_warned_about(caplog):
 
 def test_a_swarm_without_a_leader_is_waited_for_then_reported(monkeypatch):
     """Right after a manager is lost the others can't list nodes: never take that for "another swarm"."""
-    monkeypatch.setattr("pyinfra_swarm.cluster.LEADER_WAIT", 0.1)
+    monkeypatch.setattr("pyinfra_swarm.plan.LEADER_WAIT", 0.1)
     no_leader = "##pyinfra-swarm-no-node-list##"
     with pytest.raises(PyinfraError, match="no manager of the swarm can list its nodes"):
         _plan([host("m1", "10.1.0.1", swarm=swarm("M1", True), nodes=no_leader)],

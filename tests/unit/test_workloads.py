@@ -10,12 +10,11 @@ import pytest
 import yaml
 from cryptography import x509
 
-from pyinfra_swarm.artifacts import context_archive
-from pyinfra_swarm.objects import network_command, versioned
+from pyinfra_swarm.deploys.artifacts import context_archive
+from pyinfra_swarm.deploys.registry import host_config, htpasswd, service_stack
+from pyinfra_swarm.operations.swarm import replica_counts, versioned
 from pyinfra_swarm.pki import server_certificate
-from pyinfra_swarm.registry import host_config, htpasswd, service_stack
 from pyinfra_swarm.stackfiles import StackError, check, render
-from pyinfra_swarm.stacks import replica_counts
 
 DEMO = Path(__file__).resolve().parents[2] / "templates" / "stacks" / "demo.yml.j2"
 DEMO_CONTEXT = {"registry": "10.1.0.1:5000", "demo_version": "1", "greeting": "hi", "web_replicas": 3, "web_port": 8080,
@@ -103,9 +102,15 @@ def test_registry_certificate_is_signed_by_the_ca_for_its_address(tmp_path):
 def test_objects_are_versioned_by_content():
     assert versioned("db", "a") == versioned("db", "a") != versioned("db", "b")
     assert re.fullmatch(r"db_[0-9a-f]{10}", versioned("db", "a"))
-    command = network_command("backend", {"attachable": True, "subnet": "10.30.0.0/24", "mtu": 1400, "encrypted": True})
-    assert command == ("docker network create --driver overlay --attachable --subnet 10.30.0.0/24 "
-                       "--opt com.docker.network.driver.mtu=1400 --opt encrypted backend")  # fmt: skip
+    from pyinfra_swarm.deploys.objects import configure_objects
+    from tests.unit.fakes import commands, host, plan
+
+    networks = {"backend": {"attachable": True, "subnet": "10.30.0.0/24", "mtu": 1400, "encrypted": True}}
+    manager = host("m1", "10.1.0.1", swarm_networks=networks, swarm_secrets={"db": {"value": "a"}})
+    cmds = commands(plan([configure_objects], [manager])["m1"])
+    assert cmds == ["docker network create --driver overlay --attachable --subnet 10.30.0.0/24 "
+                    "--opt com.docker.network.driver.mtu=1400 --opt encrypted backend",
+                    f"docker secret create {versioned('db', 'a')} -"]  # fmt: skip
 
 
 def test_build_context_archive_is_deterministic(tmp_path):
@@ -127,8 +132,8 @@ def test_replica_counts():
 def test_registry_host_mode_plan(tmp_path, monkeypatch):
     """Host mode: Debian's docker-registry on the registry node, the CA on every node, the port opened to
     the peers by the firewall, the acting manager logged in."""
-    from pyinfra_swarm.firewall import configure_firewall
-    from pyinfra_swarm.registry import configure_registry
+    from pyinfra_swarm.deploys.firewall import configure_firewall
+    from pyinfra_swarm.deploys.registry import configure_registry
     from tests.unit.fakes import commands, host, plan
 
     monkeypatch.setenv("PYINFRA_SWARM_PKI_DIR", str(tmp_path))
@@ -143,5 +148,5 @@ def test_registry_host_mode_plan(tmp_path, monkeypatch):
     )
     for file in ("config.yml", "registry.crt", "registry.key", "htpasswd"):
         assert f"/etc/docker/registry/{file}" in registry_node
-    assert "FunctionCommand(_login, ('10.1.0.2:5000', 'swarm', 'pw'), {})" in commands(planned["m1"])
+    assert "docker login --username swarm --password-stdin 10.1.0.2:5000" in commands(planned["m1"])
     assert "docker-registry" not in " ".join(commands(planned["w2"]))

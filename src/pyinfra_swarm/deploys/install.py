@@ -11,37 +11,18 @@ from pyinfra.facts.deb import DebArch
 from pyinfra.facts.server import LinuxDistribution
 from pyinfra.operations import apt, dnf, files, server, systemd
 
-from pyinfra_swarm.cluster import cluster, current_host
-from pyinfra_swarm.facts import DockerPackages, KernelFeatures, ServiceStates
-from pyinfra_swarm.hostfacts import host_fact, register
-from pyinfra_swarm.maintenance import in_turn, window
-from pyinfra_swarm.settings import DEFAULTS, is_manager, swarm_hosts
+from pyinfra_swarm.operations.maintenance import in_turn, window
+from pyinfra_swarm.plan import APT_CONFLICTS, DNF_CONFLICTS, DOCKER_CE_PACKAGES, ClusterPlan, current_host, plan_cluster
+from pyinfra_swarm.settings import defaults, is_manager, setting
 
 DEBIAN_FAMILY = {"debian": "debian", "raspbian": "raspbian", "ubuntu": "ubuntu"}
 # Docker's dnf repositories by distribution; Rocky and Alma use the CentOS one.
 RHEL_FAMILY = {"centos": "centos", "rocky": "centos", "almalinux": "centos", "rhel": "rhel", "fedora": "fedora"}
-
-DOCKER_CE_PACKAGES = ["docker-ce", "docker-ce-cli", "containerd.io", "docker-buildx-plugin", "docker-compose-plugin"]
 DISTRO_PACKAGES = ["docker.io"]
-# What each source conflicts with (Docker's install guide lists these).
-APT_CONFLICTS = {
-    "docker-ce": [
-        "docker.io",
-        "docker-doc",
-        "docker-compose",
-        "docker-compose-v2",
-        "podman-docker",
-        "containerd",
-        "runc",
-    ],
-    "distro": DOCKER_CE_PACKAGES,
-}
-DNF_CONFLICTS = [
-    "docker", "docker-client", "docker-client-latest", "docker-common", "docker-latest", "docker-latest-logrotate",
-    "docker-logrotate", "docker-engine", "podman", "runc", "moby-engine",
-]  # fmt: skip
-
-SETTINGS = ["docker_source", "docker_version", "docker_ce_repo_url", "docker_ce_channel", "docker_users"]
+# What each source conflicts with on apt.
+CONFLICTS = {"docker-ce": APT_CONFLICTS, "distro": DOCKER_CE_PACKAGES}
+# The packages a version pin applies to, held (apt-mark hold) while pinned so that `apt upgrade` leaves them.
+PINNED = {"docker-ce", "docker-ce-cli", "docker.io"}
 
 
 def package_specs(packages: list[str], version: str | None, manager: str) -> list[str]:
@@ -52,25 +33,13 @@ def package_specs(packages: list[str], version: str | None, manager: str) -> lis
     return [f"{name}{separator}{version}" if name in PINNED else name for name in packages]
 
 
-ALL_PACKAGES = sorted(
-    set(DOCKER_CE_PACKAGES + DISTRO_PACKAGES + APT_CONFLICTS["docker-ce"] + DNF_CONFLICTS + ["apparmor", "curl"])
-)
-# The packages a version pin applies to, held (apt-mark hold) while pinned so that `apt upgrade` leaves them.
-PINNED = {"docker-ce", "docker-ce-cli", "docker.io"}
-
-
-register("packages", DockerPackages, packages=ALL_PACKAGES)
-register("kernel", KernelFeatures)
-register("docker_service", ServiceStates, services=["docker.service"])
-
-
 def plan_packages(manager: str | None, source: str, installed: dict[str, str], version: str | None,
                   apparmor: bool) -> tuple[list[str], list[str], bool]:  # fmt: skip
     """(conflicting packages to remove, packages wanted, whether an install is needed)."""
     if manager == "dnf":
         conflicts, wanted = DNF_CONFLICTS, list(DOCKER_CE_PACKAGES)
     else:
-        conflicts = APT_CONFLICTS[source]
+        conflicts = CONFLICTS[source]
         wanted = list(DOCKER_CE_PACKAGES if source == "docker-ce" else DISTRO_PACKAGES)
         if source == "distro" and apparmor:
             wanted.append("apparmor")  # Docker needs apparmor_parser where AppArmor is enabled
@@ -102,41 +71,42 @@ def apt_swap_command(remove: list[str], wanted: list[str], version: str | None) 
     )
 
 
-@deploy("Install Docker", data_defaults={key: DEFAULTS[key] for key in SETTINGS})
-def install_docker() -> None:
+@deploy("Install Docker", data_defaults=defaults("docker_source", "docker_version", "docker_ce_repo_url",
+                                           "docker_ce_channel", "docker_users"))  # fmt: skip
+def install_docker(plan: ClusterPlan | None = None) -> None:
     """Install Docker from data's `docker_source`, remove conflicting packages, start and enable it. On a
     node already in the swarm, an engine change (a new version, a source switch) runs one node at a time,
-    with the node drained (see maintenance.py)."""
-    source = host.data.docker_source
-    facts = host_fact("packages")
+    with the node drained (see operations/maintenance.py)."""
+    plan = plan or plan_cluster()
+    this = current_host()
+    source = setting(this, "docker_source")
+    facts = plan.fact("packages")
     manager = facts["manager"]
     if manager not in ("apt", "dnf"):
-        raise DeployError(f"host {host.name}: neither apt nor dnf found: Debian, Ubuntu or the RHEL family needed")
+        raise DeployError(f"host {this.name}: neither apt nor dnf found: Debian, Ubuntu or the RHEL family needed")
     if manager == "dnf" and source != "docker-ce":
         raise DeployError(
-            f"host {host.name}: docker_source {source!r} needs Debian or Ubuntu; RHEL-family hosts ship podman: "
+            f"host {this.name}: docker_source {source!r} needs Debian or Ubuntu; RHEL-family hosts ship podman: "
             "use docker_source: docker-ce"
         )
-    apparmor = bool(host_fact("kernel").get("APPARMOR"))
+    apparmor = bool(plan.fact("kernel").get("APPARMOR"))
     installed = facts["packages"]
-    version = host.data.docker_version
+    version = setting(this, "docker_version")
     remove, wanted, install = plan_packages(manager, source, installed, version, apparmor)
-    this = current_host()
-    member = window(cluster(host.state), this) if this in swarm_hosts(host.state) else None
     if manager == "apt":
         if "curl" not in installed:
             apt.packages(name="curl (joins go to Docker's API)", packages=["curl"], update=True, no_recommends=True)
-        _install_apt(source, remove, wanted, install, member)
+        _install_apt(source, remove, wanted, install, window(plan, this))
         holds = hold_commands(wanted, installed, facts.get("held", []), version)
         if holds:
             server.shell(name="Hold the pinned Docker packages" if version else "Release held Docker packages",
                          commands=holds)  # fmt: skip
     else:
         _install_dnf(remove, install)
-    service = host_fact("docker_service").get("docker.service", {})
+    service = plan.fact("docker_service").get("docker.service", {})
     if not (service.get("active") and service.get("enabled")):
         systemd.service(name="Docker is running and enabled", service="docker", running=True, enabled=True)
-    for user in host.loop(host.data.docker_users):
+    for user in host.loop(setting(this, "docker_users")):
         server.user(name=f"{user} is in the docker group", user=user, groups=["docker"], append=True)
 
 
@@ -146,7 +116,7 @@ def _install_apt(source: str, remove: list[str], wanted: list[str], install: boo
         if source == "docker-ce":
             _docker_ce_apt_repository()
         commands = ["DEBIAN_FRONTEND=noninteractive apt-get update -q", apt_swap_command(remove, wanted,
-                    host.data.docker_version)]  # fmt: skip
+                    setting(current_host(), "docker_version"))]  # fmt: skip
         in_turn(f"Install Docker ({source})", commands, member, is_manager(host))
         return
     if remove:
@@ -155,7 +125,7 @@ def _install_apt(source: str, remove: list[str], wanted: list[str], install: boo
         return
     if source == "docker-ce":
         _docker_ce_apt_repository()
-    version = host.data.docker_version
+    version = setting(current_host(), "docker_version")
     apt.packages(
         name=f"Install Docker ({source})",
         packages=package_specs(wanted, version, "apt"),
@@ -172,7 +142,7 @@ def _docker_ce_apt_repository() -> None:
     if distro not in DEBIAN_FAMILY:
         raise DeployError(f"host {host.name}: Docker's apt repository has no packages for {distro!r}")
     codename = meta.get("UBUNTU_CODENAME") or meta.get("VERSION_CODENAME")
-    base = f"{host.data.docker_ce_repo_url}/{DEBIAN_FAMILY[distro]}"
+    base = f"{setting(current_host(), 'docker_ce_repo_url')}/{DEBIAN_FAMILY[distro]}"
     apt.packages(name="Tools to fetch Docker's signing key", packages=["ca-certificates", "curl"], update=True)
     files.directory(name="Directory for apt keyrings", path="/etc/apt/keyrings", mode="0755")
     files.download(name="Docker's apt signing key", src=f"{base}/gpg", dest="/etc/apt/keyrings/docker.asc", mode="0644")
@@ -182,7 +152,7 @@ def _docker_ce_apt_repository() -> None:
         types=["deb"],
         uris=[base],
         suites=[str(codename)],
-        components=[host.data.docker_ce_channel],
+        components=[setting(current_host(), "docker_ce_channel")],
         architectures=[host.get_fact(DebArch)],
         signed_by="/etc/apt/keyrings/docker.asc",
     )
@@ -198,11 +168,11 @@ def _install_dnf(remove: list[str], install: bool) -> None:
         raise DeployError(f"host {host.name}: Docker's dnf repository has no packages for {distro!r}")
     files.download(
         name="Docker's dnf repository",
-        src=f"{host.data.docker_ce_repo_url}/{RHEL_FAMILY[distro]}/docker-ce.repo",
+        src=f"{setting(current_host(), 'docker_ce_repo_url')}/{RHEL_FAMILY[distro]}/docker-ce.repo",
         dest="/etc/yum.repos.d/docker-ce.repo",
         mode="0644",
     )
-    version = host.data.docker_version
+    version = setting(current_host(), "docker_version")
     dnf.packages(
         name="Install Docker (docker-ce)",
         packages=package_specs(DOCKER_CE_PACKAGES, version, "dnf"),

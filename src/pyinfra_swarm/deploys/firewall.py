@@ -11,24 +11,16 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
-from io import StringIO
 
 from pyinfra import host
-from pyinfra.api import deploy, operation
-from pyinfra.operations import apt, files, server
+from pyinfra.api import deploy
+from pyinfra.operations import apt, server
 
-from pyinfra_swarm.cluster import Cluster, cluster, current_host
-from pyinfra_swarm.facts import (
-    FileHashes,
-    FirewalldZone,
-    FirewallTools,
-    ServiceStates,
-    SshdPorts,
-    UfwState,
-    sha256_text,
-)
-from pyinfra_swarm.hostfacts import host_fact, register
-from pyinfra_swarm.settings import DEFAULTS, is_manager, setting
+from pyinfra_swarm.facts import FirewalldZone, UfwState, read, sha256_text
+from pyinfra_swarm.operations import firewall
+from pyinfra_swarm.operations.firewall import UNIT, UNIT_FILE, unit_text
+from pyinfra_swarm.plan import IPTABLES_RULES, NFT_RULES, ClusterPlan, current_host, plan_cluster
+from pyinfra_swarm.settings import defaults, is_manager, setting
 
 CHAIN = "PYINFRA-SWARM"
 FORWARD_CHAIN = "PYINFRA-SWARM-FWD"  # published ports, jumped to from Docker's DOCKER-USER
@@ -36,19 +28,6 @@ DOCKER_BRIDGES = ("docker0", "docker_gwbridge", "br-+")  # containers' own traff
 NFT_TABLE = "pyinfra_swarm"
 FIREWALLD_ZONE = "pyinfra-swarm"
 UFW_COMMENT = "pyinfra-swarm"
-RULES_DIR = "/etc/pyinfra-swarm"
-UNIT = "pyinfra-swarm-firewall.service"
-IPTABLES_RULES = f"{RULES_DIR}/firewall.sh"
-NFT_RULES = f"{RULES_DIR}/firewall.nft"
-UNIT_FILE = f"/etc/systemd/system/{UNIT}"
-SETTINGS = ["swarm_firewall", "swarm_firewall_policy", "swarm_firewall_allow", "swarm_encrypted_overlays",
-            "swarm_data_path_port"]  # fmt: skip
-
-
-register("firewall", FirewallTools)
-register("firewall_files", FileHashes, paths=[IPTABLES_RULES, NFT_RULES, UNIT_FILE])
-register("firewall_service", ServiceStates, services=[UNIT])
-register("sshd_ports", SshdPorts)
 
 
 @dataclass(frozen=True)
@@ -290,57 +269,43 @@ def resolve_backend(configured: str | bool, tools: dict) -> str:
     return "iptables"
 
 
-def unit_text(start: str) -> str:
-    """The oneshot unit that applies our rules at boot, before Docker starts."""
-    return "\n".join([
-        "[Unit]",
-        "Description=pyinfra-swarm: inbound firewall rules of this swarm node",
-        "Wants=network-pre.target",
-        "Before=network-pre.target docker.service",
-        "",
-        "[Service]",
-        "Type=oneshot",
-        "RemainAfterExit=yes",
-        f"ExecStart={start}",
-        "",
-        "[Install]",
-        "WantedBy=multi-user.target",
-    ]) + "\n"  # fmt: skip
-
-
-@deploy("Configure the swarm firewall", data_defaults={key: DEFAULTS[key] for key in SETTINGS})
-def configure_firewall() -> None:
+@deploy("Configure the swarm firewall", data_defaults=defaults(
+    "swarm_firewall", "swarm_firewall_policy", "swarm_firewall_allow", "swarm_encrypted_overlays"))  # fmt: skip
+def configure_firewall(plan: ClusterPlan | None = None) -> None:
     """Let swarm traffic in from cluster peers only (see module docstring); `swarm_firewall: none` skips."""
-    tools = host_fact("firewall")
-    backend = resolve_backend(host.data.swarm_firewall, tools)
+    plan = plan or plan_cluster()
+    this = current_host()
+    tools = plan.fact("firewall")
+    backend = resolve_backend(setting(this, "swarm_firewall"), tools)
     if backend == "none":
         return
-    view = cluster(host.state)
-    if len(view.addresses) < len(view.hosts):
+    if len(plan.addresses) < len(plan.hosts):
         host.noop("firewall left as it is: an unreachable host's advertise address (an interface name) is unknown")
         return
+    registry = plan.registry
     policy = node_policy(
-        manager=is_manager(host),
-        peers=view.peers(),
-        allow=host.data.swarm_firewall_allow,
-        data_path_port=view.data_path_port,
-        esp=host.data.swarm_encrypted_overlays,
-        deny_other=host.data.swarm_firewall_policy == "deny",
-        ssh_ports=tuple(host_fact("sshd_ports")) or (int(host.data.get("ssh_port") or 22),),
-        peer_ports=_registry_port(view),
+        manager=is_manager(this),
+        peers=plan.peers(),
+        allow=setting(this, "swarm_firewall_allow"),
+        data_path_port=plan.data_path_port,
+        esp=setting(this, "swarm_encrypted_overlays"),
+        deny_other=setting(this, "swarm_firewall_policy") == "deny",
+        ssh_ports=tuple(plan.fact("sshd_ports")) or (int(this.data.get("ssh_port") or 22),),
+        # A host-mode registry listens on the host itself: its port is opened to the peers.
+        peer_ports=(f"{registry.port}/tcp",) if registry and registry.host is this and registry.mode == "host" else (),
     )
     if backend in ("iptables", "nftables"):
-        _own_rules(backend, policy, tools)
+        _own_rules(plan, backend, policy, tools)
     elif backend == "ufw":
         if tools["ufw"] is None:
             apt.packages(name="Install ufw", packages=["ufw"], update=True)
             commands = ufw_commands(policy, {"active": False, "incoming": None, "rules": []})
         else:
-            commands = ufw_commands(policy, host.get_fact(UfwState))
+            commands = ufw_commands(policy, read(UfwState))
         if commands:
             server.shell(name="Open the swarm ports to peers (ufw)", commands=commands)
     elif backend == "firewalld":
-        commands = firewalld_commands(policy, host.get_fact(FirewalldZone, zone=FIREWALLD_ZONE))
+        commands = firewalld_commands(policy, read(FirewalldZone, zone=FIREWALLD_ZONE))
         if commands:  # reload only on a change: a reload drops the rules older engines add at run time
             server.shell(
                 name="Open the swarm ports to peers (firewalld)", commands=[*commands, "firewall-cmd --reload"]
@@ -349,59 +314,28 @@ def configure_firewall() -> None:
             host.noop("firewalld zone already in place")
 
 
-def _registry_port(view: Cluster) -> tuple[str, ...]:
-    """A host-mode registry listens on the host itself: its port is opened to the peers."""
-    from pyinfra_swarm.registry import registry_host
-
-    target = registry_host(view)
-    if target is current_host() and setting(target, "registry_mode") == "host":
-        return (f"{setting(target, 'registry_port')}/tcp",)
-    return ()
-
-
-@operation()
-def own_rules(rules: str, path: str, unit: str, write_rules: bool, write_unit: bool, restart: bool):
-    """Our rules file and the unit that applies it at boot, applied now: one operation, so that a peer's
-    firewall is open by the time pyinfra runs a join planned on another host (pyinfra orders operations
-    across hosts by how many come before them on each host).
-
-    + rules: the rules file's text (an iptables-restore script or an nft script)
-    + path: where it goes
-    + unit: the text of pyinfra-swarm-firewall.service
-    + write_rules, write_unit: whether the rules file or the unit differ from what the host has
-    + restart: whether the unit runs already (restart) or not (start)
-    """
-    if write_rules:
-        yield from files.put._inner(src=StringIO(rules), dest=path, mode="0755")
-    if write_unit:
-        yield from files.put._inner(src=StringIO(unit), dest=UNIT_FILE, mode="0644")
-        yield "systemctl daemon-reload"
-    yield f"systemctl {'restart' if restart else 'start'} {UNIT}"
-    yield f"systemctl enable {UNIT}"
-
-
-def _own_rules(backend: str, policy: Policy, tools: dict) -> None:
+def _own_rules(plan: ClusterPlan, backend: str, policy: Policy, tools: dict) -> None:
     """Our chain (iptables) or table (nftables), from a rules file applied by a unit of our own."""
     if backend == "iptables":
-        rules, path = iptables_script(policy), IPTABLES_RULES
+        text, path = iptables_script(policy), IPTABLES_RULES
         start, loaded = f"/bin/sh {path}", tools["chain"]
     else:
-        rules, path = nftables_rules(policy), NFT_RULES
+        text, path = nftables_rules(policy), NFT_RULES
         start, loaded = f"/usr/sbin/nft -f {path}", tools["table"]
         if not tools["nft"]:
             apt.packages(name="Install nftables", packages=["nftables"], update=True)
-    unit = unit_text(start)
-    hashes = host_fact("firewall_files")
-    service = host_fact("firewall_service").get(UNIT, {"active": False, "enabled": False})
-    rules_same, unit_same = hashes.get(path) == sha256_text(rules), hashes.get(UNIT_FILE) == sha256_text(unit)
+    hashes = plan.fact("firewall_files")
+    service = plan.fact("firewall_service").get(UNIT, {"active": False, "enabled": False})
+    rules_same = hashes.get(path) == sha256_text(text)
+    unit_same = hashes.get(UNIT_FILE) == sha256_text(unit_text(start))
     if rules_same and unit_same and loaded and service["enabled"]:
         host.noop(f"firewall rules ({backend}) already in place")
         return
-    own_rules(
+    firewall.rules(
         name=f"Firewall rules ({backend}), applied now and at boot",
-        rules=rules,
+        text=text,
         path=path,
-        unit=unit,
+        start=start,
         write_rules=not rules_same,
         write_unit=not unit_same,
         restart=service["active"],

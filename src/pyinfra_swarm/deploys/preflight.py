@@ -1,16 +1,15 @@
 """Checks before anything changes: the inventory and every host's data (bad input stops the whole run),
-hostnames and advertise addresses (see cluster.py), whether each joining host reaches the manager it will join
+hostnames and advertise addresses (see plan.py), whether each joining host reaches the manager it will join
 through (a warning: ICMP may be blocked), and what the kernel supports, reported with what it means."""
 
 from __future__ import annotations
 
-import shlex
-
 from pyinfra import host, logger
-from pyinfra.api import FactBase, deploy
+from pyinfra.api import deploy
 from pyinfra.api.exceptions import DeployError
 
-from pyinfra_swarm.cluster import cluster, current_host
+from pyinfra_swarm.facts import Pingable
+from pyinfra_swarm.plan import ClusterPlan, current_host, plan_cluster
 from pyinfra_swarm.settings import setting
 
 MEANINGS = {
@@ -22,19 +21,6 @@ MEANINGS = {
     "BRIDGE_NETFILTER": "no bridge netfilter: Docker can't filter container traffic",
 }
 ENCRYPTION = ("INET_ESP", "CRYPTO_GCM")
-
-
-class Pingable(FactBase[bool | None]):
-    """Whether this host reaches an address by ICMP echo within 2 seconds; None without a ping command."""
-
-    def command(self, address: str) -> str:
-        return (
-            f"command -v ping >/dev/null || {{ echo unknown; exit 0; }}; "
-            f"ping -c 1 -W 2 {shlex.quote(address)} >/dev/null 2>&1 && echo yes || echo no"
-        )
-
-    def process(self, output: list[str]) -> bool | None:
-        return {"yes": True, "no": False}.get(output[-1] if output else "")
 
 
 def kernel_report(features_by_host: dict[str, dict[str, bool | None]]) -> list[str]:
@@ -51,25 +37,25 @@ def kernel_report(features_by_host: dict[str, dict[str, bool | None]]) -> list[s
 
 
 @deploy("Preflight checks")
-def preflight() -> None:
-    """Validate the whole inventory (once), then check this host; raise before any change on bad input."""
-    view = cluster(host.state)
+def preflight(plan: ClusterPlan | None = None) -> None:
+    """Check this host against the plan (which checked the whole inventory and all data); raise before any
+    change on bad input."""
+    plan = plan or plan_cluster()
     this = current_host()
-    features = view.kernel[this]
-    if setting(host, "swarm_encrypted_overlays") and any(features.get(f) is False for f in ENCRYPTION):
+    features = plan.kernel[this]
+    if setting(this, "swarm_encrypted_overlays") and any(features.get(f) is False for f in ENCRYPTION):
         raise DeployError(
-            f"host {host.name}: swarm_encrypted_overlays is on but this kernel lacks ESP/GCM, so encrypted "
+            f"host {this.name}: swarm_encrypted_overlays is on but this kernel lacks ESP/GCM, so encrypted "
             "overlays would drop all traffic: turn it off or use a kernel with CONFIG_INET_ESP and CONFIG_CRYPTO_GCM"
         )
-    if this is view.reachable[0]:
-        report = kernel_report({h.name: view.kernel[h] for h in view.reachable})
-        for line in report:
+    if this is plan.reachable[0]:
+        for line in kernel_report({h.name: plan.kernel[h] for h in plan.reachable}):
             logger.warning(f"preflight: {line}")
-    acting = view.acting_manager
-    if view.plan.get(this) in ("join", "rejoin") and acting is not None:
+    acting = plan.acting_manager
+    if plan.steps.get(this) in ("join", "rejoin") and acting is not None:
         # Only a hint: ICMP may be blocked where the swarm ports are open. The swarm port itself is checked
         # right before the join (this run's firewall step may open it).
-        address = view.addresses[acting]
+        address = plan.addresses[acting]
         if host.get_fact(Pingable, address=address) is False:
             logger.warning(
                 f"{host.print_prefix}manager {acting.name} ({address}) doesn't answer ping: if the join fails, check "

@@ -8,16 +8,13 @@ import json
 from io import StringIO
 from typing import Any
 
-from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.api.exceptions import DeployError
 from pyinfra.operations import files, systemd
 
-from pyinfra_swarm.cluster import cluster, current_host
-from pyinfra_swarm.facts import DockerDaemonConfig, DockerSwarm
-from pyinfra_swarm.hostfacts import host_fact, register
-from pyinfra_swarm.maintenance import in_turn, window
-from pyinfra_swarm.settings import DEFAULTS, is_manager, swarm_hosts, validate_daemon_config
+from pyinfra_swarm.operations.maintenance import in_turn, window
+from pyinfra_swarm.plan import ClusterPlan, current_host, plan_cluster
+from pyinfra_swarm.settings import defaults, is_manager, setting, validate_daemon_config
 
 DAEMON_JSON = "/etc/docker/daemon.json"
 # Options dockerd applies on SIGHUP (Docker's "configuration reload behavior" list).
@@ -26,10 +23,6 @@ RELOADABLE = {
     "max-download-attempts", "default-runtime", "runtimes", "authorization-plugins", "insecure-registries",
     "registry-mirrors", "shutdown-timeout", "features",
 }  # fmt: skip
-
-
-register("daemon_config", DockerDaemonConfig)
-register("swarm", DockerSwarm)
 
 
 def render(config: dict[str, Any]) -> str:
@@ -52,32 +45,30 @@ def apply_action(current: dict[str, Any] | None, desired: dict[str, Any]) -> str
     return "reload" if changed <= RELOADABLE else "restart"
 
 
-@deploy("Configure the Docker daemon", data_defaults={"docker_daemon_config": DEFAULTS["docker_daemon_config"]})
-def configure_daemon() -> None:
+@deploy("Configure the Docker daemon", data_defaults=defaults("docker_daemon_config"))
+def configure_daemon(plan: ClusterPlan | None = None) -> None:
     """Write daemon.json (before Docker is installed, so it starts with it) and apply changes."""
-    desired = dict(host.data.docker_daemon_config)
-    if current_host() in swarm_hosts(host.state):
-        from pyinfra_swarm.registry import insecure_registries
-
-        extra = insecure_registries(cluster(host.state))  # registry_tls: False opts out of TLS explicitly
-        if extra:
-            desired["insecure-registries"] = sorted({*desired.get("insecure-registries", []), *extra})
+    plan = plan or plan_cluster()
+    this = current_host()
+    desired = dict(setting(this, "docker_daemon_config"))
+    if plan.registry is not None and not plan.registry.tls:  # registry_tls: False opts out of TLS explicitly
+        desired["insecure-registries"] = sorted({*desired.get("insecure-registries", []), plan.registry.address})
     problems = validate_daemon_config(desired)
     if problems:
-        raise DeployError(f"host {host.name}: " + "; ".join(problems))
-    current = host_fact("daemon_config")
+        raise DeployError(f"host {this.name}: " + "; ".join(problems))
+    current = plan.fact("daemon_config")
     action = apply_action(current, desired)
     if action is None and current is not None:
         return
     files.directory(name="Directory /etc/docker", path="/etc/docker", mode="0755")
     written = files.put(name=f"Write {DAEMON_JSON}", src=StringIO(render(desired)), dest=DAEMON_JSON, mode="0644")
-    swarm = host_fact("swarm")
+    swarm = plan.fact("swarm")
     if swarm is None or swarm.get("LocalNodeState") == "unknown" or action is None:
         return  # Docker isn't installed or running yet: it starts with this file
-    member = window(cluster(host.state), current_host()) if current_host() in swarm_hosts(host.state) else None
+    member = window(plan, this)
     if action == "restart" and member is not None:
         # A node of the swarm: restarts go one node at a time, drained, never all engines at once.
-        in_turn("Restart Docker for the new daemon.json", ["systemctl restart docker"], member, is_manager(host))
+        in_turn("Restart Docker for the new daemon.json", ["systemctl restart docker"], member, is_manager(this))
         return
     systemd.service(
         name=f"{action.capitalize()} Docker for the new daemon.json",

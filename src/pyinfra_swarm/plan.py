@@ -1,5 +1,8 @@
-"""The plan-time view of the whole cluster, built once per run from every reachable host's facts and shared
-by all hosts' deploy code: who is in which swarm, which manager acts for the cluster, every node's address."""
+"""The plan of the cluster, made once per run by `plan_cluster()` from what every reachable host says, and
+handed to every step: who is in which swarm, who inits and who joins through whom, which manager acts for
+the cluster, every node's address, where the registry runs. Everything the steps read from the hosts is
+gathered here, in ONE command per host (all hosts at once), plus one more for what depends on the plan
+(the registry's files, images, stacks) when the data asks for workloads."""
 
 from __future__ import annotations
 
@@ -14,41 +17,128 @@ from gevent.lock import BoundedSemaphore
 from pyinfra import logger
 from pyinfra.api import Host, State
 from pyinfra.api.exceptions import DeployError
-from pyinfra.context import ctx_host
+from pyinfra.context import ctx_host, ctx_state
 from pyinfra.facts.server import Hostname
 
-from pyinfra_swarm.facts import Clock, DockerSwarm, HostAddresses, InterfaceMtus, KernelFeatures, SwarmNodes
-from pyinfra_swarm.hostfacts import gather, register
+from pyinfra_swarm.facts import (
+    Bundle,
+    Clock,
+    DockerDaemonConfig,
+    DockerPackages,
+    DockerSwarm,
+    FileHashes,
+    FirewallTools,
+    HostAddresses,
+    ImageContexts,
+    InterfaceMtus,
+    KernelFeatures,
+    RegistryLogins,
+    ServiceStates,
+    Spec,
+    SshdPorts,
+    SwarmNodes,
+    SwarmObjects,
+    SwarmStacks,
+    remember,
+)
+from pyinfra_swarm.operations.firewall import UNIT as FIREWALL_UNIT
+from pyinfra_swarm.operations.firewall import UNIT_FILE as FIREWALL_UNIT_FILE
 from pyinfra_swarm.settings import is_manager, setting, swarm_hosts, validate_inventory
 
-_VIEWS: weakref.WeakKeyDictionary[State, Cluster] = weakref.WeakKeyDictionary()
-_BUILD_LOCK = BoundedSemaphore()
 LEADER_WAIT = 45.0  # seconds to wait for a leader election before giving up
-
-register("hostname", Hostname)
-register("addresses", HostAddresses)
-register("swarm", DockerSwarm)
-register("kernel", KernelFeatures)
-register("mtus", InterfaceMtus)
-register("clock", Clock)
 CLOCK_SKEW = 10.0  # seconds between a host's clock and the controller's worth a warning
+
+# Where pyinfra-swarm keeps things on the nodes.
+RULES_DIR = "/etc/pyinfra-swarm"
+IPTABLES_RULES = f"{RULES_DIR}/firewall.sh"
+NFT_RULES = f"{RULES_DIR}/firewall.nft"
+STACKS_DIR = f"{RULES_DIR}/stacks"
+
+# Docker's packages and the ones they conflict with (Docker's install guide lists these).
+DOCKER_CE_PACKAGES = ["docker-ce", "docker-ce-cli", "containerd.io", "docker-buildx-plugin", "docker-compose-plugin"]
+APT_CONFLICTS = [
+    "docker.io", "docker-doc", "docker-compose", "docker-compose-v2", "podman-docker", "containerd", "runc",
+]  # fmt: skip
+DNF_CONFLICTS = [
+    "docker", "docker-client", "docker-client-latest", "docker-common", "docker-latest", "docker-latest-logrotate",
+    "docker-logrotate", "docker-engine", "podman", "runc", "moby-engine",
+]  # fmt: skip
+PACKAGES = sorted(set(DOCKER_CE_PACKAGES + APT_CONFLICTS + DNF_CONFLICTS + ["apparmor", "curl"]))
+
+# Everything the steps read from every swarm host, gathered in one Bundle command per host.
+HOST_FACTS: Spec = {
+    "hostname": (Hostname, {}),
+    "addresses": (HostAddresses, {}),
+    "swarm": (DockerSwarm, {}),
+    "kernel": (KernelFeatures, {}),
+    "mtus": (InterfaceMtus, {}),
+    "clock": (Clock, {}),
+    "daemon_config": (DockerDaemonConfig, {}),
+    "firewall": (FirewallTools, {}),
+    "firewall_files": (FileHashes, {"paths": [IPTABLES_RULES, NFT_RULES, FIREWALL_UNIT_FILE]}),
+    "firewall_service": (ServiceStates, {"services": [FIREWALL_UNIT]}),
+    "sshd_ports": (SshdPorts, {}),
+    "packages": (DockerPackages, {"packages": PACKAGES}),
+    "docker_service": (ServiceStates, {"services": ["docker.service"]}),
+}
+
+
+def stack_path(name: str) -> str:
+    """Where a stack's rendered file lives on the acting manager."""
+    return f"{STACKS_DIR}/{name}.yml"
+
+
+def ca_path(registry: str) -> str:
+    """Where a node trusts the registry's CA."""
+    return f"/etc/docker/certs.d/{registry}/ca.crt"
+
+
+def image_references(registry: str, entries: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """REGISTRY/NAME:TAG (NAME:TAG without a registry) -> its docker_images entry."""
+    return {f"{registry + '/' if registry else ''}{e['name']}:{e['tag']}": e for e in entries}
+
+
+def archives_for(target: Host, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The docker_image_archives entries meant for a host (its group, or all)."""
+    return [e for e in entries if e.get("group", "all") == "all" or e.get("group") in target.groups]
 
 
 @dataclass
-class Cluster:
+class Registry:
+    """Where the cluster's registry runs and how it is reached."""
+
+    host: Host
+    address: str  # HOST:PORT, the registry's node's advertise address
+    mode: str  # "service" or "host"
+    port: int
+    tls: bool
+
+
+@dataclass
+class ClusterPlan:
     hosts: list[Host]  # every swarm host in the inventory, managers first
     reachable: list[Host]  # those pyinfra is connected to (hosts outside --limit are read, never changed)
     addresses: dict[Host, str]  # resolved advertise addresses (IP form)
     hostnames: dict[Host, str]
-    swarm: dict[Host, dict[str, Any] | None]  # DockerSwarm fact of each reachable host
-    kernel: dict[Host, dict[str, bool | None]]  # KernelFeatures fact of each reachable host
+    facts: dict[Host, dict[str, Any]]  # HOST_FACTS of each reachable host
     primary: Host | None  # a reachable manager already in the swarm: cluster-wide changes run there
     init_host: Host | None  # the manager that initialises the swarm, when no manager is in one yet
     cluster_id: str | None
     in_limit: list[Host] = field(default_factory=list)  # the hosts this run may change (all without --limit)
     data_path_port: int = 4789  # the VXLAN port the swarm uses (or will use, once initialised)
     nodes: list[dict[str, Any]] = field(default_factory=list)  # the primary's node list
-    plan: dict[Host, str] = field(default_factory=dict)  # membership step of each reachable host (see plan_for)
+    steps: dict[Host, str] = field(default_factory=dict)  # membership step of each reachable host (step_for)
+    registry: Registry | None = None
+    planned: dict[Host, dict[str, Any]] = field(default_factory=dict)  # facts that depend on the plan
+    run: dict[str, Any] = field(default_factory=dict)  # what steps and callbacks keep for the rest of the run
+
+    @property
+    def swarm(self) -> dict[Host, dict[str, Any] | None]:
+        return {h: self.facts[h]["swarm"] for h in self.reachable}
+
+    @property
+    def kernel(self) -> dict[Host, dict[str, bool | None]]:
+        return {h: self.facts[h]["kernel"] for h in self.reachable}
 
     @property
     def managers(self) -> list[Host]:
@@ -56,8 +146,15 @@ class Cluster:
 
     @property
     def acting_manager(self) -> Host | None:
-        """The manager that runs cluster-wide changes (labels, roles) this run."""
+        """The manager that runs cluster-wide changes (labels, roles, registry, stacks) this run."""
         return self.primary or self.init_host
+
+    def fact(self, name: str, target: Host | None = None) -> Any:
+        """A fact of HOST_FACTS, or one that depends on the plan, of `target` (default: the host being deployed)."""
+        target = target or current_host()
+        if name in HOST_FACTS:
+            return self.facts[target][name]
+        return self.planned.get(target, {}).get(name)
 
     def node_of(self, host: Host) -> dict[str, Any] | None:
         """The swarm node entry of a host that is in this swarm (matched by its node ID)."""
@@ -72,18 +169,37 @@ class Cluster:
         return sorted(set(self.addresses.values()), key=ipaddress.ip_address)
 
 
+_PLANS: weakref.WeakKeyDictionary[State, ClusterPlan] = weakref.WeakKeyDictionary()
+_PLAN_LOCK = BoundedSemaphore()
+
+
 def current_host() -> Host:
     """The Host being deployed: `pyinfra.host` is a context proxy, which `is` never matches."""
     return ctx_host.get()
 
 
-def cluster(state: State) -> Cluster:
-    """The cluster view of this run (built by the first host's deploy code, reused by the others)."""
-    with _BUILD_LOCK:  # every host's deploy code runs in its own greenlet: build the view only once
-        if state not in _VIEWS:
+def plan_cluster(state: State | None = None) -> ClusterPlan:
+    """The plan of this run: made by the first host's deploy code (checking the inventory and all data
+    first), the same object for every host after that."""
+    state = state or ctx_state.get()
+    with _PLAN_LOCK:  # every host's deploy code runs in its own greenlet: plan only once
+        if state not in _PLANS:
             validate_inventory(state)
-            _VIEWS[state] = _build(state)
-        return _VIEWS[state]
+            _PLANS[state] = _build(state)
+        return _PLANS[state]
+
+
+def _gather(state: State, specs: dict[Host, Spec]) -> dict[Host, dict[str, Any]]:
+    """One Bundle command per host, all hosts at once; a Bundle that printed nothing gives the defaults.
+    What is gathered is also kept for `facts.read`."""
+    specs = {target: spec for target, spec in specs.items() if spec}
+    greenlets = {target: gevent.spawn(target.get_fact, Bundle, facts=spec) for target, spec in specs.items()}
+    gevent.joinall(list(greenlets.values()), raise_error=True)
+    values = {}
+    for target, greenlet in greenlets.items():
+        values[target] = greenlet.value or {name: cls.default() for name, (cls, _) in specs[target].items()}
+        remember(state, target, specs[target], values[target])
+    return values
 
 
 def _connect_outside_limit(state: State, hosts: list[Host]) -> list[Host]:
@@ -95,7 +211,7 @@ def _connect_outside_limit(state: State, hosts: list[Host]) -> list[Host]:
     return [h for h in outside if h.connected]
 
 
-def _build(state: State) -> Cluster:
+def _build(state: State) -> ClusterPlan:
     hosts = swarm_hosts(state)
     in_limit = [h for h in hosts if state.is_host_in_limit(h)]
     read_only = _connect_outside_limit(state, hosts) if len(in_limit) < len(hosts) else []
@@ -106,20 +222,18 @@ def _build(state: State) -> Cluster:
         elif host not in in_limit:
             logger.info(f"{host.name} is outside --limit: read, not changed")
     controller_time = time.time()
-    facts = gather(state, reachable)
-    swarm = {h: facts[h]["swarm"] for h in reachable}
-    hostnames = {h: facts[h]["hostname"] for h in reachable}
-    kernel = {h: facts[h]["kernel"] for h in reachable}
+    facts = _gather(state, {h: HOST_FACTS for h in reachable})
+    info = {h: facts[h]["swarm"] or {} for h in reachable}
     addresses = {}
     for host in hosts:
         address = resolve_address(host, facts[host]["addresses"] if host in reachable else None)
         if address:
             addresses[host] = address
+    hostnames = {h: facts[h]["hostname"] for h in reachable}
     _check_unique_hostnames(hostnames)
     _warn_clock_skew({h: facts[h]["clock"] for h in reachable}, controller_time)
     _warn_small_mtu(addresses, {h: (facts[h]["addresses"], facts[h]["mtus"]) for h in reachable})
 
-    info = {h: swarm[h] or {} for h in reachable}
     in_swarm = [
         h for h in reachable
         if is_manager(h) and info[h].get("LocalNodeState") == "active" and info[h].get("ControlAvailable")
@@ -138,13 +252,12 @@ def _build(state: State) -> Cluster:
     assert first is not None  # _init_host raises when there is none
     if primary is not None:
         _check_init_settings(primary, info[primary].get("Cluster") or {})
-    view = Cluster(
+    plan = ClusterPlan(
         hosts=hosts,
         reachable=reachable,
         addresses=addresses,
         hostnames=hostnames,
-        swarm=swarm,
-        kernel=kernel,
+        facts=facts,
         primary=primary,
         init_host=init_host,
         cluster_id=cluster_ids.pop() if primary else None,
@@ -153,8 +266,12 @@ def _build(state: State) -> Cluster:
         or setting(first, "swarm_data_path_port"),
         nodes=_node_list(in_swarm) if primary else [],
     )
-    view.plan = {host: plan_for(view, host) for host in reachable}
-    managers = len(view.managers)
+    if plan.acting_manager is not None:  # what `swarm.node` reads on the acting manager
+        remember(state, plan.acting_manager, {"nodes": (SwarmNodes, {})}, {"nodes": plan.nodes})
+    plan.steps = {host: step_for(plan, host) for host in reachable}
+    plan.registry = _registry(plan)
+    plan.planned = _gather(state, {h: _planned_facts(plan, h) for h in reachable})
+    managers = len(plan.managers)
     if managers % 2 == 0:
         logger.warning(
             f"{managers} managers: an even number tolerates no more manager failures than {managers - 1}; "
@@ -165,7 +282,59 @@ def _build(state: State) -> Cluster:
             f"cluster-wide steps (node roles and labels, registry, stacks) run on {primary.name}, which is outside "
             "--limit: skipped this run"
         )
-    return view
+    return plan
+
+
+def _registry(plan: ClusterPlan) -> Registry | None:
+    """Where the registry runs (cluster-wide settings: the same on every host)."""
+    first = plan.managers[0]
+    mode = setting(first, "registry_mode")
+    if mode is None:
+        return None
+    name = setting(first, "registry_node")
+    target = first if name is None else next((h for h in plan.hosts if h.name == name), None)
+    if target is None:
+        raise DeployError(f"registry_node {name!r} is not a host of the inventory")
+    if target not in plan.addresses:
+        raise DeployError(f"registry_node {name}: its address is unknown (an interface name on an unreachable host)")
+    port = setting(first, "registry_port")
+    return Registry(target, f"{plan.addresses[target]}:{port}", mode, port, bool(setting(first, "registry_tls")))
+
+
+def _planned_facts(plan: ClusterPlan, target: Host) -> Spec:
+    """What the workload steps read, with arguments that depend on the plan (registry address, stack and
+    image names); empty without workloads, so a swarm-only run costs no second command."""
+    spec: Spec = {}
+    registry = plan.registry
+    if registry is not None:
+        if registry.tls:
+            spec["registry_ca"] = (FileHashes, {"paths": [ca_path(registry.address)]})
+        if target is registry.host and setting(target, "registry_build"):
+            spec["registry_image"] = (ImageContexts, {"images": [setting(target, "registry_image")]})
+    archives = archives_for(target, setting(target, "docker_image_archives"))
+    if archives:
+        spec["archive_images"] = (ImageContexts, {"images": [e["image"] for e in archives]})
+    if target is not plan.acting_manager:
+        return spec
+    builds = setting(target, "docker_images")
+    if builds:
+        spec["built_images"] = (ImageContexts, {"images": list(image_references(_address(plan), builds))})
+    stacks = [stack["name"] for stack in setting(target, "swarm_stacks")]
+    if registry is not None and registry.mode == "service":
+        stacks.append("registry")
+    for name in stacks:  # one section each: what `swarm.stack` reads
+        spec[f"stack_file:{name}"] = (FileHashes, {"paths": [stack_path(name)]})
+    if registry is not None or stacks or any(setting(target, k) for k in ("swarm_networks", "swarm_secrets",
+                                                                          "swarm_configs")):  # fmt: skip
+        spec["swarm_stacks"] = (SwarmStacks, {})
+        spec["swarm_objects"] = (SwarmObjects, {})
+    if registry is not None:
+        spec["registry_logins"] = (RegistryLogins, {})
+    return spec
+
+
+def _address(plan: ClusterPlan) -> str:
+    return plan.registry.address if plan.registry else ""
 
 
 def _init_host(hosts: list[Host], reachable: list[Host], in_limit: list[Host], info: dict[Host, dict]) -> Host:
@@ -271,16 +440,16 @@ def _node_list(managers: list[Host]) -> list[dict[str, Any]]:
         gevent.sleep(3)
 
 
-def plan_for(view: Cluster, host: Host) -> str:
+def step_for(plan: ClusterPlan, host: Host) -> str:
     """What joining this swarm takes for a host: "member" (nothing), "init", "join", "rejoin" (leave the other
     swarm first, as swarm_force_rejoin allows), "locked" (autolocked after a restart: it must be unlocked,
     never made to leave), "pending" (a join under way or stuck) or "foreign" (in another swarm); hosts in
     the last three states are stopped with the reason."""
-    if host is view.init_host:
+    if host is plan.init_host:
         return "init"
-    if view.in_this_swarm(host):
+    if plan.in_this_swarm(host):
         return "member"
-    local = (view.swarm.get(host) or {}).get("LocalNodeState")
+    local = (plan.swarm.get(host) or {}).get("LocalNodeState")
     if local in (None, "inactive", "unknown"):
         return "join"
     if local == "locked":

@@ -6,7 +6,6 @@ services are back at their replicas. Run with `_serial=True`; the deploys do."""
 from __future__ import annotations
 
 import time
-import weakref
 
 import gevent
 from pyinfra import logger
@@ -14,12 +13,10 @@ from pyinfra.api import Host, State, StringCommand, operation
 from pyinfra.api.command import FunctionCommand
 from pyinfra.api.exceptions import OperationError
 
-from pyinfra_swarm.cluster import Cluster
-from pyinfra_swarm.swarm import connector_args
+from pyinfra_swarm.operations.swarm import connector_args
+from pyinfra_swarm.plan import ClusterPlan, plan_cluster
 
 POLL = 2.0
-_FAILED: weakref.WeakKeyDictionary[State, str] = weakref.WeakKeyDictionary()
-_BELOW: weakref.WeakKeyDictionary[State, dict[str, set[str]]] = weakref.WeakKeyDictionary()
 
 
 @operation(is_idempotent=False)
@@ -60,13 +57,13 @@ def drained(
     yield FunctionCommand(_restore, (node_id, managers, availability, ready_timeout), {})
 
 
-def window(view: Cluster, target: Host) -> dict | None:
+def window(plan: ClusterPlan, target: Host) -> dict | None:
     """`drained`'s arguments for a host whose node is in this swarm (its engine must not restart with the
     others), None for a host that is not in it yet (nothing runs on it: it may restart at will)."""
-    entry = view.node_of(target) if view.plan.get(target) == "member" else None
+    entry = plan.node_of(target) if plan.steps.get(target) == "member" else None
     if entry is None:
         return None
-    managers = [m.name for m in view.managers if view.in_this_swarm(m)]
+    managers = [m.name for m in plan.managers if plan.in_this_swarm(m)]
     return {"node_id": entry["id"], "managers": managers, "availability": entry["availability"], "_serial": True}
 
 
@@ -128,9 +125,10 @@ def _wait(what: str, host: Host, timeout: int, check) -> None:
 
 
 def _drain(state: State, host: Host, node_id: str, managers: list[str], timeout: int) -> None:
-    if state in _FAILED:
-        raise OperationError(f"not started: {_FAILED[state]} did not come back healthy before it; fix that first")
-    _BELOW.setdefault(state, {})[host.name] = _services_below(state, host, managers)
+    run = plan_cluster(state).run
+    if "maintenance_failed" in run:
+        raise OperationError(f"not started: {run['maintenance_failed']} did not come back healthy before it; fix that")
+    run.setdefault("services_below", {})[host.name] = _services_below(state, host, managers)
     logger.info(f"{host.print_prefix}draining node {node_id} for engine maintenance")
     _manager_run(state, host, managers, f"docker node update --availability drain {node_id}")
 
@@ -146,7 +144,7 @@ def _restore(state: State, host: Host, node_id: str, managers: list[str], availa
     try:
         _wait_healthy(state, host, node_id, managers, timeout)
         _manager_run(state, host, managers, f"docker node update --availability {availability} {node_id}")
-        before = _BELOW.get(state, {}).get(host.name, set())
+        before = plan_cluster(state).run.get("services_below", {}).get(host.name, set())
 
         def services_back() -> str:
             below = _services_below(state, host, managers) - before
@@ -154,7 +152,7 @@ def _restore(state: State, host: Host, node_id: str, managers: list[str], availa
 
         _wait("waiting for the services", host, timeout, services_back)
     except OperationError:
-        _FAILED[state] = host.name
+        plan_cluster(state).run["maintenance_failed"] = host.name
         raise
     logger.info(f"{host.print_prefix}node {node_id} is back: Ready, {availability}")
 

@@ -1,0 +1,105 @@
+"""Stacks: render every stack listed in data on the controller, check it, upload it to the acting manager and
+deploy it only when its rendered content (or an image it uses) changed; then wait, with progress, until
+every service runs its replicas of its present spec, and fail with the tasks' errors if they don't in time.
+Afterwards, old versions of secrets and configs that no stack uses any more are removed."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from pyinfra import host
+from pyinfra.api import deploy
+from pyinfra.api.exceptions import DeployError
+from pyinfra.operations import server
+
+from pyinfra_swarm.deploys.artifacts import built_this_run
+from pyinfra_swarm.deploys.objects import versioned_names
+from pyinfra_swarm.deploys.registry import service_secrets
+from pyinfra_swarm.operations import swarm
+from pyinfra_swarm.plan import ClusterPlan, current_host, plan_cluster, stack_path
+from pyinfra_swarm.settings import defaults
+from pyinfra_swarm.stackfiles import StackError, check, render, stack_images
+
+
+def stack_context(data: Any, stack: dict[str, Any], registry: str) -> dict[str, Any]:
+    """What a stack template sees: the registry address, secret and config names (versioned), the
+    `stack_vars` of the data and the stack's own `vars`."""
+    return {
+        "registry": registry,
+        "secrets": versioned_names(data, "swarm_secrets"),
+        "configs": versioned_names(data, "swarm_configs"),
+        **(data.get("stack_vars") or {}),
+        **(stack.get("vars") or {}),
+    }
+
+
+def render_stacks(data: Any, registry: str) -> list[tuple[dict[str, Any], str, list[str]]]:
+    """(stack, rendered text, images) of every stack in data; any problem is a DeployError naming the file."""
+    directory = Path(data.get("swarm_stacks_dir") or defaults("swarm_stacks_dir")["swarm_stacks_dir"])
+    rendered: list[tuple[dict[str, Any], str, list[str]]] = []
+    for stack in data.get("swarm_stacks") or []:
+        template = directory / stack["template"]
+        try:
+            if stack.get("state", "present") == "absent":
+                rendered.append((stack, "", []))
+                continue
+            text = render(template, stack_context(data, stack, registry))
+            rendered.append((stack, text, stack_images(check(text, f"{template} (rendered)"))))
+        except StackError as exc:
+            raise DeployError(f"stack {stack['name']}: {exc}") from None
+    return rendered
+
+
+@deploy("Stacks", data_defaults=defaults("swarm_stacks", "swarm_stacks_dir", "stack_vars"))
+def deploy_stacks(plan: ClusterPlan | None = None) -> None:
+    """On the manager acting for the cluster: deploy changed stacks, remove absent ones."""
+    plan = plan or plan_cluster()
+    this = current_host()
+    if this is not plan.acting_manager:
+        return
+    rendered = render_stacks(this.data, plan.registry.address if plan.registry else "")
+    rebuilt = built_this_run(plan)
+    for stack, text, images in host.loop(rendered):
+        name = stack["name"]
+        if stack.get("state", "present") == "absent":
+            swarm.stack(name=f"Remove stack {name}", stack_name=name, path=stack_path(name), present=False)
+            continue
+        swarm.stack(name=f"Deploy stack {name}", stack_name=name, path=stack_path(name), text=text,
+                    timeout=int(stack.get("timeout", 180)), force=bool(set(images) & rebuilt))  # fmt: skip
+
+
+def stale_versions(existing: list[str], current: dict[str, str]) -> list[str]:
+    """Versions (`NAME_<10 hex>`) of the named objects other than the current one ({name: versioned name})."""
+    stale = []
+    for name, version in current.items():
+        pattern = re.compile(rf"{re.escape(name)}_[0-9a-f]{{10}}")
+        stale += [other for other in existing if pattern.fullmatch(other) and other != version]
+    return sorted(stale)
+
+
+@deploy("Remove old versions of secrets and configs")
+def prune_objects(plan: ClusterPlan | None = None) -> None:
+    """On the manager acting for the cluster, after the stacks moved to the current versions: remove the older
+    versions of the data's (and the registry's) secrets and configs. A version some service still uses is
+    kept (Docker refuses to remove it), and tried again next run."""
+    plan = plan or plan_cluster()
+    this = current_host()
+    if this is not plan.acting_manager:
+        return
+    registry = {name.rsplit("_", 1)[0]: name for name in service_secrets(plan)}
+    current = {
+        "secret": {**versioned_names(this.data, "swarm_secrets"), **registry},
+        "config": versioned_names(this.data, "swarm_configs"),
+    }
+    existing = plan.fact("swarm_objects")
+    if existing is None or not (current["secret"] or current["config"]):
+        return
+    commands = [
+        f"docker {kind} rm {name} >/dev/null 2>&1 || echo '{kind} {name} is still in use: kept'"
+        for kind in ("secret", "config")
+        for name in stale_versions(existing[kind], current[kind])
+    ]
+    if commands:
+        server.shell(name="Remove old versions of secrets and configs", commands=commands)

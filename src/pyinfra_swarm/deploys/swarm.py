@@ -1,0 +1,84 @@
+"""Swarm membership: init the first manager, join the others with tokens read at execution time from a live
+manager (on stdin, never on a command line), and keep node roles, labels and availability as the inventory
+and data say."""
+
+from __future__ import annotations
+
+from pyinfra import host, logger
+from pyinfra.api import deploy
+
+from pyinfra_swarm.operations import swarm
+from pyinfra_swarm.plan import ClusterPlan, current_host, plan_cluster
+from pyinfra_swarm.settings import defaults, is_manager, setting
+
+STOPPED = {
+    "foreign": "is in a different swarm (node {node}, managers {managers}): stopped here. Set swarm_force_rejoin: "
+    "true for it to leave that swarm and join this one",
+    "locked": "is locked (autolock, after a restart of Docker): stopped here; it is never made to leave. Unlock it "
+    "with `docker swarm unlock` and the swarm's unlock key (`docker swarm unlock-key` on an unlocked manager)",
+    "pending": "is still joining a swarm (state pending, managers {managers}): stopped here. Wait for the join to "
+    "finish or fail, or set swarm_force_rejoin: true for it to give up and join again",
+}
+
+
+@deploy("Join the swarm", data_defaults=defaults(
+    "swarm_advertise_addr", "swarm_default_addr_pool", "swarm_default_addr_pool_mask_length", "swarm_data_path_port",
+    "swarm_data_path_addr", "swarm_availability", "swarm_force_rejoin", "swarm_bootstrap"))  # fmt: skip
+def join_swarm(plan: ClusterPlan | None = None) -> None:
+    """Init the swarm where the plan says, or join this host to it with the role the inventory gives. A
+    host already in this swarm (same cluster, by node ID) is left alone; one in another swarm, locked or
+    pending is stopped with the reason, unless `swarm_force_rejoin` lets it leave another swarm first."""
+    plan = plan or plan_cluster()
+    this = current_host()
+    step = plan.steps[this]
+    address = plan.addresses[this]
+    data_path_addr = setting(this, "swarm_data_path_addr")
+    swarm.barrier(name="Every host's firewall is in place")
+    if step == "member":
+        host.noop("already in this swarm")
+    elif step == "init":
+        swarm.init(
+            name="Initialise the swarm",
+            advertise_addr=address,
+            default_addr_pool=setting(this, "swarm_default_addr_pool"),
+            default_addr_pool_mask_length=setting(this, "swarm_default_addr_pool_mask_length"),
+            data_path_port=setting(this, "swarm_data_path_port"),
+            availability=setting(this, "swarm_availability"),
+            data_path_addr=data_path_addr,
+        )
+    elif step in STOPPED:
+        info = plan.fact("swarm") or {}
+        managers = ", ".join(m.get("Addr", "?") for m in info.get("RemoteManagers") or []) or "unknown"
+        logger.error(f"{host.print_prefix}{STOPPED[step].format(node=info.get('NodeID'), managers=managers)}")
+        host.state.fail_hosts({this})
+    else:
+        if step == "rejoin":
+            swarm.leave(name="Leave the other swarm (swarm_force_rejoin)")
+        role = "manager" if is_manager(this) else "worker"
+        through = [m.name for m in [plan.acting_manager, *plan.managers] if m is not None]
+        swarm.join(name=f"Join the swarm as a {role}", role=role, advertise_addr=address,
+                   managers=list(dict.fromkeys(through)), data_path_addr=data_path_addr,
+                   after_leave=step == "rejoin")  # fmt: skip
+
+
+@deploy("Swarm node roles, labels and availability", data_defaults=defaults("swarm_labels", "swarm_availability"))
+def configure_nodes(plan: ClusterPlan | None = None) -> None:
+    """On the manager acting for the cluster: remove the stale entries of hosts that rejoin, then bring
+    every node this run may change to its role, labels and availability."""
+    plan = plan or plan_cluster()
+    if current_host() is not plan.acting_manager:
+        return
+    targets = [t for t in plan.reachable if plan.steps.get(t) not in STOPPED and t in plan.in_limit]
+    stale = [n for t in targets if plan.node_of(t) is None for n in plan.nodes if n["hostname"] == plan.hostnames[t]]
+    for entry in host.loop(stale):  # the host is not in this swarm now: an entry with its hostname is its past self
+        swarm.node(name=f"Remove the stale entry of {entry['hostname']}", node=entry["id"], present=False)
+    for target in host.loop(targets):
+        entry = plan.node_of(target)
+        swarm.node(
+            name=f"Node {plan.hostnames[target]}: role, labels, availability",
+            node=entry["id"] if entry else plan.hostnames[target],
+            role="manager" if is_manager(target) else "worker",
+            labels=setting(target, "swarm_labels"),
+            availability=setting(target, "swarm_availability"),
+            joining=entry is None,
+        )

@@ -1,0 +1,574 @@
+"""Swarm operations: membership (init, join, leave), a node's role, labels and availability, overlay networks,
+secrets and configs, stacks. Each reads the facts it needs, yields commands only for what differs and
+says so (`host.noop`) otherwise, so any deploy can call them:
+
+.. code:: python
+
+    from pyinfra_swarm.operations import swarm
+
+    swarm.node(name="db1 holds the database", node="db1", labels={"db": "true"})
+    swarm.secret(name="Database password", secret_name="db_pw", value=password)
+    swarm.stack(name="Deploy app", stack_name="app", path="/etc/app/app.yml", text=rendered)
+
+Run them on a manager, but `init`, `join` and `leave`, which run on the host that changes. Secret values,
+join tokens and configs go through stdin, never on a command line."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shlex
+import time
+from io import StringIO
+from typing import Any
+
+import gevent
+from gevent.lock import BoundedSemaphore
+from pyinfra import host, logger
+from pyinfra.api import Host, State, StringCommand, operation
+from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS, pop_global_arguments
+from pyinfra.api.command import FunctionCommand
+from pyinfra.api.exceptions import OperationError
+from pyinfra.operations import files
+
+from pyinfra_swarm.facts import (
+    DockerSwarm,
+    FileHashes,
+    SwarmNodes,
+    SwarmObjects,
+    SwarmStacks,
+    read,
+    sha256_text,
+)
+
+SWARM_PORT = 2377
+MANAGED_LABELS = "pyinfra-swarm.managed-labels"  # node label listing the labels `node` manages
+RETRIES = 15  # transient errors (leader election) are retried for RETRIES * RETRY_DELAY seconds
+RETRY_DELAY = 2.0
+POLL = 2.0
+# `docker swarm join` takes the token only as an argument; Docker's API takes it in the request body.
+JOIN_REQUEST = (
+    "curl -sS --unix-socket /var/run/docker.sock -H 'Content-Type: application/json' --data-binary @- "
+    "-w '\\n%{http_code}' http://localhost/swarm/join"
+)
+
+
+def _in_a_swarm() -> str | None:
+    """This host's swarm state when it is in (or joining, or locked in) a swarm, else None."""
+    state = (read(DockerSwarm) or {}).get("LocalNodeState")
+    return state if state in ("active", "pending", "locked") else None
+
+
+@operation()
+def init(
+    advertise_addr: str,
+    default_addr_pool: list[str] | None = None,
+    default_addr_pool_mask_length: int | None = None,
+    data_path_port: int | None = None,
+    availability: str | None = None,
+    data_path_addr: str | None = None,
+):
+    """Initialise a new swarm on this host, listening and advertising on one address.
+
+    + advertise_addr: the address (or interface) other nodes reach this host on
+    + default_addr_pool: CIDRs overlay networks take their subnets from
+    + default_addr_pool_mask_length: the size of each such subnet
+    + data_path_port: the VXLAN port (4789 when None)
+    + availability: this node's availability (active when None)
+    + data_path_addr: the address (or interface) for overlay traffic
+
+    **Example:**
+
+    .. code:: python
+
+        swarm.init(name="Start the swarm", advertise_addr="10.0.0.10")
+    """
+    state = _in_a_swarm()
+    if state:
+        host.noop(f"this host is in a swarm already ({state})")
+        return
+    args = ["docker", "swarm", "init", "--advertise-addr", advertise_addr, "--listen-addr",
+            f"{advertise_addr}:{SWARM_PORT}"]  # fmt: skip
+    if data_path_addr:
+        args += ["--data-path-addr", data_path_addr]
+    for pool in default_addr_pool or []:
+        args += ["--default-addr-pool", pool]
+    if default_addr_pool_mask_length:
+        args += ["--default-addr-pool-mask-length", str(default_addr_pool_mask_length)]
+    if data_path_port and data_path_port != 4789:
+        args += ["--data-path-port", str(data_path_port)]
+    if availability and availability != "active":
+        args += ["--availability", availability]
+    yield StringCommand(*args)
+
+
+@operation()
+def join(role: str, advertise_addr: str, managers: list[str], data_path_addr: str | None = None,
+         after_leave: bool = False):  # fmt: skip
+    """Join this host to the swarm as `role`, through the first of `managers` that answers, with a token
+    read from a manager when the join runs. The token goes to Docker's API on stdin, never on a command
+    line (sudo's log, `ps`, auditd).
+
+    + role: manager or worker
+    + advertise_addr: the address (or interface) other nodes reach this host on
+    + managers: inventory names of the swarm's managers (the first reachable one gives the token)
+    + data_path_addr: the address (or interface) for overlay traffic
+    + after_leave: a `leave` of another swarm is planned before this: join although the host is in one now
+
+    **Example:**
+
+    .. code:: python
+
+        swarm.join(name="Join", role="worker", advertise_addr="10.0.0.21", managers=["manager1"])
+    """
+    state = _in_a_swarm()
+    if state and not after_leave:
+        host.noop(f"this host is in a swarm already ({state})")
+        return
+    yield FunctionCommand(_join, (role, advertise_addr, managers, data_path_addr), {})
+
+
+@operation()
+def leave():
+    """Leave whatever swarm this host is in (`--force`: a manager's raft state goes with it).
+
+    **Example:**
+
+    .. code:: python
+
+        swarm.leave(name="Leave the old swarm")
+    """
+    if not _in_a_swarm():
+        host.noop("this host is in no swarm")
+        return
+    yield "docker swarm leave --force"
+
+
+@operation()
+def barrier():
+    """Runs nothing. Every host plans it at the same place, so pyinfra runs what comes after it on any host
+    (joins) only once every host has run what comes before it (its firewall): pyinfra orders operations
+    across hosts by how many each host has before them, so a host with nothing else to do would otherwise
+    join before its manager's firewall lets it in."""
+    yield from ()
+
+
+@operation()
+def node(
+    node: str,
+    role: str | None = None,
+    labels: dict[str, Any] | None = None,
+    availability: str | None = None,
+    present: bool = True,
+    joining: bool = False,
+):
+    """Bring one swarm node to a role, labels and availability (on a manager).
+
+    + node: the node's ID or hostname
+    + role: manager or worker (promoted or demoted); None leaves it
+    + labels: the labels this operation manages: missing or different ones are set, and labels it set
+      before that `labels` no longer has are removed (it keeps their names in the node label
+      `pyinfra-swarm.managed-labels`); labels set by others are left alone; None leaves labels alone
+    + availability: active, pause or drain; None leaves it
+    + present: False removes the node's entry from the swarm (demoted first if it is a manager)
+    + joining: the node joins in this same run (not listed yet): `node` is its hostname, and it starts as a
+      node with no labels, active
+
+    **Example:**
+
+    .. code:: python
+
+        swarm.node(name="Label db1", node="db1", labels={"db": "true"}, availability="active")
+    """
+    nodes = [] if joining else read(SwarmNodes) or []
+    entry = next((n for n in nodes if node in (n["id"], n["hostname"])), None)
+    if not present:
+        if entry is None:
+            host.noop(f"node {node} is not in the swarm")
+            return
+        if entry["role"] == "manager":
+            yield f"docker node demote {entry['id']}"
+        yield f"docker node rm --force {entry['id']}"
+        return
+    current = entry or {"role": role, "labels": {}, "availability": "active"}
+    target = entry["id"] if entry else node
+    commands = []
+    if role and current["role"] != role:
+        commands.append(f"docker node {'promote' if role == 'manager' else 'demote'} {target}")
+    update = _update_args(current, labels, availability)
+    if update:
+        commands.append(shlex.join(["docker", "node", "update", *update, target]))
+    if not commands:
+        host.noop(f"node {node} has its role, labels and availability")
+    yield from commands
+
+
+def _update_args(current: dict[str, Any], labels: dict[str, Any] | None, availability: str | None) -> list[str]:
+    args: list[str] = []
+    if labels is not None:
+        present = current["labels"]
+        wanted = {key: _label_value(value) for key, value in labels.items()}
+        managed = [key for key in present.get(MANAGED_LABELS, "").split(",") if key]
+        for key, value in sorted(wanted.items()):
+            if present.get(key) != value:
+                args += ["--label-add", f"{key}={value}"]
+        for key in managed:
+            if key not in wanted and key in present:
+                args += ["--label-rm", key]
+        marker = ",".join(sorted(wanted))
+        if present.get(MANAGED_LABELS, "") != marker:
+            args += ["--label-add", f"{MANAGED_LABELS}={marker}"] if marker else ["--label-rm", MANAGED_LABELS]
+    if availability and availability != current["availability"]:
+        args += ["--availability", availability]
+    return args
+
+
+def _label_value(value: object) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+@operation()
+def network(network_name: str, attachable: bool = False, subnet: str | None = None, mtu: int | None = None,
+            encrypted: bool = False):  # fmt: skip
+    """An overlay network (on a manager), created when missing; an existing one is left as it is.
+
+    + network_name: the network's name
+    + attachable: standalone containers may attach
+    + subnet: its subnet (from the swarm's address pool when None)
+    + mtu: its MTU (the underlay's minus 50 for VXLAN, at most)
+    + encrypted: IPsec between nodes (needs ESP/GCM in every node's kernel)
+
+    **Example:**
+
+    .. code:: python
+
+        swarm.network(name="App network", network_name="app", attachable=True)
+    """
+    if network_name in read(SwarmObjects)["network"]:
+        host.noop(f"network {network_name} exists")
+        return
+    args = ["docker", "network", "create", "--driver", "overlay"]
+    if attachable:
+        args.append("--attachable")
+    if subnet:
+        args += ["--subnet", str(subnet)]
+    if mtu:
+        args += ["--opt", f"com.docker.network.driver.mtu={mtu}"]
+    if encrypted:
+        args += ["--opt", "encrypted"]
+    yield shlex.join([*args, network_name])
+
+
+@operation()
+def secret(secret_name: str, value: str):
+    """A swarm secret (on a manager), created when missing. Secrets can't change: give a changed value a
+    new name (the deploys use NAME_<hash of the value>). The value goes through stdin and is never printed.
+
+    + secret_name: the secret's name
+    + value: its content
+
+    **Example:**
+
+    .. code:: python
+
+        swarm.secret(name="Database password", secret_name="db_pw_v2", value=password)
+    """
+    yield from _object("secret", secret_name, value)
+
+
+@operation()
+def config(config_name: str, value: str):
+    """A swarm config (on a manager), created when missing; like `secret`.
+
+    + config_name: the config's name
+    + value: its content
+    """
+    yield from _object("config", config_name, value)
+
+
+def versioned(name: str, content: str) -> str:
+    """A name for a secret or config with this content (NAME_<10 hex digits of its sha256>): objects can't
+    change, so a new content is a new object, and stacks that use it roll over to it."""
+    return f"{name}_{hashlib.sha256(content.encode()).hexdigest()[:10]}"
+
+
+def _object(kind: str, name: str, value: str):
+    if name in read(SwarmObjects)[kind]:
+        host.noop(f"{kind} {name} exists")
+        return
+    yield StringCommand("docker", kind, "create", name, "-", _stdin=value)
+
+
+@operation()
+def stack(stack_name: str, path: str, text: str | None = None, timeout: int = 180, force: bool = False,
+          present: bool = True):  # fmt: skip
+    """A stack (on a manager): the file at `path` (uploaded from `text`) deployed with `docker stack deploy
+    --with-registry-auth --prune` when it differs from what was deployed, then waited for until every
+    service runs its replicas of its present spec (or failed with the tasks' errors after `timeout`).
+
+    + stack_name: the stack's name
+    + path: where its file goes on this host
+    + text: the file's content (a rendered compose file); None: the file is there already
+    + timeout: seconds to wait for convergence
+    + force: deploy even when the file is the same (an image it uses was rebuilt)
+    + present: False removes the stack
+
+    **Example:**
+
+    .. code:: python
+
+        swarm.stack(name="Deploy app", stack_name="app", path="/etc/app/app.yml", text=rendered, timeout=120)
+    """
+    deployed = stack_name in read(SwarmStacks)
+    if not present:
+        if deployed:
+            yield f"docker stack rm {shlex.quote(stack_name)}"
+        else:
+            host.noop(f"stack {stack_name} is not deployed")
+        return
+    same = text is None or read(FileHashes, paths=[path]).get(path) == sha256_text(text)
+    if same and deployed and not force:
+        host.noop(f"stack {stack_name} is up to date")
+        return
+    if text is not None:
+        yield from files.put._inner(src=StringIO(text), dest=path, mode="0600")
+    yield StringCommand("docker", "stack", "deploy", "--with-registry-auth", "--prune", "-c", path, stack_name)
+    yield FunctionCommand(wait_converged, (stack_name, timeout), {})
+
+
+# Joins: the token exists only at execution time, read from a manager once per run.
+
+
+def connector_args(state: State, target: Host) -> dict[str, Any]:
+    """The connection arguments (sudo, ...) that target's data asks for, for commands run from callbacks."""
+    arguments, _ = pop_global_arguments(state, target, {})
+    return {key: value for key, value in arguments.items() if key in CONNECTOR_ARGUMENT_KEYS and key != "_stdin"}
+
+
+def join_body(token: str, advertise_addr: str, manager_addr: str, data_path_addr: str | None) -> str:
+    """The body of Docker's POST /swarm/join: what `docker swarm join` sends."""
+    return json.dumps({
+        "ListenAddr": f"{advertise_addr}:{SWARM_PORT}",
+        "AdvertiseAddr": advertise_addr,
+        "DataPathAddr": data_path_addr or "",
+        "RemoteAddrs": [f"{manager_addr}:{SWARM_PORT}"],
+        "JoinToken": token,
+    })  # fmt: skip
+
+
+def join_result(stdout: list[str]) -> tuple[bool, str]:
+    """(joined, error message) from JOIN_REQUEST's output: the response body, then the HTTP status."""
+    lines = [line for line in stdout if line.strip()]
+    status = lines[-1].strip() if lines else ""
+    body = "\n".join(lines[:-1])
+    if status == "200":
+        return True, ""
+    try:
+        message = json.loads(body).get("message", body)
+    except ValueError:
+        message = body
+    return False, message or f"HTTP status {status or 'unknown'}"
+
+
+def transient(error: str) -> bool:
+    """Errors a swarm gives while it elects a leader: worth a retry."""
+    return any(text in error for text in ("does not have a leader", "deadline exceeded", "leadership change"))
+
+
+def join_info(state: State, role: str, managers: list[str]) -> tuple[str, list[str]]:
+    """(token, manager addresses to join through) for `role`, read once per run from the first manager that
+    answers: every joining host shares it, so a manager never gets more concurrent SSH sessions than sshd
+    allows (MaxSessions)."""
+    from pyinfra_swarm.plan import plan_cluster
+
+    run = plan_cluster(state).run
+    with run.setdefault("join_lock", BoundedSemaphore()):
+        cache = run.setdefault("join_info", {})
+        if role not in cache:
+            cache[role] = _fetch_join_info(state, role, managers)
+        return cache[role]
+
+
+def _fetch_join_info(state: State, role: str, managers: list[str]) -> tuple[str, list[str]]:
+    from pyinfra_swarm.plan import plan_cluster
+
+    plan = plan_cluster(state)
+    candidates = [state.inventory.get_host(name) for name in managers]
+    candidates = [m for m in candidates if m in plan.reachable and m not in state.failed_hosts]
+    problems = []
+    for manager in candidates:
+        for _ in range(RETRIES):
+            status, output = manager.run_shell_command(
+                StringCommand("docker", "swarm", "join-token", "-q", role), print_output=False,
+                **connector_args(state, manager),
+            )  # fmt: skip
+            token = output.stdout.strip()
+            if status and token:
+                in_swarm = [m for m in candidates if m is manager or plan.in_this_swarm(m)]
+                return token, [plan.addresses[m] for m in in_swarm]
+            if not transient(output.stderr):
+                break
+            gevent.sleep(RETRY_DELAY)
+        problems.append(f"{manager.name}: {output.stderr.strip() or 'no token'}")
+    raise OperationError(f"no manager gave a {role} join token ({'; '.join(problems) or 'none reachable'})")
+
+
+def _join(state: State, host: Host, role: str, advertise_addr: str, managers: list[str],
+          data_path_addr: str | None) -> None:  # fmt: skip
+    token, addresses = join_info(state, role, managers)
+    args = connector_args(state, host)
+    problems = []
+    for manager_addr in addresses:
+        status, _ = host.run_shell_command(
+            StringCommand(f"timeout 5 bash -c '</dev/tcp/{manager_addr}/{SWARM_PORT}'"), print_output=False, **args
+        )
+        if not status:
+            problems.append(f"{manager_addr}:{SWARM_PORT} is not reachable")
+            continue
+        body = join_body(token, advertise_addr, manager_addr, data_path_addr)
+        for _ in range(RETRIES):
+            status, output = host.run_shell_command(StringCommand(JOIN_REQUEST), _stdin=body, print_output=False,
+                                                    **args)  # fmt: skip
+            joined, error = join_result(output.stdout_lines) if status else (False, output.stderr.strip())
+            if joined or not transient(error):
+                break
+            gevent.sleep(RETRY_DELAY)
+        if joined:
+            logger.info(f"{host.print_prefix}joined the swarm as a {role} through {manager_addr}")
+            return
+        problems.append(f"through {manager_addr}: {error}")
+    outside = [name for name in managers if not state.is_host_in_limit(state.inventory.get_host(name))]
+    hint = (
+        f"the firewalls of managers outside --limit ({', '.join(outside)}) don't know this host yet: run the "
+        "deploy with them in the limit (or without --limit)"
+        if outside
+        else "if a port is not reachable, open the swarm ports between the nodes (firewalls, cloud security groups)"
+    )
+    raise OperationError(f"joining the swarm as a {role} failed ({'; '.join(problems)}): {hint}")
+
+
+# Stacks: convergence on the services' present spec.
+
+
+def replica_counts(output: list[str]) -> dict[str, tuple[int, int]]:
+    """`docker stack services --format '{{.Name}} {{.Replicas}}'` -> {service: (running, desired)}."""
+    counts = {}
+    for line in output:
+        name, _, replicas = line.strip().partition(" ")
+        running, _, desired = replicas.split(" ")[0].partition("/")
+        if name and running.isdigit() and desired.isdigit():
+            counts[name] = (int(running), int(desired))
+    return counts
+
+
+def progress_command(stack: str) -> str:
+    """One command that prints where a stack stands: `replicas NAME R/D` per service, `service ID NAME
+    UPDATE-STATE TEMPLATE-JSON` per service and `task SERVICE-ID STATE SPEC-JSON` per task meant to run."""
+    name = shlex.quote(stack)
+    return (
+        f"docker stack services {name} --format 'replicas {{{{.Name}}}} {{{{.Replicas}}}}'; "
+        f'ids=$(docker stack services -q {name}); [ -z "$ids" ] || docker service inspect $ids --format '
+        "'service {{.ID}} {{.Spec.Name}} {{if .UpdateStatus}}{{.UpdateStatus.State}}{{else}}none{{end}} "
+        "{{json .Spec.TaskTemplate}}'; "
+        f"tasks=$(docker stack ps -q --filter desired-state=running {name} 2>/dev/null); "
+        '[ -z "$tasks" ] || docker inspect $tasks --format '
+        "'task {{.ServiceID}} {{.Status.State}} {{json .Spec}}'; true"
+    )
+
+
+# Task spec fields whose change makes swarm replace a task. Compared one by one: the API shows a service's
+# spec with defaults filled in that its tasks' specs leave out, and swarm keeps a task whose node still meets
+# changed placement constraints.
+RESTART_KEYS = ("Image", "Command", "Args", "Env", "Labels", "Mounts", "Secrets", "Configs", "User", "Dir")
+
+
+def _what_restarts(spec: dict[str, Any]) -> dict[str, Any]:
+    container = spec.get("ContainerSpec") or {}
+    return {**{key: container.get(key) for key in RESTART_KEYS}, "ForceUpdate": spec.get("ForceUpdate") or 0}
+
+
+def stack_progress(output: list[str]) -> dict[str, dict[str, Any]]:
+    """{service: {"running", "desired", "update", "current", "stale"}} from `progress_command`'s output.
+    `current`: tasks running the service's present spec; `stale`: tasks meant to run an older spec (after
+    `docker stack deploy` the old tasks keep running until the update starts, with no update status yet)."""
+    services: dict[str, dict[str, Any]] = {}
+    templates: dict[str, tuple[str, Any]] = {}
+    tasks: list[tuple[str, str, Any]] = []
+    for line in output:
+        kind, _, rest = line.strip().partition(" ")
+        if kind == "replicas":
+            service, _, replicas = rest.partition(" ")
+            for name, (running, desired) in replica_counts([f"{service} {replicas}"]).items():
+                services[name] = {"running": running, "desired": desired, "update": "none", "current": 0, "stale": 0}
+        elif kind == "service":
+            service_id, name, update, template = rest.split(" ", 3)
+            templates[service_id] = (name, json.loads(template))
+            services.setdefault(name, {"running": 0, "desired": 0, "update": "none", "current": 0, "stale": 0})
+            services[name]["update"] = update
+        elif kind == "task":
+            service_id, task_state, spec = rest.split(" ", 2)
+            tasks.append((service_id, task_state, json.loads(spec)))
+    for service_id, task_state, spec in tasks:
+        if service_id not in templates:
+            continue
+        name, template = templates[service_id]
+        if _what_restarts(spec) != _what_restarts(template):
+            services[name]["stale"] += 1
+        elif task_state == "running":
+            services[name]["current"] += 1
+    return services
+
+
+def converged(services: dict[str, dict[str, Any]]) -> bool:
+    """Every service runs its desired replicas, all of its present spec, and no update is under way."""
+    return bool(services) and all(
+        s["update"] in ("none", "completed") and not s["stale"] and s["current"] == s["desired"]
+        for s in services.values()
+    )
+
+
+def wait_converged(state: State, host: Host, stack: str, timeout: int) -> None:
+    """Poll until every service of the stack runs its desired replicas of its present spec and no rolling
+    update is under way, seen twice in a row; fail with the tasks' errors after `timeout` seconds, or at once
+    when an update paused or rolled back."""
+    args = connector_args(state, host)
+    command = StringCommand(progress_command(stack))
+    deadline = time.monotonic() + timeout
+    last_report = 0.0
+    steady = False
+    while True:
+        status, output = host.run_shell_command(command, print_output=False, **args)
+        services = stack_progress(output.stdout_lines) if status else {}
+        stuck = {n: s["update"] for n, s in services.items()
+                 if s["update"] in ("paused", "rollback_completed", "rollback_paused")}  # fmt: skip
+        if stuck:
+            _fail(host, args, stack, f"stack {stack}: update {', '.join(f'{n} {u}' for n, u in stuck.items())}")
+        if converged(services):
+            if steady:  # converged on two polls in a row, as `docker service update` verifies
+                logger.info(f"{host.print_prefix}stack {stack}: every service converged")
+                return
+            steady = True
+        else:
+            steady = False
+        now = time.monotonic()
+        if now > deadline:
+            _fail(host, args, stack, f"stack {stack} did not converge within {timeout} s")
+        if now - last_report >= 5:
+            progress = ", ".join(
+                f"{n} {s['current']}/{s['desired']}" + (f" ({s['stale']} old)" if s["stale"] else "")
+                + (" updating" if s["update"] not in ("none", "completed") else "")
+                for n, s in sorted(services.items())
+            )  # fmt: skip
+            logger.info(f"{host.print_prefix}stack {stack}: waiting ({progress or 'no services yet'})")
+            last_report = now
+        gevent.sleep(POLL)
+
+
+def _fail(host: Host, args: dict[str, Any], stack: str, reason: str) -> None:
+    _, tasks = host.run_shell_command(
+        StringCommand(f"docker stack ps {shlex.quote(stack)} --no-trunc --format "
+                      "'{{.Name}} on {{.Node}}: {{.CurrentState}}: {{.Error}}'"),
+        print_output=False, **args,
+    )  # fmt: skip
+    errors = [line for line in tasks.stdout_lines if not line.rstrip().endswith(":")][:5]
+    raise OperationError(f"{reason}; failing tasks: " + ("; ".join(errors) or "none reported"))
