@@ -59,7 +59,7 @@ $(STAMP): pyproject.toml
 		{ apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-venv >/dev/null; }
 	python3 -m venv $(VENV) || { echo "creating $(VENV) failed: install python3-venv"; exit 1; }
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,lab]'
 	touch $@
 
 clean:

@@ -8,9 +8,7 @@ import shutil
 import sys
 import time
 
-from docker.errors import APIError
-
-from pyinfra_swarm.lab import LabError, LabSpec, lab, state
+from pyinfra_swarm.lab import LabError, LabSpec, state
 from pyinfra_swarm.lab.spec import DEFAULT_NAME
 
 
@@ -57,6 +55,11 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        from docker.errors import APIError
+    except ImportError:
+        print("pyinfra-swarm: error: the lab needs Docker's SDK: pip install 'pyinfra-swarm[lab]'", file=sys.stderr)
+        return 2
+    try:
         actions = {"up": _up, "down": _down, "status": _status, "ssh": _ssh, "summary": _summary}
         return actions[args.action](args)
     except LabError as exc:
@@ -70,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _up(args: argparse.Namespace) -> int:
+    from pyinfra_swarm.lab import lab
+
     spec = LabSpec(name=args.name, managers=args.managers, workers=args.workers, subnet=args.subnet)
     started = time.monotonic()
     lab.up(spec, _progress, privileged=args.privileged)
@@ -78,12 +83,16 @@ def _up(args: argparse.Namespace) -> int:
 
 
 def _down(args: argparse.Namespace) -> int:
+    from pyinfra_swarm.lab import lab
+
     removed = lab.down(None if args.all else LabSpec(name=args.name, workers=0).name, _progress)
     _progress(f"removed {removed} lab resources" if removed else "nothing to remove")
     return 0
 
 
 def _status(args: argparse.Namespace) -> int:
+    from pyinfra_swarm.lab import lab
+
     LabSpec(name=args.name, workers=0)  # validates the name
     rows = lab.status(args.name)
     if not rows:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 from pyinfra.api.exceptions import PyinfraError
 
 from pyinfra_swarm.deploys.preflight import kernel_report, preflight
-from pyinfra_swarm.settings import validate_daemon_config
+from pyinfra_swarm.settings import SCHEMA, markdown_table, validate_daemon_config
 from tests.unit.fakes import host, plan
 
 
@@ -88,3 +89,29 @@ def test_daemon_config_pass_through_keys_are_not_checked():
     assert validate_daemon_config({"some-future-option": {"x": 1}, "default-address-pools": [{"base": "10.9.0.0/16",
                                    "size": 24}]}) == []  # fmt: skip
     assert validate_daemon_config({"default-address-pools": [{"base": "nope"}]})
+
+
+def test_readme_settings_tables_are_the_schema():
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    for table in ("swarm", "workloads"):
+        block = readme.split(f"<!-- settings:{table} -->\n", 1)[1].split(f"<!-- /settings:{table} -->", 1)[0]
+        assert block == markdown_table(table), f"README's {table} table differs from settings.SCHEMA: regenerate it"
+
+
+def test_unknown_keys_get_a_close_match_and_cluster_wide_keys_one_value():
+    worker = host("w1", "10.1.0.2", swarm_lables={"zone": "a"}, registry_mode="host")
+    with pytest.raises(PyinfraError) as error:
+        _check([host("m1", "10.1.0.1", registry_mode="service")], [worker])
+    assert "swarm_lables is not a setting of pyinfra-swarm: did you mean swarm_labels?" in str(error.value)
+    assert "registry_mode is cluster-wide but differs between @fake/m1 ('service') and @fake/w1 ('host')" in str(
+        error.value
+    )
+
+
+def test_every_setting_has_a_default_a_type_and_a_meaning():
+    for item in SCHEMA:
+        assert (
+            item.meaning and item.types and item.scope in ("host", "cluster") and item.table in ("swarm", "workloads")
+        )
+        assert item.default is None or isinstance(item.default, item.types), item.key
+        assert not item.choices or item.default is None or item.default in item.choices, item.key
