@@ -40,6 +40,7 @@ from pyinfra_swarm.facts import (
     read,
     sha256_text,
 )
+from pyinfra_swarm.plan import plan_cluster
 
 SWARM_PORT = 2377
 MANAGED_LABELS = "pyinfra-swarm.managed-labels"  # node label listing the labels `node` manages
@@ -379,8 +380,6 @@ def join_info(state: State, role: str, managers: list[str]) -> tuple[str, list[s
     """(token, manager addresses to join through) for `role`, read once per run from the first manager that
     answers: every joining host shares it, so a manager never gets more concurrent SSH sessions than sshd
     allows (MaxSessions)."""
-    from pyinfra_swarm.plan import plan_cluster
-
     run = plan_cluster(state).run
     with run.setdefault("join_lock", BoundedSemaphore()):
         cache = run.setdefault("join_info", {})
@@ -390,8 +389,6 @@ def join_info(state: State, role: str, managers: list[str]) -> tuple[str, list[s
 
 
 def _fetch_join_info(state: State, role: str, managers: list[str]) -> tuple[str, list[str]]:
-    from pyinfra_swarm.plan import plan_cluster
-
     plan = plan_cluster(state)
     candidates = [state.inventory.get_host(name) for name in managers]
     candidates = [m for m in candidates if m in plan.reachable and m not in state.failed_hosts]
