@@ -43,7 +43,7 @@ from pyinfra_swarm.facts import (
 )
 from pyinfra_swarm.operations.firewall import UNIT as FIREWALL_UNIT
 from pyinfra_swarm.operations.firewall import UNIT_FILE as FIREWALL_UNIT_FILE
-from pyinfra_swarm.settings import is_manager, setting, swarm_hosts, validate_inventory
+from pyinfra_swarm.settings import is_ip, is_manager, setting, swarm_hosts, validate_inventory
 
 LEADER_WAIT = 45.0  # seconds to wait for a leader election before giving up
 CLOCK_SKEW = 10.0  # seconds between a host's clock and the controller's worth a warning
@@ -132,13 +132,9 @@ class ClusterPlan:
     planned: dict[Host, dict[str, Any]] = field(default_factory=dict)  # facts that depend on the plan
     run: dict[str, Any] = field(default_factory=dict)  # what steps and callbacks keep for the rest of the run
 
-    @property
-    def swarm(self) -> dict[Host, dict[str, Any] | None]:
-        return {h: self.facts[h]["swarm"] for h in self.reachable}
-
-    @property
-    def kernel(self) -> dict[Host, dict[str, bool | None]]:
-        return {h: self.facts[h]["kernel"] for h in self.reachable}
+    def swarm_of(self, host: Host) -> dict[str, Any]:
+        """The DockerSwarm fact of a reachable host ({} for others, and where Docker isn't installed)."""
+        return (self.facts[host]["swarm"] if host in self.facts else None) or {}
 
     @property
     def managers(self) -> list[Host]:
@@ -158,12 +154,10 @@ class ClusterPlan:
 
     def node_of(self, host: Host) -> dict[str, Any] | None:
         """The swarm node entry of a host that is in this swarm (matched by its node ID)."""
-        info = self.swarm.get(host) or {}
-        return next((n for n in self.nodes if n["id"] == info.get("NodeID")), None)
+        return next((n for n in self.nodes if n["id"] == self.swarm_of(host).get("NodeID")), None)
 
     def in_this_swarm(self, host: Host) -> bool:
-        info = self.swarm.get(host) or {}
-        return info.get("LocalNodeState") == "active" and self.node_of(host) is not None
+        return self.swarm_of(host).get("LocalNodeState") == "active" and self.node_of(host) is not None
 
     def peers(self) -> list[str]:
         return sorted(set(self.addresses.values()), key=ipaddress.ip_address)
@@ -449,7 +443,7 @@ def step_for(plan: ClusterPlan, host: Host) -> str:
         return "init"
     if plan.in_this_swarm(host):
         return "member"
-    local = (plan.swarm.get(host) or {}).get("LocalNodeState")
+    local = plan.swarm_of(host).get("LocalNodeState")
     if local in (None, "inactive", "unknown"):
         return "join"
     if local == "locked":
@@ -464,11 +458,11 @@ def resolve_address(host: Host, interfaces: dict[str, list[str]] | None) -> str 
     Checks that the address is on the host when the host's interfaces are known."""
     value = setting(host, "swarm_advertise_addr")
     all_addresses = {a for addrs in (interfaces or {}).values() for a in addrs}
-    if value in all_addresses or (interfaces is None and _is_ip(value)):
+    if value in all_addresses or (interfaces is None and is_ip(value)):
         return value
     if interfaces is None:
         return None  # an interface name on an unreachable host
-    if _is_ip(value):
+    if is_ip(value):
         raise DeployError(
             f"host {host.name}: swarm_advertise_addr {value} is not an address of this host "
             f"(it has {', '.join(sorted(all_addresses)) or 'none'})"
@@ -480,14 +474,6 @@ def resolve_address(host: Host, interfaces: dict[str, list[str]] | None) -> str 
             f"(interfaces: {', '.join(sorted(interfaces))})"
         )
     return ipv4[0]
-
-
-def _is_ip(value: str) -> bool:
-    try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        return False
-    return True
 
 
 def _check_unique_hostnames(hostnames: dict[Host, str]) -> None:

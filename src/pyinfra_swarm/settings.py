@@ -49,7 +49,7 @@ def _cidr(value: Any) -> bool:
     return True
 
 
-def _is_ip(value: str) -> bool:
+def is_ip(value: str) -> bool:
     try:
         ipaddress.ip_address(value)
     except ValueError:
@@ -96,7 +96,7 @@ def _advertise_addr(value: Any) -> str | None:
 
 
 def _data_path_addr(value: Any) -> str | None:
-    if _is_ip(value) or INTERFACE_RE.match(value):
+    if is_ip(value) or INTERFACE_RE.match(value):
         return None
     return f"{value!r} is neither an IP address nor an interface name"
 

@@ -42,14 +42,14 @@ def preflight(plan: ClusterPlan | None = None) -> None:
     change on bad input."""
     plan = plan or plan_cluster()
     this = current_host()
-    features = plan.kernel[this]
+    features = plan.fact("kernel")
     if setting(this, "swarm_encrypted_overlays") and any(features.get(f) is False for f in ENCRYPTION):
         raise DeployError(
             f"host {this.name}: swarm_encrypted_overlays is on but this kernel lacks ESP/GCM, so encrypted "
             "overlays would drop all traffic: turn it off or use a kernel with CONFIG_INET_ESP and CONFIG_CRYPTO_GCM"
         )
     if this is plan.reachable[0]:
-        for line in kernel_report({h.name: plan.kernel[h] for h in plan.reachable}):
+        for line in kernel_report({h.name: plan.fact("kernel", h) for h in plan.reachable}):
             logger.warning(f"preflight: {line}")
     acting = plan.acting_manager
     if plan.steps.get(this) in ("join", "rejoin") and acting is not None:
