@@ -11,7 +11,7 @@ from pyinfra_swarm.deploys.objects import configure_objects
 from pyinfra_swarm.deploys.preflight import preflight
 from pyinfra_swarm.deploys.registry import configure_registry
 from pyinfra_swarm.deploys.stacks import deploy_stacks, prune_objects
-from pyinfra_swarm.deploys.swarm import configure_nodes, join_swarm
+from pyinfra_swarm.deploys.swarm import configure_nodes, join_swarm, remove_nodes
 from pyinfra_swarm.plan import plan_cluster
 
 # The plan: every host's state in one command per host; who inits, who joins through whom, where the
@@ -20,6 +20,7 @@ plan = plan_cluster()
 
 # The cluster.
 preflight(plan)
+remove_nodes(plan)  # hosts with swarm_state: absent, one at a time
 configure_daemon(plan)
 install_docker(plan)
 configure_firewall(plan)

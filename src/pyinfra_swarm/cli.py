@@ -1,4 +1,4 @@
-"""The `pyinfra-swarm` command: manage the local lab of VM-like nodes."""
+"""The `pyinfra-swarm` command: the swarm's status, and the local lab of VM-like nodes."""
 
 from __future__ import annotations
 
@@ -19,6 +19,11 @@ def _progress(message: str) -> None:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pyinfra-swarm", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
+    status = commands.add_parser("status", help="the swarm's health, read only (exit 0 healthy, 1 problems, 2 none "
+                                 "of the managers answered)")  # fmt: skip
+    status.add_argument("inventory", help="a pyinfra inventory, e.g. inventory/lab.py")
+    status.add_argument("--json", action="store_true", help="print the report as JSON (schema: pyinfra-swarm.status/1)")
+    status.add_argument("--watch", action="store_true", help="refresh every 2 s until interrupted")
     lab_parser = commands.add_parser("lab", help="the local lab: VM-like nodes as containers on one Docker host")
     actions = lab_parser.add_subparsers(dest="action", required=True)
 
@@ -54,6 +59,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "status":
+        from pyinfra_swarm import status
+
+        return status.main(args.inventory, args.json, args.watch)
     try:
         from docker.errors import APIError
     except ImportError:

@@ -64,6 +64,7 @@ DNF_CONFLICTS = [
     "docker-logrotate", "docker-engine", "podman", "runc", "moby-engine",
 ]  # fmt: skip
 PACKAGES = sorted(set(DOCKER_CE_PACKAGES + APT_CONFLICTS + DNF_CONFLICTS + ["apparmor", "curl"]))
+ENGINE_PACKAGES = sorted(set([*DOCKER_CE_PACKAGES, "docker.io", "containerd", "runc"]))  # what a purge removes
 
 # Everything the steps read from every swarm host, gathered in one Bundle command per host.
 HOST_FACTS: Spec = {
@@ -125,6 +126,7 @@ class ClusterPlan:
     init_host: Host | None  # the manager that initialises the swarm, when no manager is in one yet
     cluster_id: str | None
     in_limit: list[Host] = field(default_factory=list)  # the hosts this run may change (all without --limit)
+    removed: list[Host] = field(default_factory=list)  # hosts with swarm_state: absent (taken out, then left alone)
     data_path_port: int = 4789  # the VXLAN port the swarm uses (or will use, once initialised)
     nodes: list[dict[str, Any]] = field(default_factory=list)  # the primary's node list
     steps: dict[Host, str] = field(default_factory=dict)  # membership step of each reachable host (step_for)
@@ -145,6 +147,10 @@ class ClusterPlan:
         """The manager that runs cluster-wide changes (labels, roles, registry, stacks) this run."""
         return self.primary or self.init_host
 
+    def takes_part(self, host: Host) -> bool:
+        """Whether the deploy's steps act on a host: not when it is being taken out (swarm_state: absent)."""
+        return host not in self.removed
+
     def fact(self, name: str, target: Host | None = None) -> Any:
         """A fact of HOST_FACTS, or one that depends on the plan, of `target` (default: the host being deployed)."""
         target = target or current_host()
@@ -156,11 +162,17 @@ class ClusterPlan:
         """The swarm node entry of a host that is in this swarm (matched by its node ID)."""
         return next((n for n in self.nodes if n["id"] == self.swarm_of(host).get("NodeID")), None)
 
+    def entry_by_address(self, host: Host) -> dict[str, Any] | None:
+        """The node entry with a host's advertise address: how an unreachable host is found in the swarm."""
+        address = self.addresses.get(host)
+        return next((n for n in self.nodes if address and n["addr"] == address), None)
+
     def in_this_swarm(self, host: Host) -> bool:
         return self.swarm_of(host).get("LocalNodeState") == "active" and self.node_of(host) is not None
 
     def peers(self) -> list[str]:
-        return sorted(set(self.addresses.values()), key=ipaddress.ip_address)
+        """The addresses the swarm ports are open to: every host of the inventory but those being removed."""
+        return sorted({a for h, a in self.addresses.items() if h not in self.removed}, key=ipaddress.ip_address)
 
 
 _PLANS: weakref.WeakKeyDictionary[State, ClusterPlan] = weakref.WeakKeyDictionary()
@@ -172,14 +184,14 @@ def current_host() -> Host:
     return ctx_host.get()
 
 
-def plan_cluster(state: State | None = None) -> ClusterPlan:
+def plan_cluster(state: State | None = None, build: bool = True) -> ClusterPlan:
     """The plan of this run: made by the first host's deploy code (checking the inventory and all data
-    first), the same object for every host after that."""
+    first), the same object for every host after that. `build=False` (teardown) plans no `swarm init`."""
     state = state or ctx_state.get()
     with _PLAN_LOCK:  # every host's deploy code runs in its own greenlet: plan only once
         if state not in _PLANS:
             validate_inventory(state)
-            _PLANS[state] = _build(state)
+            _PLANS[state] = _build(state, build)
         return _PLANS[state]
 
 
@@ -205,7 +217,7 @@ def _connect_outside_limit(state: State, hosts: list[Host]) -> list[Host]:
     return [h for h in outside if h.connected]
 
 
-def _build(state: State) -> ClusterPlan:
+def _build(state: State, build: bool = True) -> ClusterPlan:
     hosts = swarm_hosts(state)
     in_limit = [h for h in hosts if state.is_host_in_limit(h)]
     read_only = _connect_outside_limit(state, hosts) if len(in_limit) < len(hosts) else []
@@ -232,7 +244,9 @@ def _build(state: State) -> ClusterPlan:
         h for h in reachable
         if is_manager(h) and info[h].get("LocalNodeState") == "active" and info[h].get("ControlAvailable")
     ]  # fmt: skip
-    in_swarm.sort(key=lambda h: h not in in_limit)  # act through a manager this run may change, if any
+    removed = [h for h in hosts if setting(h, "swarm_state") == "absent"]
+    # Act through a manager that stays and that this run may change, if any.
+    in_swarm.sort(key=lambda h: (h in removed, h not in in_limit))
     cluster_ids = {info[h].get("Cluster", {}).get("ID") for h in in_swarm}
     if len(cluster_ids) > 1:
         names = ", ".join(f"{h.name} ({info[h].get('Cluster', {}).get('ID')})" for h in in_swarm)
@@ -241,9 +255,10 @@ def _build(state: State) -> ClusterPlan:
             "ones leave (docker swarm leave --force) before running the deploy"
         )
     primary = in_swarm[0] if in_swarm else None
-    init_host = None if primary else _init_host(hosts, reachable, in_limit, info)
-    first = primary or init_host
-    assert first is not None  # _init_host raises when there is none
+    init_host = None
+    if primary is None and build:
+        init_host = _init_host([h for h in hosts if h not in removed], reachable, in_limit, info)
+    first = primary or init_host or hosts[0]
     if primary is not None:
         _check_init_settings(primary, info[primary].get("Cluster") or {})
     plan = ClusterPlan(
@@ -256,6 +271,7 @@ def _build(state: State) -> ClusterPlan:
         init_host=init_host,
         cluster_id=cluster_ids.pop() if primary else None,
         in_limit=in_limit,
+        removed=removed,
         data_path_port=int(((info[primary].get("Cluster") or {}) if primary else {}).get("DataPathPort") or 0)
         or setting(first, "swarm_data_path_port"),
         nodes=_node_list(in_swarm) if primary else [],
@@ -263,7 +279,10 @@ def _build(state: State) -> ClusterPlan:
     if plan.acting_manager is not None:  # what `swarm.node` reads on the acting manager
         remember(state, plan.acting_manager, {"nodes": (SwarmNodes, {})}, {"nodes": plan.nodes})
     plan.steps = {host: step_for(plan, host) for host in reachable}
+    _check_removals(plan)
     plan.registry = _registry(plan)
+    if plan.registry is not None and plan.registry.host in removed:
+        raise DeployError(f"registry_node {plan.registry.host.name} has swarm_state: absent: move the registry first")
     plan.planned = _gather(state, {h: _planned_facts(plan, h) for h in reachable})
     managers = len(plan.managers)
     if managers % 2 == 0:
@@ -277,6 +296,32 @@ def _build(state: State) -> ClusterPlan:
             "--limit: skipped this run"
         )
     return plan
+
+
+def _check_removals(plan: ClusterPlan) -> None:
+    """Refuse, before any change, a removal that would remove the last manager or break quorum; warn when
+    the managers left tolerate no loss."""
+    if not plan.removed or plan.primary is None:
+        return
+    managers = [n for n in plan.nodes if n["role"] == "manager"]
+    leaving = {n["id"] for h in plan.removed for n in [plan.node_of(h) or plan.entry_by_address(h)] if n}
+    staying = [n for n in managers if n["id"] not in leaving]
+    names = ", ".join(h.name for h in plan.removed)
+    if not staying:
+        raise DeployError(f"removing {names} would remove the swarm's last manager: add a manager first (or tear "
+                          "the swarm down with teardown.py)")  # fmt: skip
+    reachable = [n for n in staying if n["reachability"] == "reachable"]
+    needed = len(staying) // 2 + 1
+    if len(reachable) < needed:
+        raise DeployError(
+            f"removing {names} would leave {len(reachable)} reachable of {len(staying)} managers, {needed} needed "
+            "for quorum: bring the unreachable managers back first"
+        )
+    if len(staying) < len(managers) and len(staying) - needed == 0:
+        logger.warning(
+            f"after removing {names}, {len(staying)} manager(s) remain: the swarm then tolerates no manager loss "
+            "(use 3 managers)"
+        )
 
 
 def _registry(plan: ClusterPlan) -> Registry | None:
@@ -438,7 +483,10 @@ def step_for(plan: ClusterPlan, host: Host) -> str:
     """What joining this swarm takes for a host: "member" (nothing), "init", "join", "rejoin" (leave the other
     swarm first, as swarm_force_rejoin allows), "locked" (autolocked after a restart: it must be unlocked,
     never made to leave), "pending" (a join under way or stuck) or "foreign" (in another swarm); hosts in
-    the last three states are stopped with the reason."""
+    the last three states are stopped with the reason. A host with swarm_state: absent is "remove" (in
+    this swarm: taken out) or "gone" (nothing to do)."""
+    if host in plan.removed:
+        return "remove" if plan.in_this_swarm(host) else "gone"
     if host is plan.init_host:
         return "init"
     if plan.in_this_swarm(host):

@@ -11,6 +11,7 @@ import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pyinfra.api import Host, State
@@ -210,6 +211,11 @@ SCHEMA: tuple[Setting, ...] = (
     Setting("swarm_force_rejoin", False, (bool,), "a host in a *different* swarm (or stuck `pending`) leaves it "
             "and joins this one (otherwise it is stopped with an error); a `locked` manager is never made to leave",
             "swarm"),
+    Setting("swarm_state", "present", (str,), "`absent` takes this host out of the swarm safely: drained, its tasks "
+            "moved, demoted first if a manager, left, its node entry removed (refused when it would break quorum "
+            "or remove the last manager)", "swarm", choices=("present", "absent")),
+    Setting("docker_purge", False, (bool,), "with `swarm_state: absent` (or teardown): also uninstall Docker and "
+            "delete its data (`/var/lib/docker`, `/etc/docker`)", "swarm"),
     Setting("swarm_bootstrap", False, (bool,), "start a new swarm although some managers of the inventory weren't "
             "reached (see *Never two swarms*)", "swarm", scope="cluster"),
     # What runs on the swarm
@@ -403,6 +409,19 @@ def markdown_table(table: str) -> str:
     return "\n".join(rows) + "\n"
 
 
-if __name__ == "__main__":
-    for name in sys.argv[1:] or ["swarm", "workloads"]:
-        print(markdown_table(name))
+def update_readme(path: Path) -> None:
+    """Rewrite the settings tables between `<!-- settings:NAME -->` markers of a README from SCHEMA."""
+    text = path.read_text()
+    for table in ("swarm", "workloads"):
+        start, end = f"<!-- settings:{table} -->\n", f"<!-- /settings:{table} -->"
+        head, _, rest = text.partition(start)
+        _, _, tail = rest.partition(end)
+        text = head + start + markdown_table(table) + end + tail
+    path.write_text(text)
+
+
+if __name__ == "__main__":  # `python -m pyinfra_swarm.settings [README.md]`: print the tables, or update them
+    if sys.argv[1:]:
+        update_readme(Path(sys.argv[1]))
+    else:
+        print(markdown_table("swarm"), markdown_table("workloads"), sep="\n")

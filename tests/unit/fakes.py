@@ -10,10 +10,11 @@ from typing import Any
 
 os.environ["PYINFRA_FAKE_DELAY"] = os.environ["PYINFRA_FAKE_DELAY_JITTER"] = "0"
 
+import pyinfra
 from pyinfra.api import Config, Inventory, State
 from pyinfra.api.command import FileUploadCommand, FunctionCommand
 from pyinfra.api.connect import connect_all
-from pyinfra.api.deploy import add_deploy
+from pyinfra.api.state import StateStage
 from pyinfra.context import ctx_host, ctx_state
 
 from pyinfra_swarm.facts import Bundle
@@ -118,8 +119,19 @@ def plan(deploys: list, managers: list, workers: list | None = None, limit: list
     if limit is not None:  # as `pyinfra --limit`
         state.limit_hosts = [inventory.get_host(f"@fake/{name}") for name in limit]
     connect_all(state)
-    for deploy in deploys:
-        add_deploy(state, deploy)
+    # As the CLI does for each file: operation order starts with the deploy's number, so steps from different
+    # modules never share an order (their line numbers alone could collide).
+    state.set_stage(StateStage.Prepare)
+    pyinfra.is_cli = True
+    try:
+        with ctx_state.use(state):
+            for number, deploy in enumerate(deploys):
+                state.current_op_file_number = number
+                for deploy_host in state.inventory.get_active_hosts():
+                    with ctx_host.use(deploy_host):
+                        deploy()
+    finally:
+        pyinfra.is_cli = False
     planned: dict[str, Any] = {}
     for inventory_host in inventory:
         if inventory_host in state.failed_hosts or not state.is_host_in_limit(inventory_host):

@@ -66,7 +66,7 @@ def load_image_archives(plan: ClusterPlan | None = None) -> None:
     the image is missing (clusters without registry access; the lab gets its base image this way)."""
     plan = plan or plan_cluster()
     entries = archives_for(current_host(), setting(current_host(), "docker_image_archives"))
-    if not entries:
+    if not entries or not plan.takes_part(current_host()):
         return
     for entry in entries:
         if not Path(entry["archive"]).is_file():

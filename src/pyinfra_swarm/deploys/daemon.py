@@ -50,6 +50,8 @@ def configure_daemon(plan: ClusterPlan | None = None) -> None:
     """Write daemon.json (before Docker is installed, so it starts with it) and apply changes."""
     plan = plan or plan_cluster()
     this = current_host()
+    if not plan.takes_part(this):
+        return
     desired = dict(setting(this, "docker_daemon_config"))
     if plan.registry is not None and not plan.registry.tls:  # registry_tls: False opts out of TLS explicitly
         desired["insecure-registries"] = sorted({*desired.get("insecure-registries", []), plan.registry.address})

@@ -275,6 +275,8 @@ def configure_firewall(plan: ClusterPlan | None = None) -> None:
     """Let swarm traffic in from cluster peers only (see module docstring); `swarm_firewall: none` skips."""
     plan = plan or plan_cluster()
     this = current_host()
+    if not plan.takes_part(this):
+        return
     tools = plan.fact("firewall")
     backend = resolve_backend(setting(this, "swarm_firewall"), tools)
     if backend == "none":

@@ -79,6 +79,8 @@ def install_docker(plan: ClusterPlan | None = None) -> None:
     with the node drained (see operations/maintenance.py)."""
     plan = plan or plan_cluster()
     this = current_host()
+    if not plan.takes_part(this):
+        return
     source = setting(this, "docker_source")
     facts = plan.fact("packages")
     manager = facts["manager"]

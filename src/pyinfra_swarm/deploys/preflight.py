@@ -42,6 +42,8 @@ def preflight(plan: ClusterPlan | None = None) -> None:
     change on bad input."""
     plan = plan or plan_cluster()
     this = current_host()
+    if not plan.takes_part(this):
+        return
     features = plan.fact("kernel")
     if setting(this, "swarm_encrypted_overlays") and any(features.get(f) is False for f in ENCRYPTION):
         raise DeployError(

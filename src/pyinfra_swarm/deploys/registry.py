@@ -124,6 +124,8 @@ def configure_registry(plan: ClusterPlan | None = None) -> None:
     if target is None:
         return
     this = current_host()
+    if not plan.takes_part(this):
+        return
     ca, cert, key, auth = material(plan, target)
     ca_file = ca_path(target.address)
     if target.tls and plan.fact("registry_ca").get(ca_file) != sha256_text(ca):

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from pyinfra import host, logger
 from pyinfra.api import deploy
+from pyinfra.operations import server
 
-from pyinfra_swarm.operations import swarm
-from pyinfra_swarm.plan import ClusterPlan, current_host, plan_cluster
+from pyinfra_swarm.operations import maintenance, swarm
+from pyinfra_swarm.plan import ENGINE_PACKAGES, ClusterPlan, current_host, plan_cluster
 from pyinfra_swarm.settings import defaults, is_manager, setting
 
 STOPPED = {
@@ -30,6 +31,8 @@ def join_swarm(plan: ClusterPlan | None = None) -> None:
     pending is stopped with the reason, unless `swarm_force_rejoin` lets it leave another swarm first."""
     plan = plan or plan_cluster()
     this = current_host()
+    if not plan.takes_part(this):
+        return
     step = plan.steps[this]
     address = plan.addresses[this]
     data_path_addr = setting(this, "swarm_data_path_addr")
@@ -68,7 +71,9 @@ def configure_nodes(plan: ClusterPlan | None = None) -> None:
     plan = plan or plan_cluster()
     if current_host() is not plan.acting_manager:
         return
-    targets = [t for t in plan.reachable if plan.steps.get(t) not in STOPPED and t in plan.in_limit]
+    targets = [
+        t for t in plan.reachable if plan.steps.get(t) not in STOPPED and t in plan.in_limit and plan.takes_part(t)
+    ]
     stale = [n for t in targets if plan.node_of(t) is None for n in plan.nodes if n["hostname"] == plan.hostnames[t]]
     for entry in host.loop(stale):  # the host is not in this swarm now: an entry with its hostname is its past self
         swarm.node(name=f"Remove the stale entry of {entry['hostname']}", node=entry["id"], present=False)
@@ -82,3 +87,35 @@ def configure_nodes(plan: ClusterPlan | None = None) -> None:
             availability=setting(target, "swarm_availability"),
             joining=entry is None,
         )
+
+
+@deploy("Take hosts out of the swarm", data_defaults=defaults("swarm_state", "docker_purge"))
+def remove_nodes(plan: ClusterPlan | None = None) -> None:
+    """Hosts with `swarm_state: absent`, one at a time: drained, their tasks moved, demoted first if managers,
+    made to leave, their node entries removed, services back at their replicas (the plan has refused a
+    removal that breaks quorum or removes the last manager); `docker_purge` also uninstalls Docker and its
+    data. An unreachable one has its entry removed from the acting manager (forced), with a warning."""
+    plan = plan or plan_cluster()
+    this = current_host()
+    if this in plan.removed:
+        installed = [p for p in plan.fact("packages")["packages"] if p in ENGINE_PACKAGES]
+        purge = installed if setting(this, "docker_purge") else None
+        entry = plan.node_of(this)
+        if plan.steps.get(this) == "remove" and entry is not None:
+            staying = [m.name for m in plan.managers if plan.takes_part(m) and plan.in_this_swarm(m)]
+            maintenance.removed(name="Take this host out of the swarm", node_id=entry["id"], managers=staying,
+                                demote=entry["role"] == "manager", purge=purge, _serial=True)  # fmt: skip
+        elif purge:
+            server.shell(name="Uninstall Docker and delete its data", commands=maintenance.purge_commands(purge))
+        else:
+            host.noop("not in the swarm (swarm_state: absent)")
+        return
+    if this is not plan.acting_manager:
+        return
+    for target in host.loop([h for h in plan.removed if h not in plan.reachable]):
+        entry = plan.entry_by_address(target)
+        if entry is None:
+            continue
+        logger.warning(f"{target.name} (swarm_state: absent) is unreachable: its node entry is removed by force; "
+                       "Docker on it is left as it is")  # fmt: skip
+        swarm.node(name=f"Remove the entry of {target.name} (unreachable)", node=entry["id"], present=False)

@@ -144,17 +144,81 @@ def _restore(state: State, host: Host, node_id: str, managers: list[str], availa
     try:
         _wait_healthy(state, host, node_id, managers, timeout)
         _manager_run(state, host, managers, f"docker node update --availability {availability} {node_id}")
-        before = plan_cluster(state).run.get("services_below", {}).get(host.name, set())
-
-        def services_back() -> str:
-            below = _services_below(state, host, managers) - before
-            return f"below their replicas: {', '.join(sorted(below))}" if below else ""
-
-        _wait("waiting for the services", host, timeout, services_back)
+        _wait_services(state, host, managers, timeout)
     except OperationError:
         plan_cluster(state).run["maintenance_failed"] = host.name
         raise
     logger.info(f"{host.print_prefix}node {node_id} is back: Ready, {availability}")
+
+
+def _wait_services(state: State, host: Host, managers: list[str], timeout: int) -> None:
+    """Until every service that ran its replicas before this node's turn runs them again."""
+    before = plan_cluster(state).run.get("services_below", {}).get(host.name, set())
+
+    def services_back() -> str:
+        below = _services_below(state, host, managers) - before
+        return f"below their replicas: {', '.join(sorted(below))}" if below else ""
+
+    _wait("waiting for the services", host, timeout, services_back)
+
+
+# Docker's packages, and its data, for `removed(purge=True)` and teardown.
+PURGE_DATA = (
+    "for d in /var/lib/docker /var/lib/containerd; do [ -d $d ] && find $d -mindepth 1 -maxdepth 1 -exec rm -rf {} +; "
+    "done; rm -rf /etc/docker; true"
+)
+
+
+def purge_commands(installed: list[str]) -> list[str]:
+    """Commands that uninstall the given Docker packages and delete Docker's data."""
+    commands = ["systemctl stop docker.socket docker.service containerd.service 2>/dev/null; true"]
+    if installed:
+        commands.append("DEBIAN_FRONTEND=noninteractive apt-get purge -y -q " + " ".join(sorted(installed)))
+    return [*commands, PURGE_DATA]
+
+
+@operation()
+def removed(node_id: str, managers: list[str], demote: bool = False, purge: list[str] | None = None,
+            timeout: int = 180):  # fmt: skip
+    """Take this host out of the swarm safely: drain its node (through a manager), wait until its tasks
+    stopped, demote it if it is a manager, make it leave, remove its node entry, and wait until the services
+    run their replicas elsewhere; optionally uninstall Docker and delete its data.
+
+    + node_id: this host's swarm node ID
+    + managers: inventory names of managers that stay (the first that answers runs the node commands)
+    + demote: the node is a manager: demote it before it leaves (the raft membership shrinks cleanly)
+    + purge: the installed Docker packages to uninstall, with Docker's data; None keeps Docker
+    + timeout: seconds to wait for the tasks to move, and for the services
+
+    Use `_serial=True`: one node leaves at a time.
+
+    **Example:**
+
+    .. code:: python
+
+        maintenance.removed(name="Remove worker3", node_id=node_id, managers=["manager1"], _serial=True)
+    """
+    yield FunctionCommand(_drain, (node_id, managers, timeout), {})
+    if demote:
+        yield FunctionCommand(_manager_command, (managers, f"docker node demote {node_id}"), {})
+    yield "docker swarm leave --force"
+    yield FunctionCommand(_forget, (node_id, managers, timeout), {})
+    if purge is not None:
+        yield from purge_commands(purge)
+
+
+def _manager_command(state: State, host: Host, managers: list[str], command: str) -> None:
+    _manager_run(state, host, managers, command)
+
+
+def _forget(state: State, host: Host, node_id: str, managers: list[str], timeout: int) -> None:
+    try:
+        _manager_run(state, host, managers, f"docker node rm --force {node_id}")
+        _wait_services(state, host, managers, timeout)
+    except OperationError:
+        plan_cluster(state).run["maintenance_failed"] = host.name
+        raise
+    logger.info(f"{host.print_prefix}node {node_id} left the swarm and its entry is removed")
 
 
 def _wait_healthy(state: State, host: Host, node_id: str, managers: list[str], timeout: int) -> None:

@@ -1,0 +1,277 @@
+"""`pyinfra-swarm status INVENTORY`: the swarm's health, read only, through the first manager of the inventory
+that answers, in one command: nodes, quorum, services, what differs between the inventory and the swarm, and
+what expires. A table for people, `--json` for machines (schema below), an exit status for scripts.
+
+JSON schema `pyinfra-swarm.status/1`::
+
+    {"schema": "pyinfra-swarm.status/1", "through": str, "healthy": bool, "problems": [str], "warnings": [str],
+     "nodes": [{"hostname": str, "inventory_host": str|null, "role": "manager"|"worker", "leader": bool,
+                "reachability": str|null, "availability": str, "state": str, "engine": str, "addr": str,
+                "labels": {str: str}}],
+     "quorum": {"managers": int, "reachable": int, "needed": int, "tolerates": int},
+     "services": [{"name": str, "stack": str|null, "mode": "replicated"|"global", "running": int, "desired": int,
+                   "image": str, "ports": [str], "last_error": str|null}],
+     "drift": {"not_in_swarm": [str], "not_in_inventory": [str], "down": [str]},
+     "expiry": {"node_certificate_days": int|null, "registry_certificate_days": int|null}}
+
+Exit status: 0 healthy (warnings allowed), 1 problems (each named), 2 no manager answered or bad usage.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import sys
+import time
+from typing import Any
+
+from cryptography import x509
+from pyinfra.api import Config, Host, State, StringCommand
+
+from pyinfra_swarm.operations.swarm import connector_args
+from pyinfra_swarm.pki import pki_dir
+from pyinfra_swarm.settings import MANAGERS, is_ip, swarm_hosts
+
+SCHEMA = "pyinfra-swarm.status/1"
+HEALTHY, PROBLEMS, UNREACHABLE = 0, 1, 2
+CERT_WARNING_DAYS = 30
+SECTIONS = ("nodes", "services", "replicas", "tasks", "cert")
+COMMAND = (
+    "docker node inspect $(docker node ls -q) || exit 3; echo '##services##'; "
+    "ids=$(docker service ls -q); [ -z \"$ids\" ] || docker service inspect $ids; echo '##replicas##'; "
+    "docker service ls --format '{{.ID}} {{.Replicas}}'; echo '##tasks##'; "
+    '[ -z "$ids" ] || docker service ps $ids --no-trunc --format '
+    "'{{.ID}}\t{{.Name}}\t{{.DesiredState}}\t{{.CurrentState}}\t{{.Error}}'; echo '##cert##'; "
+    "cat /var/lib/docker/swarm/certificates/swarm-node.crt 2>/dev/null; true"
+)
+
+
+def load(inventory_path: str) -> State:
+    """The inventory as pyinfra loads it (its group data and SSH settings included), without connecting."""
+    from pyinfra_cli.inventory import make_inventory
+
+    inventory = make_inventory(inventory_path, cwd=os.getcwd())
+    return State(inventory, Config())
+
+
+def read_swarm(state: State) -> tuple[Host, list[str]]:
+    """(the manager that answered, its output), trying the inventory's managers in order."""
+    problems = []
+    for manager in state.inventory.get_group(MANAGERS, []):
+        if not manager.connected:
+            manager.connect(show_errors=False)
+        if not manager.connected:
+            problems.append(f"{manager.name}: unreachable")
+            continue
+        status, output = manager.run_shell_command(
+            StringCommand(COMMAND), print_output=False, **connector_args(state, manager)
+        )
+        if status:
+            return manager, output.stdout_lines
+        problems.append(
+            f"{manager.name}: {output.stderr.strip().splitlines()[-1] if output.stderr.strip() else 'no answer'}"
+        )
+    raise LookupError("no manager of the inventory answered: " + "; ".join(problems or ["there are none"]))
+
+
+def _sections(lines: list[str]) -> dict[str, list[str]]:
+    sections: dict[str, list[str]] = {name: [] for name in SECTIONS}
+    current = "nodes"
+    for line in lines:
+        marker = line.strip()
+        if marker.startswith("##") and marker.strip("#") in SECTIONS:
+            current = marker.strip("#")
+        else:
+            sections[current].append(line)
+    return sections
+
+
+def _days_left(pem: str, now: datetime.datetime) -> int | None:
+    try:
+        cert = x509.load_pem_x509_certificate(pem.encode())
+    except ValueError:
+        return None
+    return (cert.not_valid_after_utc - now).days
+
+
+def _registry_days(now: datetime.datetime) -> int | None:
+    certificates = sorted(pki_dir().glob("registry-*.crt"))
+    days = [d for d in (_days_left(c.read_text(), now) for c in certificates) if d is not None]
+    return min(days) if days else None
+
+
+def report(state: State, through: Host, lines: list[str], now: datetime.datetime | None = None) -> dict[str, Any]:
+    """The status report (see the module docstring) from the manager's output."""
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    sections = _sections(lines)
+    raw_nodes = json.loads("\n".join(sections["nodes"]) or "[]")
+    by_address = {h.data.get("swarm_advertise_addr"): h.name for h in swarm_hosts(state)}
+    nodes = []
+    for node in raw_nodes:
+        manager = node.get("ManagerStatus") or {}
+        addr = node["Status"].get("Addr", "")
+        nodes.append({
+            "hostname": node["Description"]["Hostname"],
+            "inventory_host": by_address.get(addr),
+            "role": node["Spec"]["Role"],
+            "leader": bool(manager.get("Leader")),
+            "reachability": manager.get("Reachability"),
+            "availability": node["Spec"]["Availability"],
+            "state": node["Status"]["State"],
+            "engine": node["Description"].get("Engine", {}).get("EngineVersion", ""),
+            "addr": addr,
+            "labels": node["Spec"].get("Labels") or {},
+        })  # fmt: skip
+    managers = [n for n in nodes if n["role"] == "manager"]
+    reachable = sum(1 for n in managers if n["reachability"] == "reachable")
+    needed = len(managers) // 2 + 1
+    quorum = {
+        "managers": len(managers),
+        "reachable": reachable,
+        "needed": needed,
+        "tolerates": max(reachable - needed, -1),
+    }
+    services = _services(sections)
+    inventory_addresses = {a: n for a, n in by_address.items() if isinstance(a, str) and is_ip(a)}
+    swarm_addresses = {n["addr"] for n in nodes if n["state"] == "ready"}
+    drift = {
+        "not_in_swarm": sorted(name for addr, name in inventory_addresses.items() if addr not in swarm_addresses),
+        "not_in_inventory": sorted(n["hostname"] for n in nodes if n["inventory_host"] is None),
+        "down": sorted(n["hostname"] for n in nodes if n["state"] != "ready"),
+    }
+    expiry = {"node_certificate_days": _days_left("\n".join(sections["cert"]), now) if sections["cert"] else None,
+              "registry_certificate_days": _registry_days(now)}  # fmt: skip
+    problems, warnings = _judge(nodes, quorum, services, drift, expiry)
+    return {"schema": SCHEMA, "through": through.name, "healthy": not problems, "problems": problems,
+            "warnings": warnings, "nodes": nodes, "quorum": quorum, "services": services, "drift": drift,
+            "expiry": expiry}  # fmt: skip
+
+
+def _services(sections: dict[str, list[str]]) -> list[dict[str, Any]]:
+    replicas = {}
+    for line in sections["replicas"]:
+        service_id, _, counts = line.strip().partition(" ")
+        up, _, wanted = counts.split(" ")[0].partition("/")
+        if up.isdigit() and wanted.isdigit():
+            replicas[service_id] = (int(up), int(wanted))
+    errors: dict[str, str] = {}
+    for line in sections["tasks"]:
+        fields = line.split("\t")
+        if len(fields) == 5 and fields[4].strip():
+            errors.setdefault(fields[1].lstrip("\\_ ").rsplit(".", 1)[0], fields[4].strip())  # newest first
+    services = []
+    for service in json.loads("\n".join(sections["services"]) or "[]"):
+        spec = service["Spec"]
+        running, desired = replicas.get(service["ID"], (0, 0))
+        ports = [f"{p.get('PublishedPort')}:{p.get('TargetPort')}/{p.get('Protocol')} ({p.get('PublishMode')})"
+                 for p in (service.get("Endpoint", {}).get("Ports") or [])]  # fmt: skip
+        services.append({
+            "name": spec["Name"],
+            "stack": (spec.get("Labels") or {}).get("com.docker.stack.namespace"),
+            "mode": "global" if "Global" in spec.get("Mode", {}) else "replicated",
+            "running": running,
+            "desired": desired,
+            "image": spec["TaskTemplate"]["ContainerSpec"]["Image"].split("@")[0],
+            "ports": ports,
+            "last_error": errors.get(spec["Name"]) if running < desired else None,
+        })  # fmt: skip
+    return sorted(services, key=lambda s: s["name"])
+
+
+def _judge(nodes: list, quorum: dict, services: list, drift: dict, expiry: dict) -> tuple[list[str], list[str]]:
+    problems, warnings = [], []
+    for node in nodes:
+        if node["state"] != "ready":
+            problems.append(f"node {node['hostname']} is {node['state']}")
+        if node["role"] == "manager" and node["reachability"] != "reachable":
+            problems.append(f"manager {node['hostname']} is {node['reachability'] or 'unknown'}")
+    if quorum["reachable"] < quorum["needed"]:
+        problems.append(f"quorum lost: {quorum['reachable']} of {quorum['managers']} managers reachable, "
+                        f"{quorum['needed']} needed")  # fmt: skip
+    elif quorum["tolerates"] == 0 and quorum["managers"] > 1:
+        problems.append(f"quorum at risk: {quorum['reachable']} of {quorum['managers']} managers reachable, one more "
+                        "manager loss loses the swarm's quorum")  # fmt: skip
+    elif quorum["managers"] == 1:
+        warnings.append("a single manager: losing it loses the swarm's control plane (use 3 managers)")
+    for service in services:
+        if service["running"] < service["desired"]:
+            error = f": {service['last_error']}" if service["last_error"] else ""
+            problems.append(f"service {service['name']} runs {service['running']}/{service['desired']}{error}")
+    if drift["not_in_swarm"]:
+        problems.append(f"in the inventory but not in the swarm: {', '.join(drift['not_in_swarm'])}")
+    if drift["not_in_inventory"]:
+        problems.append(f"in the swarm but not in the inventory: {', '.join(drift['not_in_inventory'])}")
+    for name, days in expiry.items():
+        if days is not None and days < CERT_WARNING_DAYS:
+            warnings.append(f"{name.replace('_days', '').replace('_', ' ')} expires in {days} days")
+    return problems, warnings
+
+
+def render(status: dict[str, Any], colour: bool) -> str:
+    """The report as tables for people."""
+
+    def paint(text: str, code: str) -> str:
+        return f"\x1b[{code}m{text}\x1b[0m" if colour else text
+
+    def table(rows: list[list[str]]) -> list[str]:
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        return ["  " + "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows]
+
+    lines = [f"swarm status (through {status['through']}): "
+             + (paint("healthy", "32") if status["healthy"] else paint("PROBLEMS", "31"))]  # fmt: skip
+    node_rows = [["NODE", "HOST", "ROLE", "MANAGER", "AVAILABILITY", "STATE", "ENGINE", "LABELS"]]
+    for n in status["nodes"]:
+        manager = "leader" if n["leader"] else (n["reachability"] or "")
+        labels = ",".join(f"{k}={v}" for k, v in sorted(n["labels"].items()) if not k.startswith("pyinfra-swarm."))
+        node_rows.append([n["hostname"], n["inventory_host"] or "-", n["role"], manager, n["availability"], n["state"],
+                          n["engine"], labels or "-"])  # fmt: skip
+    q = status["quorum"]
+    lines += ["", "nodes", *table(node_rows), "",
+              f"quorum: {q['reachable']}/{q['managers']} managers reachable, {q['needed']} needed, "
+              f"survives {max(q['tolerates'], 0)} more manager loss(es)"]  # fmt: skip
+    if status["services"]:
+        rows = [["SERVICE", "STACK", "MODE", "REPLICAS", "IMAGE", "PORTS"]]
+        rows += [[s["name"], s["stack"] or "-", s["mode"], f"{s['running']}/{s['desired']}", s["image"],
+                  ", ".join(s["ports"]) or "-"] for s in status["services"]]  # fmt: skip
+        lines += ["", "services", *table(rows)]
+    expiry = status["expiry"]
+    lines += ["", "expires: swarm node certificate in "
+              + (f"{expiry['node_certificate_days']} days" if expiry["node_certificate_days"] is not None else "?")
+              + ", registry certificate in "
+              + (f"{expiry['registry_certificate_days']} days" if expiry["registry_certificate_days"] is not None
+                 else "- (none on this machine)")]  # fmt: skip
+    lines += [paint(f"problem: {p}", "31") for p in status["problems"]]
+    lines += [paint(f"warning: {w}", "33") for w in status["warnings"]]
+    return "\n".join(lines)
+
+
+def main(inventory: str, as_json: bool, watch: bool, interval: float = 2.0) -> int:
+    """Print the status once, or again every `interval` seconds until interrupted; the exit status."""
+    try:
+        state = load(inventory)
+    except Exception as exc:  # pyinfra's CliError and friends: a bad inventory path or file
+        print(f"pyinfra-swarm: error: can't load inventory {inventory}: {exc}", file=sys.stderr)
+        return UNREACHABLE
+    code = HEALTHY
+    while True:
+        try:
+            manager, lines = read_swarm(state)
+        except LookupError as exc:
+            print(f"pyinfra-swarm: error: {exc}", file=sys.stderr)
+            code = UNREACHABLE
+        else:
+            status = report(state, manager, lines)
+            code = HEALTHY if status["healthy"] else PROBLEMS
+            if as_json:
+                print(json.dumps(status, indent=2, sort_keys=True))
+            else:
+                if watch and sys.stdout.isatty():
+                    print("\x1b[2J\x1b[H", end="")
+                print(render(status, colour=sys.stdout.isatty()))
+        if not watch:
+            return code
+        try:
+            time.sleep(interval)
+        except KeyboardInterrupt:
+            return code

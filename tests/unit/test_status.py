@@ -1,0 +1,104 @@
+"""`pyinfra-swarm status`: the report from a manager's recorded output, its problems and its JSON schema."""
+
+from __future__ import annotations
+
+import datetime
+import json
+
+from pyinfra.api import Config, Inventory, State
+
+from pyinfra_swarm.status import SCHEMA, report
+
+NOW = datetime.datetime(2026, 11, 29, tzinfo=datetime.timezone.utc)
+
+
+def _node(node_id, hostname, addr, role="worker", state="ready", reachability="reachable", leader=False):
+    node = {"ID": node_id, "Description": {"Hostname": hostname, "Engine": {"EngineVersion": "20.10.24"}},
+            "Spec": {"Role": role, "Availability": "active", "Labels": {"zone": "a"}},
+            "Status": {"State": state, "Addr": addr}}  # fmt: skip
+    if role == "manager":
+        node["ManagerStatus"] = {"Leader": leader, "Reachability": reachability}
+    return node
+
+
+def _service(service_id, name, replicas):
+    return {"ID": service_id, "Spec": {"Name": name, "Labels": {"com.docker.stack.namespace": "demo"},
+            "Mode": {"Replicated": {"Replicas": replicas}},
+            "TaskTemplate": {"ContainerSpec": {"Image": "10.1.0.1:5000/demo-app:1@sha256:abc"}}},
+            "Endpoint": {"Ports": [{"PublishedPort": 8080, "TargetPort": 8080, "Protocol": "tcp",
+                                    "PublishMode": "host"}]}}  # fmt: skip
+
+
+def _state(*hosts):
+    managers = [(name, {"swarm_advertise_addr": addr}) for name, addr, role in hosts if role == "manager"]
+    workers = [(name, {"swarm_advertise_addr": addr}) for name, addr, role in hosts if role == "worker"]
+    inventory = Inventory((managers + workers, {}), swarm_managers=([n for n, _ in managers], {}),
+                          swarm_workers=([n for n, _ in workers], {}))  # fmt: skip
+    return State(inventory, Config())
+
+
+HOSTS = [("m1", "10.1.0.1", "manager"), ("m2", "10.1.0.2", "manager"), ("m3", "10.1.0.3", "manager"),
+         ("w1", "10.1.0.4", "worker"), ("w2", "10.1.0.5", "worker")]  # fmt: skip
+
+
+def _output(nodes, services=(), replicas=(), tasks=()):
+    return [json.dumps(nodes), "##services##", json.dumps(list(services)), "##replicas##", *replicas, "##tasks##",
+            *tasks, "##cert##"]  # fmt: skip
+
+
+def _healthy_nodes():
+    return [_node("M1", "lab-m1", "10.1.0.1", "manager", leader=True), _node("M2", "lab-m2", "10.1.0.2", "manager"),
+            _node("M3", "lab-m3", "10.1.0.3", "manager"), _node("W1", "lab-w1", "10.1.0.4"),
+            _node("W2", "lab-w2", "10.1.0.5")]  # fmt: skip
+
+
+def test_a_healthy_three_plus_two_swarm():
+    state = _state(*HOSTS)
+    status = report(state, state.inventory.get_host("m1"), _output(_healthy_nodes(), [_service("S1", "demo_web", 2)],
+                    ["S1 2/2"]), NOW)  # fmt: skip
+    assert status["schema"] == SCHEMA and status["healthy"] and status["problems"] == []
+    assert status["quorum"] == {"managers": 3, "reachable": 3, "needed": 2, "tolerates": 1}
+    assert [n["inventory_host"] for n in status["nodes"]] == ["m1", "m2", "m3", "w1", "w2"]
+    web = status["services"][0]
+    assert (web["stack"], web["running"], web["desired"], web["image"]) == ("demo", 2, 2, "10.1.0.1:5000/demo-app:1")
+    assert web["ports"] == ["8080:8080/tcp (host)"] and web["last_error"] is None
+    assert status["drift"] == {"not_in_swarm": [], "not_in_inventory": [], "down": []}
+
+
+def test_a_lost_manager_puts_quorum_at_risk():
+    nodes = _healthy_nodes()
+    nodes[1] = _node("M2", "lab-m2", "10.1.0.2", "manager", state="down", reachability="unreachable")
+    state = _state(*HOSTS)
+    status = report(state, state.inventory.get_host("m1"), _output(nodes), NOW)
+    assert not status["healthy"]
+    assert "manager lab-m2 is unreachable" in status["problems"]
+    assert any(p.startswith("quorum at risk: 2 of 3 managers reachable") for p in status["problems"])
+    assert status["drift"]["down"] == ["lab-m2"] and status["drift"]["not_in_swarm"] == ["m2"]
+
+
+def test_a_down_worker_and_a_service_below_its_replicas_are_named_with_the_error():
+    nodes = _healthy_nodes()
+    nodes[4] = _node("W2", "lab-w2", "10.1.0.5", state="down")
+    tasks = ["t1\tdemo_web.2\tRunning\tPending 3 seconds ago\tno suitable node (max replicas per node limit exceed)",
+             "t2\tdemo_web.1\tRunning\tRunning 2 minutes ago\t"]  # fmt: skip
+    state = _state(*HOSTS)
+    status = report(state, state.inventory.get_host("m1"), _output(nodes, [_service("S1", "demo_web", 2)],
+                    ["S1 1/2"], tasks), NOW)  # fmt: skip
+    assert "node lab-w2 is down" in status["problems"]
+    assert ("service demo_web runs 1/2: no suitable node (max replicas per node limit exceed)"
+            in status["problems"])  # fmt: skip
+
+
+def test_drift_between_the_inventory_and_the_swarm():
+    nodes = [*_healthy_nodes(), _node("X", "stranger", "10.1.0.99")]
+    state = _state(*HOSTS, ("w3", "10.1.0.6", "worker"))
+    status = report(state, state.inventory.get_host("m1"), _output(nodes), NOW)
+    assert status["drift"]["not_in_swarm"] == ["w3"] and status["drift"]["not_in_inventory"] == ["stranger"]
+    assert not status["healthy"]
+
+
+def test_a_single_manager_is_a_warning_not_a_problem():
+    state = _state(("m1", "10.1.0.1", "manager"))
+    nodes = [_node("M1", "lab-m1", "10.1.0.1", "manager", leader=True)]
+    status = report(state, state.inventory.get_host("m1"), _output(nodes), NOW)
+    assert status["healthy"] and status["warnings"][0].startswith("a single manager")
