@@ -38,6 +38,14 @@ class Run:
         self.returncode = result.returncode
         self.output = result.stdout + result.stderr
 
+    def hosts_changed(self, operation: str) -> int:
+        """How many hosts the operation called `operation` changed (its results row's Success column)."""
+        for row in self.output.split("--> Results:")[-1].splitlines():
+            columns = re.split(r"\s{2,}", row.strip())
+            if len(columns) == 5 and columns[0] == operation:
+                return 0 if columns[2] == "-" else int(columns[2])
+        return 0
+
     @property
     def changed(self) -> list[str]:
         rows = self.output.split("--> Results:")[-1].splitlines()
@@ -93,8 +101,9 @@ class Lab:
         )
 
     def deploy(self, *args: str, group_data: dict | None = None, inventory: str = "inventory/lab.py",
-               env: dict[str, str] | None = None) -> Run:  # fmt: skip
-        """Run deploy.py on the lab; `group_data` ({group: {key: value}}) overrides the repo's group_data."""
+               env: dict[str, str] | None = None, file: str = "deploy.py") -> Run:  # fmt: skip
+        """Run deploy.py (or `file`) on the lab; `group_data` ({group: {key: value}}) overrides the repo's
+        group_data."""
         command = [str(BIN / "pyinfra"), "-y", *args]
         if group_data:
             folder = self.state_dir / "group_data"
@@ -103,7 +112,7 @@ class Lab:
             for group, values in group_data.items():
                 (folder / f"{group}.py").write_text("".join(f"{k} = {v!r}\n" for k, v in values.items()))
             command += ["--group-data", str(folder)]
-        result = run([*command, inventory, "deploy.py"], env={**self.env, **(env or {})})
+        result = run([*command, inventory, file], env={**self.env, **(env or {})})
         self.outputs.append(result.stdout + result.stderr)
         return Run(result)
 
