@@ -67,6 +67,16 @@ def deploy(
     return time.monotonic() - started, lines
 
 
+def status(lab_name: str) -> float:
+    """Wall time of `pyinfra-swarm status` on a lab (exit 0 or 1: both are a full report)."""
+    started = time.monotonic()
+    result = subprocess.run([str(BIN / "pyinfra-swarm"), "status", "inventory/lab.py"], env=env(lab_name), cwd=ROOT,
+                            capture_output=True, text=True)  # fmt: skip
+    if result.returncode not in (0, 1):
+        raise SystemExit(f"status on {lab_name} failed: {result.stderr}")
+    return time.monotonic() - started
+
+
 def commands_per_host(lines: list[tuple[float, str]]) -> dict[str, int]:
     counts: dict[str, int] = {}
     for _, text in lines:
@@ -144,6 +154,9 @@ def bench_shape(managers: int, workers: int) -> None:
             f"  no-op re-run:  {statistics.median(walls):6.2f} s median of 3 ({', '.join(f'{w:.2f}' for w in walls)})"
         )
         print(f"    SSH commands per host: {per_host(commands_per_host(deploy(name, cluster_only())[1]))}")
+        walls = [status(name) for _ in range(3)]
+        print(f"  pyinfra-swarm status: {statistics.median(walls):5.2f} s median of 3 "
+              f"({', '.join(f'{w:.2f}' for w in walls)}; one command on one manager)")  # fmt: skip
     finally:
         lab(name, "down")
 

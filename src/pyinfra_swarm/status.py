@@ -48,11 +48,17 @@ COMMAND = (
 
 
 def load(inventory_path: str) -> State:
-    """The inventory as pyinfra loads it (its group data and SSH settings included), without connecting."""
+    """The inventory as pyinfra's CLI loads it (its group data and SSH settings included), not connected."""
+    from pyinfra.context import ctx_config, ctx_inventory, ctx_state
     from pyinfra_cli.inventory import make_inventory
 
+    state, config = State(), Config()
+    ctx_state.set(state)
+    ctx_config.set(config)
     inventory = make_inventory(inventory_path, cwd=os.getcwd())
-    return State(inventory, Config())
+    ctx_inventory.set(inventory)
+    state.init(inventory, config)
+    return state
 
 
 def read_swarm(state: State) -> tuple[Host, list[str]]:
