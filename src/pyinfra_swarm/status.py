@@ -42,7 +42,7 @@ COMMAND = (
     "ids=$(docker service ls -q); [ -z \"$ids\" ] || docker service inspect $ids; echo '##replicas##'; "
     "docker service ls --format '{{.ID}} {{.Replicas}}'; echo '##tasks##'; "
     '[ -z "$ids" ] || docker service ps $ids --no-trunc --format '
-    "'{{.ID}}\t{{.Name}}\t{{.DesiredState}}\t{{.CurrentState}}\t{{.Error}}'; echo '##cert##'; "
+    "'{{.ID}}\t{{.Name}}\t{{.Node}}\t{{.DesiredState}}\t{{.CurrentState}}\t{{.Error}}'; echo '##cert##'; "
     "cat /var/lib/docker/swarm/certificates/swarm-node.crt 2>/dev/null; true"
 )
 
@@ -138,7 +138,7 @@ def report(state: State, through: Host, lines: list[str], now: datetime.datetime
         "needed": needed,
         "tolerates": max(reachable - needed, -1),
     }
-    services = _services(sections)
+    services = _services(sections, {n["hostname"] for n in nodes if n["state"] != "ready"})
     inventory_addresses = {a: n for a, n in by_address.items() if isinstance(a, str) and is_ip(a)}
     swarm_addresses = {n["addr"] for n in nodes if n["state"] == "ready"}
     drift = {
@@ -154,7 +154,8 @@ def report(state: State, through: Host, lines: list[str], now: datetime.datetime
             "expiry": expiry}  # fmt: skip
 
 
-def _services(sections: dict[str, list[str]]) -> list[dict[str, Any]]:
+def _services(sections: dict[str, list[str]], down: set[str]) -> list[dict[str, Any]]:
+    """The services; a task still listed as running on a node that is down doesn't count as running."""
     replicas = {}
     for line in sections["replicas"]:
         service_id, _, counts = line.strip().partition(" ")
@@ -162,14 +163,22 @@ def _services(sections: dict[str, list[str]]) -> list[dict[str, Any]]:
         if up.isdigit() and wanted.isdigit():
             replicas[service_id] = (int(up), int(wanted))
     errors: dict[str, str] = {}
+    stranded: dict[str, int] = {}
     for line in sections["tasks"]:
         fields = line.split("\t")
-        if len(fields) == 5 and fields[4].strip():
-            errors.setdefault(fields[1].lstrip("\\_ ").rsplit(".", 1)[0], fields[4].strip())  # newest first
+        if len(fields) != 6:
+            continue
+        service = fields[1].lstrip("\\_ ").rsplit(".", 1)[0]
+        if fields[5].strip():
+            errors.setdefault(service, fields[5].strip())  # newest first
+        if fields[2] in down and fields[3] == "Running" and fields[4].startswith("Running"):
+            stranded[service] = stranded.get(service, 0) + 1
+            errors.setdefault(service, f"task on {fields[2]}, which is down")
     services = []
     for service in json.loads("\n".join(sections["services"]) or "[]"):
         spec = service["Spec"]
         running, desired = replicas.get(service["ID"], (0, 0))
+        running = max(running - stranded.get(spec["Name"], 0), 0)
         ports = [f"{p.get('PublishedPort')}:{p.get('TargetPort')}/{p.get('Protocol')} ({p.get('PublishMode')})"
                  for p in (service.get("Endpoint", {}).get("Ports") or [])]  # fmt: skip
         services.append({

@@ -79,8 +79,8 @@ def test_a_lost_manager_puts_quorum_at_risk():
 def test_a_down_worker_and_a_service_below_its_replicas_are_named_with_the_error():
     nodes = _healthy_nodes()
     nodes[4] = _node("W2", "lab-w2", "10.1.0.5", state="down")
-    tasks = ["t1\tdemo_web.2\tRunning\tPending 3 seconds ago\tno suitable node (max replicas per node limit exceed)",
-             "t2\tdemo_web.1\tRunning\tRunning 2 minutes ago\t"]  # fmt: skip
+    tasks = ["t1\tdemo_web.2\t\tRunning\tPending 3 seconds ago\tno suitable node (max replicas per node limit exceed)",
+             "t2\tdemo_web.1\tlab-w1\tRunning\tRunning 2 minutes ago\t"]  # fmt: skip
     state = _state(*HOSTS)
     status = report(state, state.inventory.get_host("m1"), _output(nodes, [_service("S1", "demo_web", 2)],
                     ["S1 1/2"], tasks), NOW)  # fmt: skip
@@ -102,3 +102,13 @@ def test_a_single_manager_is_a_warning_not_a_problem():
     nodes = [_node("M1", "lab-m1", "10.1.0.1", "manager", leader=True)]
     status = report(state, state.inventory.get_host("m1"), _output(nodes), NOW)
     assert status["healthy"] and status["warnings"][0].startswith("a single manager")
+
+
+def test_a_task_still_running_on_a_down_node_does_not_count():
+    nodes = _healthy_nodes()
+    nodes[4] = _node("W2", "lab-w2", "10.1.0.5", state="down")
+    tasks = ["t1\tpinned.1\tlab-w2\tRunning\tRunning 5 minutes ago\t"]
+    state = _state(*HOSTS)
+    status = report(state, state.inventory.get_host("m1"), _output(nodes, [_service("S1", "pinned", 1)], ["S1 1/1"],
+                    tasks), NOW)  # fmt: skip
+    assert "service pinned runs 0/1: task on lab-w2, which is down" in status["problems"]
