@@ -40,7 +40,7 @@ SECTIONS = ("nodes", "services", "replicas", "tasks", "cert")
 COMMAND = (
     "docker node inspect $(docker node ls -q) || exit 3; echo '##services##'; "
     "ids=$(docker service ls -q); [ -z \"$ids\" ] || docker service inspect $ids; echo '##replicas##'; "
-    "docker service ls --format '{{.ID}} {{.Replicas}}'; echo '##tasks##'; "
+    "docker service ls --format '{{.Name}} {{.Replicas}}'; echo '##tasks##'; "
     '[ -z "$ids" ] || docker service ps $ids --no-trunc --format '
     "'{{.ID}}\t{{.Name}}\t{{.Node}}\t{{.DesiredState}}\t{{.CurrentState}}\t{{.Error}}'; echo '##cert##'; "
     "cat /var/lib/docker/swarm/certificates/swarm-node.crt 2>/dev/null; true"
@@ -140,7 +140,7 @@ def report(state: State, through: Host, lines: list[str], now: datetime.datetime
     }
     services = _services(sections, {n["hostname"] for n in nodes if n["state"] != "ready"})
     inventory_addresses = {a: n for a, n in by_address.items() if isinstance(a, str) and is_ip(a)}
-    swarm_addresses = {n["addr"] for n in nodes if n["state"] == "ready"}
+    swarm_addresses = {n["addr"] for n in nodes}
     drift = {
         "not_in_swarm": sorted(name for addr, name in inventory_addresses.items() if addr not in swarm_addresses),
         "not_in_inventory": sorted(n["hostname"] for n in nodes if n["inventory_host"] is None),
@@ -155,15 +155,15 @@ def report(state: State, through: Host, lines: list[str], now: datetime.datetime
 
 
 def _services(sections: dict[str, list[str]], down: set[str]) -> list[dict[str, Any]]:
-    """The services; a task still listed as running on a node that is down doesn't count as running."""
+    """The services; running = tasks meant to run and running, on nodes that are up."""
     replicas = {}
     for line in sections["replicas"]:
-        service_id, _, counts = line.strip().partition(" ")
+        name, _, counts = line.strip().partition(" ")
         up, _, wanted = counts.split(" ")[0].partition("/")
         if up.isdigit() and wanted.isdigit():
-            replicas[service_id] = (int(up), int(wanted))
+            replicas[name] = (int(up), int(wanted))
     errors: dict[str, str] = {}
-    stranded: dict[str, int] = {}
+    running_tasks: dict[str, int] = {}
     for line in sections["tasks"]:
         fields = line.split("\t")
         if len(fields) != 6:
@@ -171,14 +171,14 @@ def _services(sections: dict[str, list[str]], down: set[str]) -> list[dict[str, 
         service = fields[1].lstrip("\\_ ").rsplit(".", 1)[0]
         if fields[5].strip():
             errors.setdefault(service, fields[5].strip())  # newest first
-        if fields[2] in down and fields[3] == "Running" and fields[4].startswith("Running"):
-            stranded[service] = stranded.get(service, 0) + 1
-            errors.setdefault(service, f"task on {fields[2]}, which is down")
+        if fields[3] == "Running" and fields[4].startswith("Running") and fields[2] not in down:
+            running_tasks[service] = running_tasks.get(service, 0) + 1
     services = []
     for service in json.loads("\n".join(sections["services"]) or "[]"):
         spec = service["Spec"]
-        running, desired = replicas.get(service["ID"], (0, 0))
-        running = max(running - stranded.get(spec["Name"], 0), 0)
+        # `docker service ls` still counts a task of a node that went down; its tasks don't.
+        _, desired = replicas.get(spec["Name"], (0, 0))
+        running = running_tasks.get(spec["Name"], 0)
         ports = [f"{p.get('PublishedPort')}:{p.get('TargetPort')}/{p.get('Protocol')} ({p.get('PublishMode')})"
                  for p in (service.get("Endpoint", {}).get("Ports") or [])]  # fmt: skip
         services.append({
@@ -265,8 +265,9 @@ def main(inventory: str, as_json: bool, watch: bool, interval: float = 2.0) -> i
     """Print the status once, or again every `interval` seconds until interrupted; the exit status."""
     try:
         state = load(inventory)
-    except Exception as exc:  # pyinfra's CliError and friends: a bad inventory path or file
-        print(f"pyinfra-swarm: error: can't load inventory {inventory}: {exc}", file=sys.stderr)
+    except Exception as exc:  # pyinfra's CLI errors wrap what the inventory file raised
+        cause = getattr(exc, "e", None) or exc.__context__ or exc
+        print(f"pyinfra-swarm: error: can't load inventory {inventory}: {cause}", file=sys.stderr)
         return UNREACHABLE
     code = HEALTHY
     while True:

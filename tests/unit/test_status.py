@@ -54,8 +54,10 @@ def _healthy_nodes():
 
 def test_a_healthy_three_plus_two_swarm():
     state = _state(*HOSTS)
+    tasks = ["t1\tdemo_web.1\tlab-w1\tRunning\tRunning 2 minutes ago\t",
+             "t2\tdemo_web.2\tlab-w2\tRunning\tRunning 2 minutes ago\t"]  # fmt: skip
     status = report(state, state.inventory.get_host("m1"), _output(_healthy_nodes(), [_service("S1", "demo_web", 2)],
-                    ["S1 2/2"]), NOW)  # fmt: skip
+                    ["demo_web 2/2"], tasks), NOW)  # fmt: skip
     assert status["schema"] == SCHEMA and status["healthy"] and status["problems"] == []
     assert status["quorum"] == {"managers": 3, "reachable": 3, "needed": 2, "tolerates": 1}
     assert [n["inventory_host"] for n in status["nodes"]] == ["m1", "m2", "m3", "w1", "w2"]
@@ -73,7 +75,7 @@ def test_a_lost_manager_puts_quorum_at_risk():
     assert not status["healthy"]
     assert "manager lab-m2 is unreachable" in status["problems"]
     assert any(p.startswith("quorum at risk: 2 of 3 managers reachable") for p in status["problems"])
-    assert status["drift"]["down"] == ["lab-m2"] and status["drift"]["not_in_swarm"] == ["m2"]
+    assert status["drift"]["down"] == ["lab-m2"] and status["drift"]["not_in_swarm"] == []
 
 
 def test_a_down_worker_and_a_service_below_its_replicas_are_named_with_the_error():
@@ -83,7 +85,7 @@ def test_a_down_worker_and_a_service_below_its_replicas_are_named_with_the_error
              "t2\tdemo_web.1\tlab-w1\tRunning\tRunning 2 minutes ago\t"]  # fmt: skip
     state = _state(*HOSTS)
     status = report(state, state.inventory.get_host("m1"), _output(nodes, [_service("S1", "demo_web", 2)],
-                    ["S1 1/2"], tasks), NOW)  # fmt: skip
+                    ["demo_web 1/2"], tasks), NOW)  # fmt: skip
     assert "node lab-w2 is down" in status["problems"]
     assert ("service demo_web runs 1/2: no suitable node (max replicas per node limit exceed)"
             in status["problems"])  # fmt: skip
@@ -107,8 +109,9 @@ def test_a_single_manager_is_a_warning_not_a_problem():
 def test_a_task_still_running_on_a_down_node_does_not_count():
     nodes = _healthy_nodes()
     nodes[4] = _node("W2", "lab-w2", "10.1.0.5", state="down")
-    tasks = ["t1\tpinned.1\tlab-w2\tRunning\tRunning 5 minutes ago\t"]
+    tasks = ["t2\tpinned.1\t\tRunning\tPending 9 seconds ago\t\"no suitable node (1 node not available)\"",
+             "t1\tpinned.1\tlab-w2\tShutdown\tRunning 33 seconds ago\t"]  # fmt: skip
     state = _state(*HOSTS)
-    status = report(state, state.inventory.get_host("m1"), _output(nodes, [_service("S1", "pinned", 1)], ["S1 1/1"],
+    status = report(state, state.inventory.get_host("m1"), _output(nodes, [_service("S1", "pinned", 1)], ["pinned 1/1"],
                     tasks), NOW)  # fmt: skip
-    assert "service pinned runs 0/1: task on lab-w2, which is down" in status["problems"]
+    assert 'service pinned runs 0/1: "no suitable node (1 node not available)"' in status["problems"]
