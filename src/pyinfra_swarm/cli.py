@@ -9,7 +9,7 @@ import sys
 import time
 
 from pyinfra_swarm.lab import LabError, LabSpec, state
-from pyinfra_swarm.lab.spec import DEFAULT_NAME
+from pyinfra_swarm.lab.spec import DEFAULT_NAME, DISTROS
 
 
 def _progress(message: str) -> None:
@@ -39,6 +39,10 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--managers", type=int, default=1, help="manager nodes (default: %(default)s)")
     up.add_argument("--workers", type=int, default=3, help="worker nodes (default: %(default)s)")
     up.add_argument("--subnet", help="IPv4 subnet of the lab network (default: a free /24 in 192.168.56.0/21)")
+    up.add_argument("--distro", choices=DISTROS, default="bookworm", help="the nodes' Debian release: bookworm (12, "
+                    "docker.io 20.10) or trixie (13, docker.io 26.1) (default: %(default)s)")  # fmt: skip
+    up.add_argument("--worker-distro", choices=DISTROS, help="the workers' release, for a mixed cluster "
+                    "(default: --distro)")  # fmt: skip
     up.add_argument(
         "--privileged",
         choices=["auto", "always", "never"],
@@ -84,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
 def _up(args: argparse.Namespace) -> int:
     from pyinfra_swarm.lab import lab
 
-    spec = LabSpec(name=args.name, managers=args.managers, workers=args.workers, subnet=args.subnet)
+    spec = LabSpec(name=args.name, managers=args.managers, workers=args.workers, subnet=args.subnet,
+                   distro=args.distro, worker_distro=args.worker_distro)  # fmt: skip
     started = time.monotonic()
     lab.up(spec, _progress, privileged=args.privileged)
     _progress(f"lab '{spec.name}' is up ({time.monotonic() - started:.1f} s)")

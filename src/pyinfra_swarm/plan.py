@@ -57,7 +57,8 @@ STACKS_DIR = f"{RULES_DIR}/stacks"
 # Docker's packages and the ones they conflict with (Docker's install guide lists these).
 DOCKER_CE_PACKAGES = ["docker-ce", "docker-ce-cli", "containerd.io", "docker-buildx-plugin", "docker-compose-plugin"]
 APT_CONFLICTS = [
-    "docker.io", "docker-doc", "docker-compose", "docker-compose-v2", "podman-docker", "containerd", "runc",
+    "docker.io", "docker-cli", "docker-doc", "docker-compose", "docker-compose-v2", "podman-docker", "containerd",
+    "runc",
 ]  # fmt: skip
 DNF_CONFLICTS = [
     "docker", "docker-client", "docker-client-latest", "docker-common", "docker-latest", "docker-latest-logrotate",

@@ -125,9 +125,11 @@ def test_bad_input_stops_the_run_before_any_change(make_lab):
         assert not docker_installed(lab, node), f"{node} was changed by a run with bad input"
 
 
-def test_one_manager_three_workers(make_lab):
-    lab = make_lab("e2e-swarm")
-    lab.up("--managers", "1", "--workers", "3")
+@pytest.mark.parametrize("distro", ["bookworm", "trixie"])
+def test_one_manager_three_workers(make_lab, distro):
+    """The whole swarm suite, on Debian 12 nodes (docker.io 20.10) and on Debian 13 nodes (docker.io 26.1)."""
+    lab = make_lab({"bookworm": "e2e-swarm", "trixie": "e2e-trixie"}[distro])
+    lab.up("--managers", "1", "--workers", "3", "--distro", distro)
 
     cold = lab.deploy("--debug", group_data=GROUP_DATA)
     assert cold.returncode == 0, cold
@@ -167,7 +169,7 @@ def test_one_manager_three_workers(make_lab):
 
     # Published ports go through Docker's DNAT, not INPUT: non-peers reach only the allowed one (9090), peers
     # reach both (host-mode ports: the lab has no IPVS for the ingress mesh).
-    lab.sh("manager1", "docker service create -d --name e2e-pub --constraint node.hostname==e2e-swarm-worker1 "
+    lab.sh("manager1", f"docker service create -d --name e2e-pub --constraint node.hostname=={lab.name}-worker1 "
                        "--publish mode=host,published=9090,target=8000 --publish mode=host,published=9091,target=8001 "
                        "e2e-busybox /bin/busybox sh -c '/bin/busybox httpd -p 8001 -h / && "
                        "exec /bin/busybox httpd -f -p 8000 -h /' >/dev/null")  # fmt: skip
@@ -219,7 +221,7 @@ def test_one_manager_three_workers(make_lab):
     assert all(n["state"] == "ready" and n["availability"] == "active" for n in swarm.values()), swarm
 
     # --limit to a new manager never starts a second swarm: it joins this one or stops with the reason.
-    lab.up("--managers", "2", "--workers", "3")
+    lab.up("--managers", "2", "--workers", "3", "--distro", distro)
     limited = lab.deploy("--limit", "manager2", group_data=GROUP_DATA)
     state = json.loads(lab.sh("manager2", "docker info --format '{{json .Swarm}}'"))
     cluster = json.loads(lab.sh("manager1", "docker info --format '{{json .Swarm.Cluster.ID}}'"))
@@ -312,4 +314,16 @@ def test_one_manager_eleven_workers_form(make_lab, workers):
     assert run.returncode == 0, run
     swarm = nodes(lab)
     assert len(swarm) == workers + 1 and all(n["state"] == "ready" for n in swarm.values())
+    assert lab.deploy(group_data={"all": SWARM_ONLY}).changed == []
+
+
+def test_a_mixed_cluster_of_debian_12_managers_and_debian_13_workers_forms(make_lab):
+    lab = make_lab("e2e-mixed")
+    lab.up("--managers", "1", "--workers", "2", "--distro", "bookworm", "--worker-distro", "trixie")
+    run = lab.deploy(group_data={"all": SWARM_ONLY})
+    assert run.returncode == 0, run
+    engines = lab.sh("manager1", "docker node ls --format '{{.Hostname}} {{.Status}} {{.EngineVersion}}'").split("\n")
+    versions = {line.split()[0].split("-", 2)[-1]: line.split()[2] for line in engines if line.strip()}
+    assert versions["manager1"].startswith("20.10.") and versions["worker1"].startswith("26."), versions
+    assert all(" Ready " in f" {line} " for line in engines if line.strip()), engines
     assert lab.deploy(group_data={"all": SWARM_ONLY}).changed == []

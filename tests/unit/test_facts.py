@@ -55,8 +55,10 @@ def test_file_hashes_and_service_states():
 
 
 def test_docker_packages_with_held_ones():
-    assert DockerPackages().process(["manager=apt", "docker.io 20.10.24+dfsg1-1+deb12u1 held", "curl 7.88 "]) == {
-        "manager": "apt", "packages": {"docker.io": "20.10.24+dfsg1-1+deb12u1", "curl": "7.88"}, "held": ["docker.io"]
+    output = ["release=debian 13", "manager=apt", "docker.io 20.10.24+dfsg1-1+deb12u1 held", "curl 7.88 "]
+    assert DockerPackages().process(output) == {
+        "manager": "apt", "packages": {"docker.io": "20.10.24+dfsg1-1+deb12u1", "curl": "7.88"}, "held": ["docker.io"],
+        "release": "debian 13",
     }  # fmt: skip
 
 

@@ -92,3 +92,12 @@ def test_plan_packages_detects_an_outdated_pin():
     assert install
     _, wanted, _ = plan_packages("apt", "distro", {}, None, True)
     assert wanted == ["docker.io", "apparmor"]
+
+
+def test_debian_13_gets_the_docker_cli_package_too():
+    from pyinfra_swarm.deploys.install import distro_packages
+
+    assert distro_packages("debian 13") == ["docker.io", "docker-cli"]
+    assert distro_packages("debian 12") == distro_packages("ubuntu 24.04") == ["docker.io"]
+    _, wanted, install = plan_packages("apt", "distro", {"docker.io": "26.1.5"}, None, False, "debian 13")
+    assert wanted == ["docker.io", "docker-cli"] and install  # a node upgraded from 12 lacks the CLI

@@ -49,10 +49,18 @@ def test_addresses_start_at_dot_ten():
     LabSpec(managers=200, workers=45)  # exactly fills a /24
 
 
-def test_node_image_tag_follows_the_build_context():
+def test_node_image_tag_follows_the_release_and_the_build_context():
     tag = node_image_tag()
-    assert tag.startswith("pyinfra-swarm-node:") and len(tag.split(":")[1]) == 12
-    assert node_image_tag() == tag
+    assert tag.startswith("pyinfra-swarm-node:bookworm-") and len(tag.split("-")[-1]) == 12
+    assert node_image_tag() == tag and node_image_tag("trixie").startswith("pyinfra-swarm-node:trixie-")
+
+
+def test_a_mixed_lab_has_managers_and_workers_on_their_releases():
+    spec = LabSpec(name="mixed", managers=1, workers=2, distro="bookworm", worker_distro="trixie")
+    assert [(n.name, n.distro) for n in spec.nodes] == [("manager1", "bookworm"), ("worker1", "trixie"),
+                                                        ("worker2", "trixie")]  # fmt: skip
+    with pytest.raises(LabError, match="unknown distro 'sid'"):
+        LabSpec(name="x", distro="sid")
 
 
 def test_debian_mirror_is_read_from_deb822_and_one_line_sources(tmp_path, monkeypatch):

@@ -22,7 +22,7 @@ DISTRO_PACKAGES = ["docker.io"]
 # What each source conflicts with on apt.
 CONFLICTS = {"docker-ce": APT_CONFLICTS, "distro": DOCKER_CE_PACKAGES}
 # The packages a version pin applies to, held (apt-mark hold) while pinned so that `apt upgrade` leaves them.
-PINNED = {"docker-ce", "docker-ce-cli", "docker.io"}
+PINNED = {"docker-ce", "docker-ce-cli", "docker.io", "docker-cli"}
 
 
 def package_specs(packages: list[str], version: str | None, manager: str) -> list[str]:
@@ -33,14 +33,22 @@ def package_specs(packages: list[str], version: str | None, manager: str) -> lis
     return [f"{name}{separator}{version}" if name in PINNED else name for name in packages]
 
 
+def distro_packages(release: str) -> list[str]:
+    """The distribution's Docker packages: from Debian 13 on, the CLI is a package of its own (`docker-cli`,
+    only recommended by docker.io)."""
+    name, _, version = release.partition(" ")
+    split = name == "debian" and version.split(".")[0].isdigit() and int(version.split(".")[0]) >= 13
+    return [*DISTRO_PACKAGES, "docker-cli"] if split else list(DISTRO_PACKAGES)
+
+
 def plan_packages(manager: str | None, source: str, installed: dict[str, str], version: str | None,
-                  apparmor: bool) -> tuple[list[str], list[str], bool]:  # fmt: skip
+                  apparmor: bool, release: str = "") -> tuple[list[str], list[str], bool]:  # fmt: skip
     """(conflicting packages to remove, packages wanted, whether an install is needed)."""
     if manager == "dnf":
         conflicts, wanted = DNF_CONFLICTS, list(DOCKER_CE_PACKAGES)
     else:
         conflicts = CONFLICTS[source]
-        wanted = list(DOCKER_CE_PACKAGES if source == "docker-ce" else DISTRO_PACKAGES)
+        wanted = list(DOCKER_CE_PACKAGES) if source == "docker-ce" else distro_packages(release)
         if source == "distro" and apparmor:
             wanted.append("apparmor")  # Docker needs apparmor_parser where AppArmor is enabled
     remove = [name for name in conflicts if name in installed]
@@ -94,7 +102,7 @@ def install_docker(plan: ClusterPlan | None = None) -> None:
     apparmor = bool(plan.fact("kernel").get("APPARMOR"))
     installed = facts["packages"]
     version = setting(this, "docker_version")
-    remove, wanted, install = plan_packages(manager, source, installed, version, apparmor)
+    remove, wanted, install = plan_packages(manager, source, installed, version, apparmor, facts.get("release", ""))
     if manager == "apt":
         if "curl" not in installed:
             apt.packages(name="curl (joins go to Docker's API)", packages=["curl"], update=True, no_recommends=True)

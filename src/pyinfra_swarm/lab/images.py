@@ -1,4 +1,5 @@
-"""The node image: `FROM debian:bookworm`; that base is made with debootstrap where it can't be pulled."""
+"""The node images: `FROM debian:<release>` (bookworm or trixie); that base is made with debootstrap where it
+can't be pulled."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from docker.errors import APIError, BuildError, ImageNotFound
 
 from pyinfra_swarm.lab.spec import LabError
 
-BASE_IMAGE = "debian:bookworm"
+BASE_IMAGE = "debian:bookworm"  # what the demo's images build FROM (exported for the nodes to load)
 NODE_IMAGE_REPO = "pyinfra-swarm-node"
 NODE_CONTEXT = Path(__file__).with_name("node")
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
@@ -23,22 +24,24 @@ DEFAULT_MIRROR = "http://deb.debian.org/debian"
 Progress = Callable[[str], None]
 
 
-def node_image_tag() -> str:
-    """The node image's tag: a hash of its build context, so a changed Dockerfile means a new image."""
-    digest = hashlib.sha256()
+def node_image_tag(distro: str = "bookworm") -> str:
+    """The node image's tag: the release and a hash of its build context, so a changed Dockerfile means a new
+    image."""
+    digest = hashlib.sha256(distro.encode())
     for path in sorted(NODE_CONTEXT.iterdir()):
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    return f"{NODE_IMAGE_REPO}:{digest.hexdigest()[:12]}"
+    return f"{NODE_IMAGE_REPO}:{distro}-{digest.hexdigest()[:12]}"
 
 
-def ensure_node_image(api: docker.APIClient, progress: Progress) -> str:
-    tag = node_image_tag()
+def ensure_node_image(api: docker.APIClient, progress: Progress, distro: str = "bookworm") -> str:
+    tag = node_image_tag(distro)
     if _has_image(api, tag):
         return tag
-    ensure_base_image(api, progress)
+    ensure_base_image(api, progress, distro)
     progress(f"building the node image {tag} (first run only, about a minute)")
     try:
-        for chunk in api.build(path=str(NODE_CONTEXT), tag=tag, rm=True, forcerm=True, decode=True):
+        for chunk in api.build(path=str(NODE_CONTEXT), tag=tag, rm=True, forcerm=True, decode=True,
+                               buildargs={"RELEASE": distro}):  # fmt: skip
             if "error" in chunk:
                 raise LabError(f"building the node image failed: {chunk['error'].strip()}")
             line = chunk.get("stream", "").strip()
@@ -49,39 +52,41 @@ def ensure_node_image(api: docker.APIClient, progress: Progress) -> str:
     return tag
 
 
-def ensure_base_image(api: docker.APIClient, progress: Progress) -> None:
-    if _has_image(api, BASE_IMAGE):
+def ensure_base_image(api: docker.APIClient, progress: Progress, distro: str = "bookworm") -> None:
+    image = f"debian:{distro}"
+    if _has_image(api, image):
         return
-    progress(f"pulling {BASE_IMAGE}")
+    progress(f"pulling {image}")
     try:
-        api.pull(BASE_IMAGE)
+        api.pull(image)
         return
     except APIError:
-        progress(f"{BASE_IMAGE} can't be pulled here: making it with debootstrap (about 40 s)")
-    _debootstrap_base_image(api, progress)
+        progress(f"{image} can't be pulled here: making it with debootstrap (about 40 s)")
+    _debootstrap_base_image(api, progress, distro)
 
 
-def _debootstrap_base_image(api: docker.APIClient, progress: Progress) -> None:
+def _debootstrap_base_image(api: docker.APIClient, progress: Progress, distro: str) -> None:
+    image = f"debian:{distro}"
     if not shutil.which("debootstrap"):
         raise LabError(
-            f"{BASE_IMAGE} can't be pulled and debootstrap is missing: install it "
-            "(apt-get install debootstrap) or load a debian:bookworm image into the engine"
+            f"{image} can't be pulled and debootstrap is missing: install it "
+            f"(apt-get install debootstrap) or load a {image} image into the engine"
         )
     mirror = debian_mirror()
     with tempfile.TemporaryDirectory(prefix="pyinfra-swarm-rootfs-") as tmp:
         rootfs = Path(tmp) / "rootfs"
-        command = ["debootstrap", "--variant=minbase", "bookworm", str(rootfs), mirror]
+        command = ["debootstrap", "--variant=minbase", distro, str(rootfs), mirror]
         with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
             assert proc.stdout is not None
             for line in proc.stdout:
                 if line.startswith(("I: Retrieving Release", "I: Base system installed", "E:")):
                     progress(f"  {line.strip()}")
         if proc.returncode != 0:
-            raise LabError(f"debootstrap from {mirror} failed (exit {proc.returncode})")
+            raise LabError(f"debootstrap of {distro} from {mirror} failed (exit {proc.returncode})")
         tarball = Path(tmp) / "rootfs.tar"
         subprocess.run(["tar", "-C", str(rootfs), "-cf", str(tarball), "."], check=True)
-        progress(f"importing the root filesystem as {BASE_IMAGE}")
-        repository, tag = BASE_IMAGE.split(":")
+        progress(f"importing the root filesystem as {image}")
+        repository, tag = image.split(":")
         api.import_image_from_file(str(tarball), repository=repository, tag=tag)
 
 
@@ -92,7 +97,7 @@ def debian_mirror() -> str:
             continue
         text = path.read_text()
         match = re.search(r"^URIs:\s*(\S+/debian)/?\s*$", text, re.M) or re.search(
-            r"^deb\s+(?:\[[^]]*\]\s+)?(\S+/debian)/?\s+bookworm\s", text, re.M
+            r"^deb\s+(?:\[[^]]*\]\s+)?(\S+/debian)/?\s+[a-z]+\s", text, re.M
         )
         if match:
             return match.group(1)
@@ -110,6 +115,7 @@ def _has_image(api: docker.APIClient, name: str) -> bool:
 def export_base_image(api: docker.APIClient, directory: Path, progress: Progress) -> Path:
     """debian:bookworm as an archive the deploy can upload to nodes that can't pull (docker load)."""
     path = directory / "debian-bookworm.tar"
+    ensure_base_image(api, progress)
     if not path.exists():
         progress(f"saving {BASE_IMAGE} to {path} (nodes build images FROM it)")
         directory.mkdir(parents=True, exist_ok=True)

@@ -45,7 +45,7 @@ def _client_kwargs() -> dict[str, Any]:
 def up(spec: LabSpec, progress: Progress, privileged: str = "auto") -> state.LabState:
     """Make the lab match `spec`: reuse running nodes, start stopped ones, recreate broken ones."""
     api = connect()
-    image = ensure_node_image(api, progress)
+    images = {distro: ensure_node_image(api, progress, distro) for distro in sorted({n.distro for n in spec.nodes})}
     export_base_image(api, state_root() / "images", progress)
     subnet = _ensure_network(api, spec, progress)
     existing = {c["Labels"][NODE_LABEL]: c for c in _containers(api, spec.name)}
@@ -61,6 +61,7 @@ def up(spec: LabSpec, progress: Progress, privileged: str = "auto") -> state.Lab
     for node in spec.nodes:
         current = existing.get(node.name)
         address = current["Labels"][ADDRESS_LABEL] if current else free.pop(0)
+        image = images[node.distro]
         if current and _is_broken(current, image, spec.network):
             progress(f"recreating {node.name}: its container is broken or outdated")
             api.remove_container(current["Id"], force=True)

@@ -27,11 +27,15 @@ def state_root() -> Path:
     return Path(os.environ.get("PYINFRA_SWARM_LAB_DIR", ".lab")).resolve()
 
 
+DISTROS = ("bookworm", "trixie")  # Debian 12 (docker.io 20.10) and Debian 13 (docker.io 26.1)
+
+
 @dataclass(frozen=True)
 class Node:
     name: str  # manager1, worker2, ...
     role: str  # manager or worker
     lab: str
+    distro: str = "bookworm"
 
     @property
     def container(self) -> str:
@@ -56,12 +60,15 @@ class LabSpec:
     managers: int = 1
     workers: int = 3
     subnet: str | None = None  # None: the first free one of AUTO_SUBNETS
+    distro: str = "bookworm"  # the nodes' Debian release (DISTROS)
+    worker_distro: str | None = None  # the workers' release, when it differs (a mixed cluster)
     nodes: list[Node] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.validate()
-        nodes = [Node(f"manager{i}", "manager", self.name) for i in range(1, self.managers + 1)]
-        nodes += [Node(f"worker{i}", "worker", self.name) for i in range(1, self.workers + 1)]
+        workers = self.worker_distro or self.distro
+        nodes = [Node(f"manager{i}", "manager", self.name, self.distro) for i in range(1, self.managers + 1)]
+        nodes += [Node(f"worker{i}", "worker", self.name, workers) for i in range(1, self.workers + 1)]
         object.__setattr__(self, "nodes", nodes)
 
     @property
@@ -78,6 +85,9 @@ class LabSpec:
                 f"invalid lab name {self.name!r}: use 1-24 lowercase letters, digits and '-', "
                 "starting and ending with a letter or digit (it becomes part of container and host names)"
             )
+        for release in {self.distro, self.worker_distro or self.distro}:
+            if release not in DISTROS:
+                raise LabError(f"unknown distro {release!r}: use one of {', '.join(DISTROS)}")
         if self.managers < 1:
             raise LabError(f"--managers must be at least 1 (got {self.managers}): a swarm needs a manager")
         if self.workers < 0:
