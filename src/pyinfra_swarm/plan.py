@@ -125,7 +125,6 @@ class ClusterPlan:
     facts: dict[Host, dict[str, Any]]  # HOST_FACTS of each reachable host
     primary: Host | None  # a reachable manager already in the swarm: cluster-wide changes run there
     init_host: Host | None  # the manager that initialises the swarm, when no manager is in one yet
-    cluster_id: str | None
     in_limit: list[Host] = field(default_factory=list)  # the hosts this run may change (all without --limit)
     removed: list[Host] = field(default_factory=list)  # hosts with swarm_state: absent (taken out, then left alone)
     data_path_port: int = 4789  # the VXLAN port the swarm uses (or will use, once initialised)
@@ -270,7 +269,6 @@ def _build(state: State, build: bool = True) -> ClusterPlan:
         facts=facts,
         primary=primary,
         init_host=init_host,
-        cluster_id=cluster_ids.pop() if primary else None,
         in_limit=in_limit,
         removed=removed,
         data_path_port=int(((info[primary].get("Cluster") or {}) if primary else {}).get("DataPathPort") or 0)

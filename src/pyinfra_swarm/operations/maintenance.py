@@ -1,11 +1,15 @@
-"""Engine maintenance one node at a time: anything that restarts dockerd on a node of the swarm (a daemon.json
-change that needs a restart, an engine upgrade, a source switch) runs while that node is drained, and the
-next node starts only once this one is Ready again (a manager also Reachable, with a leader elected) and the
-services are back at their replicas. Run with `_serial=True`; the deploys do."""
+"""Node maintenance one node at a time. `drained`: anything that restarts dockerd on a node of the swarm (a
+daemon.json change that needs a restart, an engine upgrade, a source switch) runs while that node is drained,
+and the next node starts only once this one is Ready again (a manager also Reachable, with a leader elected)
+and the services are back at their replicas. `removed`: a node taken out of the swarm for good, drained,
+demoted, left and forgotten. Run with `_serial=True`; the deploys do. After a node that doesn't come back
+healthy, the others are left untouched."""
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 
 import gevent
 from pyinfra import logger
@@ -140,14 +144,21 @@ def _drain(state: State, host: Host, node_id: str, managers: list[str], timeout:
     _wait("waiting for its tasks to move", host, timeout, running_tasks)
 
 
-def _restore(state: State, host: Host, node_id: str, managers: list[str], availability: str, timeout: int) -> None:
+@contextlib.contextmanager
+def _turn_of(state: State, host: Host) -> Iterator[None]:
+    """A node's turn: when it doesn't come back healthy, the nodes after it are left untouched."""
     try:
-        _wait_healthy(state, host, node_id, managers, timeout)
-        _manager_run(state, host, managers, f"docker node update --availability {availability} {node_id}")
-        _wait_services(state, host, managers, timeout)
+        yield
     except OperationError:
         plan_cluster(state).run["maintenance_failed"] = host.name
         raise
+
+
+def _restore(state: State, host: Host, node_id: str, managers: list[str], availability: str, timeout: int) -> None:
+    with _turn_of(state, host):
+        _wait_healthy(state, host, node_id, managers, timeout)
+        _manager_run(state, host, managers, f"docker node update --availability {availability} {node_id}")
+        _wait_services(state, host, managers, timeout)
     logger.info(f"{host.print_prefix}node {node_id} is back: Ready, {availability}")
 
 
@@ -212,12 +223,9 @@ def _manager_command(state: State, host: Host, managers: list[str], command: str
 
 
 def _forget(state: State, host: Host, node_id: str, managers: list[str], timeout: int) -> None:
-    try:
+    with _turn_of(state, host):
         _manager_run(state, host, managers, f"docker node rm --force {node_id}")
         _wait_services(state, host, managers, timeout)
-    except OperationError:
-        plan_cluster(state).run["maintenance_failed"] = host.name
-        raise
     logger.info(f"{host.print_prefix}node {node_id} left the swarm and its entry is removed")
 
 
