@@ -143,6 +143,11 @@ class ClusterPlan:
         return [h for h in self.hosts if is_manager(h)]
 
     @property
+    def registry_address(self) -> str:
+        """HOST:PORT of the cluster's registry, "" without one."""
+        return self.registry.address if self.registry else ""
+
+    @property
     def acting_manager(self) -> Host | None:
         """The manager that runs cluster-wide changes (labels, roles, registry, stacks) this run."""
         return self.primary or self.init_host
@@ -356,7 +361,7 @@ def _planned_facts(plan: ClusterPlan, target: Host) -> Spec:
         return spec
     builds = setting(target, "docker_images")
     if builds:
-        spec["built_images"] = (ImageContexts, {"images": list(image_references(_address(plan), builds))})
+        spec["built_images"] = (ImageContexts, {"images": list(image_references(plan.registry_address, builds))})
     stacks = [stack["name"] for stack in setting(target, "swarm_stacks")]
     if registry is not None and registry.mode == "service":
         stacks.append("registry")
@@ -369,10 +374,6 @@ def _planned_facts(plan: ClusterPlan, target: Host) -> Spec:
     if registry is not None:
         spec["registry_logins"] = (RegistryLogins, {})
     return spec
-
-
-def _address(plan: ClusterPlan) -> str:
-    return plan.registry.address if plan.registry else ""
 
 
 def _init_host(hosts: list[Host], reachable: list[Host], in_limit: list[Host], info: dict[Host, dict]) -> Host:

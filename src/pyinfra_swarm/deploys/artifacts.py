@@ -89,7 +89,7 @@ def build_images(plan: ClusterPlan | None = None) -> None:
     entries = setting(this, "docker_images")
     if this is not plan.acting_manager or not entries:
         return
-    registry = plan.registry.address if plan.registry else ""
+    registry = plan.registry_address
     current = plan.fact("built_images")
     for reference, entry in host.loop(list(image_references(registry, entries).items())):
         build(plan, reference, Path(entry["context"]), current.get(reference), push=bool(registry))

@@ -59,7 +59,7 @@ def deploy_stacks(plan: ClusterPlan | None = None) -> None:
     this = current_host()
     if this is not plan.acting_manager:
         return
-    rendered = render_stacks(this.data, plan.registry.address if plan.registry else "")
+    rendered = render_stacks(this.data, plan.registry_address)
     rebuilt = built_this_run(plan)
     for stack, text, images in host.loop(rendered):
         name = stack["name"]
