@@ -357,17 +357,19 @@ class ServiceStates(FactBase[dict[str, dict[str, bool]]]):
 
 class DockerPackages(FactBase[dict[str, Any]]):
     """The package manager (apt or dnf), which of the given packages are installed, with versions, which of
-    them are held (apt-mark hold), and the distribution's release ("debian 13", from os-release)."""
+    them are held (apt-mark hold), the distribution's release ("debian 13") and codename (from os-release),
+    and dpkg's architecture."""
 
     @staticmethod
     def default() -> Any:
-        return {"manager": None, "packages": {}, "held": [], "release": ""}
+        return {"manager": None, "packages": {}, "held": [], "release": "", "codename": "", "arch": ""}
 
     def command(self, packages: list[str]) -> str:
         names = " ".join(shlex.quote(name) for name in packages)
         return (
             '. /etc/os-release 2>/dev/null; echo "release=${ID:-} ${VERSION_ID:-}"; '
-            "if command -v dpkg-query >/dev/null; then echo manager=apt; "
+            'echo "codename=${UBUNTU_CODENAME:-${VERSION_CODENAME:-}}"; '
+            'if command -v dpkg-query >/dev/null; then echo manager=apt; echo "arch=$(dpkg --print-architecture)"; '
             f"dpkg-query -W -f '${{db:Status-Abbrev}} ${{Package}} ${{Version}}\\n' {names} 2>/dev/null "
             '| awk \'$1 ~ /^[ih]i/ {print $2, $3, ($1 ~ /^h/ ? "held" : "")}\'; '
             "elif command -v rpm >/dev/null; then echo manager=dnf; "
@@ -375,12 +377,11 @@ class DockerPackages(FactBase[dict[str, Any]]):
         )
 
     def process(self, output: list[str]) -> dict[str, Any]:
-        result: dict[str, Any] = {"manager": None, "packages": {}, "held": [], "release": ""}
+        result = self.default()
         for line in output:
-            if line.startswith("manager="):
-                result["manager"] = line.split("=", 1)[1]
-            elif line.startswith("release="):
-                result["release"] = line.split("=", 1)[1].strip()
+            key, _, value = line.partition("=")
+            if key in ("manager", "release", "codename", "arch") and "=" in line:
+                result[key] = value.strip() or result[key]
             elif " " in line.strip():
                 name, version, *flags = line.split()
                 result["packages"][name] = version

@@ -43,6 +43,7 @@ from pyinfra_swarm.facts import (
 )
 from pyinfra_swarm.operations.firewall import UNIT as FIREWALL_UNIT
 from pyinfra_swarm.operations.firewall import UNIT_FILE as FIREWALL_UNIT_FILE
+from pyinfra_swarm.operations.packages import source_paths
 from pyinfra_swarm.settings import is_ip, is_manager, setting, swarm_hosts, validate_inventory
 
 LEADER_WAIT = 45.0  # seconds to wait for a leader election before giving up
@@ -65,6 +66,7 @@ DNF_CONFLICTS = [
     "docker-logrotate", "docker-engine", "podman", "runc", "moby-engine",
 ]  # fmt: skip
 PACKAGES = sorted(set(DOCKER_CE_PACKAGES + APT_CONFLICTS + DNF_CONFLICTS + ["apparmor", "curl"]))
+DOCKER_APT_SOURCE, DOCKER_APT_KEY = source_paths("docker")
 ENGINE_PACKAGES = sorted(set([*DOCKER_CE_PACKAGES, "docker.io", "containerd", "runc"]))  # what a purge removes
 
 # Everything the steps read from every swarm host, gathered in one Bundle command per host.
@@ -81,6 +83,7 @@ HOST_FACTS: Spec = {
     "firewall_service": (ServiceStates, {"services": [FIREWALL_UNIT]}),
     "sshd_ports": (SshdPorts, {}),
     "packages": (DockerPackages, {"packages": PACKAGES}),
+    "apt_source": (FileHashes, {"paths": [DOCKER_APT_SOURCE, DOCKER_APT_KEY]}),
     "docker_service": (ServiceStates, {"services": ["docker.service"]}),
 }
 

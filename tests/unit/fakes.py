@@ -44,19 +44,25 @@ def host(
     firewall: dict[str, str] | None = None,
     mtu: int = 1500,
     sshd_ports: tuple[int, ...] = (22,),
+    apt_files: dict[str, str] | None = None,
     extra: dict[Any, Any] | None = None,
     **data: Any,
 ) -> tuple[str, dict[str, Any]]:
     """An inventory entry for a fake host. `swarm` is the `docker info` Swarm JSON (None: Docker missing);
-    the other keywords shape what the host's gathered facts (hostfacts.Bundle) say."""
+    `apt_files` maps a path to its sha256 (those not given are missing); the other keywords shape what the
+    host's gathered facts (hostfacts.Bundle) say."""
     installed = [f"{pkg} {version}" for pkg, version in {"curl": "7.88", **(packages or {})}.items()]
+    release = dict(line.split("=", 1) for line in os_release if "=" in line)
+    codename = release.get("UBUNTU_CODENAME") or release.get("VERSION_CODENAME", "")
+    about = [f"release={release.get('ID', '')} {release.get('VERSION_ID', '')}", f"codename={codename}", "arch=amd64"]
     sections = {
         "hostname": [hostname or name],
         "addresses": addresses or [f"2: eth0    inet {address}/24 brd 10.1.0.255 scope global eth0"],
         "swarm": [swarm] if swarm is not None else [Bundle.MISSING],
         "kernel": ["apparmor=", *kernel],
         "daemon_config": [daemon_config] if daemon_config is not None else [],
-        "packages": [f"manager={manager}", *installed],
+        "packages": [f"manager={manager}", *about, *installed],
+        "apt_source": [f"{digest} {path}" for path, digest in (apt_files or {}).items()],
         "docker_service": [f"docker.service {'active enabled' if docker_running else 'inactive disabled'}"],
         "firewall": [f"{key}={value}" for key, value in {"iptables": "/usr/sbin/iptables", **(firewall or {})}.items()],
         "firewall_files": [],

@@ -55,10 +55,11 @@ def test_file_hashes_and_service_states():
 
 
 def test_docker_packages_with_held_ones():
-    output = ["release=debian 13", "manager=apt", "docker.io 20.10.24+dfsg1-1+deb12u1 held", "curl 7.88 "]
+    output = ["release=debian 13", "codename=trixie", "manager=apt", "arch=arm64",
+              "docker.io 20.10.24+dfsg1-1+deb12u1 held", "curl 7.88 "]  # fmt: skip
     assert DockerPackages().process(output) == {
         "manager": "apt", "packages": {"docker.io": "20.10.24+dfsg1-1+deb12u1", "curl": "7.88"}, "held": ["docker.io"],
-        "release": "debian 13",
+        "release": "debian 13", "codename": "trixie", "arch": "arm64",
     }  # fmt: skip
 
 

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import shlex
+from io import StringIO
 
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.api.exceptions import DeployError
-from pyinfra.facts.deb import DebArch
 from pyinfra.facts.server import LinuxDistribution
 from pyinfra.operations import apt, dnf, files, server, systemd
 
+from pyinfra_swarm.operations import packages
 from pyinfra_swarm.operations.maintenance import in_turn, window
 from pyinfra_swarm.plan import APT_CONFLICTS, DNF_CONFLICTS, DOCKER_CE_PACKAGES, ClusterPlan, current_host, plan_cluster
 from pyinfra_swarm.settings import defaults, is_manager, setting
@@ -49,20 +50,21 @@ def plan_packages(manager: str | None, source: str, installed: dict[str, str], v
     else:
         conflicts = CONFLICTS[source]
         wanted = list(DOCKER_CE_PACKAGES) if source == "docker-ce" else distro_packages(release)
-        if source == "distro" and apparmor:
-            wanted.append("apparmor")  # Docker needs apparmor_parser where AppArmor is enabled
+        if apparmor:
+            wanted.append("apparmor")  # containers fail to start without apparmor_parser where AppArmor is on
     remove = [name for name in conflicts if name in installed]
     engine = "docker-ce" if source == "docker-ce" else "docker.io"
     outdated = bool(version) and not str(installed.get(engine, "")).startswith(str(version).rstrip("*"))
     return remove, wanted, outdated or any(name not in installed for name in wanted)
 
 
-def hold_commands(wanted: list[str], installed: dict[str, str], held: list[str], version: str | None) -> list[str]:
+def hold_commands(wanted: list[str], installed: dict[str, str], held: list[str], version: str | None,
+                  installing: bool = False) -> list[str]:  # fmt: skip
     """apt-mark commands that hold the pinned packages while `docker_version` is set, and release them when
-    it is not."""
+    it is not. An install of a new version drops apt's hold, so a pin is held again after every install."""
     pinned = sorted(name for name in wanted if name in PINNED)
     if version:
-        to_hold = [name for name in pinned if name not in held or name not in installed]
+        to_hold = [name for name in pinned if installing or name not in held or name not in installed]
         return [f"apt-mark hold {' '.join(to_hold)}"] if to_hold else []
     to_release = [name for name in pinned if name in held]
     return [f"apt-mark unhold {' '.join(to_release)}"] if to_release else []
@@ -106,8 +108,8 @@ def install_docker(plan: ClusterPlan | None = None) -> None:
     if manager == "apt":
         if "curl" not in installed:
             apt.packages(name="curl (joins go to Docker's API)", packages=["curl"], update=True, no_recommends=True)
-        _install_apt(source, remove, wanted, install, window(plan, this))
-        holds = hold_commands(wanted, installed, facts.get("held", []), version)
+        _install_apt(plan, source, remove, wanted, install)
+        holds = hold_commands(wanted, installed, facts.get("held", []), version, installing=install or bool(remove))
         if holds:
             server.shell(name="Hold the pinned Docker packages" if version else "Release held Docker packages",
                          commands=holds)  # fmt: skip
@@ -120,51 +122,48 @@ def install_docker(plan: ClusterPlan | None = None) -> None:
         server.user(name=f"{user} is in the docker group", user=user, groups=["docker"], append=True)
 
 
-def _install_apt(source: str, remove: list[str], wanted: list[str], install: bool, member: dict | None) -> None:
-    if member is not None and (install or remove):
-        # In the swarm: the engine restarts with the upgrade, so its node takes its turn, drained.
-        if source == "docker-ce":
-            _docker_ce_apt_repository()
-        commands = ["DEBIAN_FRONTEND=noninteractive apt-get update -q", apt_swap_command(remove, wanted,
-                    setting(current_host(), "docker_version"))]  # fmt: skip
-        in_turn(f"Install Docker ({source})", commands, member, is_manager(host))
-        return
-    if remove:
-        apt.packages(name="Remove packages that conflict with " + source, packages=remove, present=False)
-    if not install:
-        return
+def _install_apt(plan: ClusterPlan, source: str, remove: list[str], wanted: list[str], install: bool) -> None:
+    """Docker's repository first (proven before it is added), then one apt transaction that installs the
+    wanted packages and removes the conflicting ones: a failure at any point leaves the old engine."""
+    this = current_host()
+    version = setting(this, "docker_version")
     if source == "docker-ce":
-        _docker_ce_apt_repository()
-    version = setting(current_host(), "docker_version")
-    apt.packages(
-        name=f"Install Docker ({source})",
-        packages=package_specs(wanted, version, "apt"),
-        update=True,
-        no_recommends=True,
-        allow_downgrades=bool(version),
-        extra_install_args="--allow-change-held-packages" if version else None,
+        _docker_ce_apt_repository(plan, version)
+    if not (install or remove):
+        return
+    commands = ["DEBIAN_FRONTEND=noninteractive apt-get update -q", apt_swap_command(remove, wanted, version)]
+    member = window(plan, this)
+    if member is not None:
+        # In the swarm: the engine restarts with the upgrade, so its node takes its turn, drained.
+        in_turn(f"Install Docker ({source})", commands, member, is_manager(host))
+    else:
+        server.shell(name=f"Install Docker ({source})", commands=commands)
+
+
+def _docker_ce_apt_repository(plan: ClusterPlan, version: str | None) -> None:
+    facts = plan.fact("packages")
+    distro = facts.get("release", "").partition(" ")[0]
+    if distro not in DEBIAN_FAMILY:
+        raise DeployError(f"host {host.name}: Docker's apt repository has no packages for {distro!r}")
+    packages.signed_apt_source(
+        name="Docker's apt repository (checked before it is added)",
+        filename="docker",
+        url=f"{setting(current_host(), 'docker_ce_repo_url').rstrip('/')}/{DEBIAN_FAMILY[distro]}",
+        suite=facts["codename"],
+        component=setting(current_host(), "docker_ce_channel"),
+        arch=facts["arch"],
+        package="docker-ce",
+        version=version,
+        setting="docker_ce_repo_url and docker_ce_channel",
     )
 
 
-def _docker_ce_apt_repository() -> None:
-    meta = host.get_fact(LinuxDistribution)["release_meta"]
-    distro = str(meta.get("ID", "")).lower()
-    if distro not in DEBIAN_FAMILY:
-        raise DeployError(f"host {host.name}: Docker's apt repository has no packages for {distro!r}")
-    codename = meta.get("UBUNTU_CODENAME") or meta.get("VERSION_CODENAME")
-    base = f"{setting(current_host(), 'docker_ce_repo_url')}/{DEBIAN_FAMILY[distro]}"
-    apt.packages(name="Tools to fetch Docker's signing key", packages=["ca-certificates", "curl"], update=True)
-    files.directory(name="Directory for apt keyrings", path="/etc/apt/keyrings", mode="0755")
-    files.download(name="Docker's apt signing key", src=f"{base}/gpg", dest="/etc/apt/keyrings/docker.asc", mode="0644")
-    apt.sources_file(
-        name="Docker's apt repository",
-        filename="docker",
-        types=["deb"],
-        uris=[base],
-        suites=[str(codename)],
-        components=[setting(current_host(), "docker_ce_channel")],
-        architectures=[host.get_fact(DebArch)],
-        signed_by="/etc/apt/keyrings/docker.asc",
+def dnf_repository(url: str, distro: str, channel: str) -> str:
+    """Docker's .repo file for `distro`'s repository at `url` (a mirror) and `channel`, as Docker writes it."""
+    base = f"{url.rstrip('/')}/{RHEL_FAMILY[distro]}"
+    return (
+        f"[docker-ce-{channel}]\nname=Docker CE {channel.capitalize()} - $basearch\n"
+        f"baseurl={base}/$releasever/$basearch/{channel}\nenabled=1\ngpgcheck=1\ngpgkey={base}/gpg\n"
     )
 
 
@@ -176,13 +175,12 @@ def _install_dnf(remove: list[str], install: bool) -> None:
     distro = str(host.get_fact(LinuxDistribution)["release_meta"].get("ID", "")).lower()
     if distro not in RHEL_FAMILY:
         raise DeployError(f"host {host.name}: Docker's dnf repository has no packages for {distro!r}")
-    files.download(
-        name="Docker's dnf repository",
-        src=f"{setting(current_host(), 'docker_ce_repo_url')}/{RHEL_FAMILY[distro]}/docker-ce.repo",
-        dest="/etc/yum.repos.d/docker-ce.repo",
-        mode="0644",
+    this = current_host()
+    repository = dnf_repository(setting(this, "docker_ce_repo_url"), distro, setting(this, "docker_ce_channel"))
+    files.put(
+        name="Docker's dnf repository", src=StringIO(repository), dest="/etc/yum.repos.d/docker-ce.repo", mode="0644"
     )
-    version = setting(current_host(), "docker_version")
+    version = setting(this, "docker_version")
     dnf.packages(
         name="Install Docker (docker-ce)",
         packages=package_specs(DOCKER_CE_PACKAGES, version, "dnf"),
