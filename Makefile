@@ -8,14 +8,16 @@ MANAGERS ?= 1
 WORKERS ?= 3
 export PYINFRA_SWARM_LAB := $(LAB)
 
-.PHONY: demo test unit lint engine lab-up lab-down lab-status bench clean vagrant-up vagrant-deploy vagrant-down
+ANSIBLE_VENV := benchmarks/.venv-ansible
+
+.PHONY: demo test unit lint engine lab-up lab-down lab-status bench bench-compare clean vagrant-up vagrant-deploy vagrant-down
 
 demo: $(STAMP) engine lab-up ## bring the lab up, run deploy.py against it, say where to look
 	$(BIN)/pyinfra -y inventory/lab.py deploy.py
 	@$(BIN)/pyinfra-swarm lab summary --name $(LAB)
 
 test: $(STAMP) engine lint ## unit tests, then end-to-end tests on a lab of their own
-	@scripts/ensure-vagrant
+	@scripts/ensure-test-tools
 	$(BIN)/pytest -v tests
 
 unit: $(STAMP) ## the fast unit-only tests
@@ -40,6 +42,12 @@ lab-status: $(STAMP)
 
 bench: $(STAMP) engine ## print the lab and deploy figures
 	$(BIN)/python benchmarks/bench.py
+
+bench-compare: $(STAMP) engine ## pyinfra-swarm and Ansible side by side (SIZES=1+3,1+11): table, JSON, chart
+	@[ -x $(ANSIBLE_VENV)/bin/ansible-playbook ] || { python3 -m venv $(ANSIBLE_VENV) && \
+		$(ANSIBLE_VENV)/bin/pip install -q 'ansible~=12.3'; }
+	@$(BIN)/python -c 'import matplotlib' 2>/dev/null || $(BIN)/pip install -q 'matplotlib~=3.9'
+	$(BIN)/python benchmarks/compare.py $(if $(SIZES),--sizes $(SIZES))
 
 VAGRANT_PROVIDER = $$($(BIN)/python -c 'from pathlib import Path; from pyinfra_swarm.vagrant import load_settings; \
 	print(load_settings(Path("vagrant/settings.yml")).get("provider", "virtualbox"))')

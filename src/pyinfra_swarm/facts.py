@@ -40,6 +40,13 @@ def read(cls: type[FactBase], target: Host | None = None, **kwargs: Any) -> Any:
     return target.get_fact(cls, **kwargs)
 
 
+def docker_api(path: str) -> str:
+    """Shell that GETs `path` from the local Docker engine's API with curl when curl is there (about half
+    the time of the docker CLI, which matters with many nodes per CPU); it fails when the engine answers
+    with an error, or curl is missing, so the caller falls back to the CLI."""
+    return f"{{ command -v curl >/dev/null && curl -sf --unix-socket /var/run/docker.sock http://docker{path}; }}"
+
+
 KERNEL_OPTIONS = ("VXLAN", "IP_VS", "INET_ESP", "CRYPTO_GCM", "XFRM_USER", "OVERLAY_FS", "BRIDGE_NETFILTER")
 
 
@@ -53,13 +60,15 @@ class DockerSwarm(FactBase[dict[str, Any] | None]):
 
     def command(self) -> str:
         return (
-            "docker info --format '{{json .Swarm}}' 2>/dev/null || { test -s /var/lib/docker/swarm/state.json "
+            f"{docker_api('/info')} || docker info --format '{{{{json .Swarm}}}}' 2>/dev/null || "
+            "{ test -s /var/lib/docker/swarm/state.json "
             '&& echo \'{"LocalNodeState": "unknown", "StateOnDisk": true}\' '
             '|| echo \'{"LocalNodeState": "unknown", "StateOnDisk": false}\'; }'
         )
 
     def process(self, output: list[str]) -> dict[str, Any]:
-        return json.loads("".join(output))
+        info = json.loads("".join(output))
+        return info.get("Swarm", info)  # Docker's API answers all of /info, the CLI just the Swarm part
 
 
 class SwarmNodes(FactBase[list[dict[str, Any]] | None]):
@@ -72,7 +81,10 @@ class SwarmNodes(FactBase[list[dict[str, Any]] | None]):
         return "docker"
 
     def command(self) -> str:
-        return f"ids=$(docker node ls -q 2>/dev/null) && docker node inspect $ids || echo '{self.ERROR}'"
+        return (
+            f"{docker_api('/nodes')} || {{ ids=$(docker node ls -q 2>/dev/null) && docker node inspect $ids; }} || "
+            f"echo '{self.ERROR}'"
+        )
 
     @staticmethod
     def default() -> list[dict[str, Any]]:
@@ -342,16 +354,20 @@ class ServiceStates(FactBase[dict[str, dict[str, bool]]]):
 
     def command(self, services: list[str]) -> str:
         quoted = " ".join(shlex.quote(service) for service in services)
-        return (
-            f"for s in {quoted}; do "
-            'echo "$s $(systemctl is-active $s 2>/dev/null) $(systemctl is-enabled $s 2>/dev/null)"; done'
-        )
+        return f"systemctl show --property=Id,ActiveState,UnitFileState -- {quoted} 2>/dev/null; true"
 
     def process(self, output: list[str]) -> dict[str, dict[str, bool]]:
-        states = {}
-        for line in output:
-            fields = [*line.split(), "", ""]
-            states[fields[0]] = {"active": fields[1] == "active", "enabled": fields[2] == "enabled"}
+        states: dict[str, dict[str, bool]] = {}
+        unit = ""
+        for line in output:  # one block of KEY=VALUE lines per unit (in systemd's order of keys)
+            key, _, value = line.strip().partition("=")
+            if key == "Id":
+                unit = value
+                states.setdefault(unit, {"active": False, "enabled": False})
+            elif key == "ActiveState" and unit:
+                states[unit]["active"] = value == "active"
+            elif key == "UnitFileState" and unit:
+                states[unit]["enabled"] = value == "enabled"
         return states
 
 

@@ -80,12 +80,13 @@ HOST_FACTS: Spec = {
     "daemon_config": (DockerDaemonConfig, {}),
     "firewall": (FirewallTools, {}),
     "firewall_files": (FileHashes, {"paths": [IPTABLES_RULES, NFT_RULES, FIREWALL_UNIT_FILE]}),
-    "firewall_service": (ServiceStates, {"services": [FIREWALL_UNIT]}),
     "sshd_ports": (SshdPorts, {}),
     "packages": (DockerPackages, {"packages": PACKAGES}),
     "apt_source": (FileHashes, {"paths": [DOCKER_APT_SOURCE, DOCKER_APT_KEY]}),
-    "docker_service": (ServiceStates, {"services": ["docker.service"]}),
+    "services": (ServiceStates, {"services": ["docker.service", FIREWALL_UNIT]}),
 }
+# Managers also list the swarm's nodes in the same command (nothing when they aren't in one).
+MANAGER_FACTS: Spec = {**HOST_FACTS, "nodes": (SwarmNodes, {})}
 
 
 def stack_path(name: str) -> str:
@@ -236,7 +237,7 @@ def _build(state: State, build: bool = True) -> ClusterPlan:
         elif host not in in_limit:
             logger.info(f"{host.name} is outside --limit: read, not changed")
     controller_time = time.time()
-    facts = _gather(state, {h: HOST_FACTS for h in reachable})
+    facts = _gather(state, {h: MANAGER_FACTS if is_manager(h) else HOST_FACTS for h in reachable})
     info = {h: facts[h]["swarm"] or {} for h in reachable}
     addresses = {}
     for host in hosts:
@@ -281,7 +282,7 @@ def _build(state: State, build: bool = True) -> ClusterPlan:
         removed=removed,
         data_path_port=int(((info[primary].get("Cluster") or {}) if primary else {}).get("DataPathPort") or 0)
         or setting(first, "swarm_data_path_port"),
-        nodes=_node_list(in_swarm) if primary else [],
+        nodes=_node_list(in_swarm, facts) if primary else [],
     )
     if plan.acting_manager is not None:  # what `swarm.node` reads on the acting manager
         remember(state, plan.acting_manager, {"nodes": (SwarmNodes, {})}, {"nodes": plan.nodes})
@@ -462,10 +463,13 @@ def _warn_small_mtu(addresses: dict[Host, str], links: dict[Host, tuple[dict, di
             )
 
 
-def _node_list(managers: list[Host]) -> list[dict[str, Any]]:
-    """The node list from the first of `managers` that gives one. Right after a manager is lost the others
-    can't list nodes until they elect a leader (~10-20 s): wait for that rather than misjudge every host as
-    being in another swarm."""
+def _node_list(managers: list[Host], facts: dict[Host, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The node list from the first of `managers` that gives one (gathered with their facts, else read
+    again). Right after a manager is lost the others can't list nodes until they elect a leader (~10-20 s):
+    wait for that rather than misjudge every host as being in another swarm."""
+    for manager in managers:
+        if facts[manager].get("nodes"):
+            return facts[manager]["nodes"]
     deadline = time.monotonic() + LEADER_WAIT
     while True:
         for manager in managers:

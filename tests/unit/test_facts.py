@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from pyinfra_swarm.facts import (
     Clock,
     DockerDaemonConfig,
@@ -49,7 +51,9 @@ def test_daemon_config_missing_valid_and_invalid():
 def test_file_hashes_and_service_states():
     digest = "a" * 64
     assert FileHashes().process([f"{digest} /etc/a", " /etc/b"]) == {"/etc/a": digest, "/etc/b": None}
-    assert ServiceStates().process(["docker.service active enabled", "x.service inactive"]) == {
+    output = ["Id=docker.service", "ActiveState=active", "UnitFileState=enabled", "", "Id=x.service",
+              "UnitFileState=", "ActiveState=inactive"]  # fmt: skip
+    assert ServiceStates().process(output) == {
         "docker.service": {"active": True, "enabled": True}, "x.service": {"active": False, "enabled": False}
     }  # fmt: skip
 
@@ -94,3 +98,11 @@ def test_image_contexts_tell_missing_from_unlabelled_images():
     assert fact.process(["debian:bookworm #missing", "app:1 abc123", "base:1 <no value>"]) == {
         "debian:bookworm": None, "app:1": "abc123", "base:1": ""
     }  # fmt: skip
+
+
+def test_swarm_state_from_the_api_or_the_cli():
+    from pyinfra_swarm.facts import DockerSwarm
+
+    swarm = {"LocalNodeState": "active", "NodeID": "n1", "ControlAvailable": True}
+    assert DockerSwarm().process([json.dumps({"ID": "engine", "Swarm": swarm, "Plugins": {}})]) == swarm
+    assert DockerSwarm().process([json.dumps(swarm)]) == swarm  # the CLI's --format output

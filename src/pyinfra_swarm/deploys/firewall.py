@@ -327,7 +327,7 @@ def _own_rules(plan: ClusterPlan, backend: str, policy: Policy, tools: dict) -> 
         if not tools["nft"]:
             apt.packages(name="Install nftables", packages=["nftables"], update=True)
     hashes = plan.fact("firewall_files")
-    service = plan.fact("firewall_service").get(UNIT, {"active": False, "enabled": False})
+    service = plan.fact("services").get(UNIT, {"active": False, "enabled": False})
     rules_same = hashes.get(path) == sha256_text(text)
     unit_same = hashes.get(UNIT_FILE) == sha256_text(unit_text(start))
     if rules_same and unit_same and loaded and service["enabled"]:

@@ -115,7 +115,7 @@ def install_docker(plan: ClusterPlan | None = None) -> None:
                          commands=holds)  # fmt: skip
     else:
         _install_dnf(remove, install)
-    service = plan.fact("docker_service").get("docker.service", {})
+    service = plan.fact("services").get("docker.service", {})
     if not (service.get("active") and service.get("enabled")):
         systemd.service(name="Docker is running and enabled", service="docker", running=True, enabled=True)
     for user in host.loop(setting(this, "docker_users")):

@@ -94,7 +94,7 @@ def _registry_names(plan: ClusterPlan) -> dict[str, str]:
 def _remove_firewall(plan: ClusterPlan) -> None:
     tools = plan.fact("firewall")
     files = plan.fact("firewall_files")
-    service = plan.fact("firewall_service").get(UNIT, {})
+    service = plan.fact("services").get(UNIT, {})
     commands = []
     if service.get("active") or service.get("enabled") or files.get(UNIT_FILE):
         commands += [f"systemctl disable --now {UNIT}", f"rm -f {UNIT_FILE}", "systemctl daemon-reload"]

@@ -16,6 +16,7 @@ from docker.errors import APIError, DockerException, NotFound
 
 from pyinfra_swarm.lab import state
 from pyinfra_swarm.lab.images import ensure_node_image, export_base_image
+from pyinfra_swarm.lab.limits import RAISED, ensure_inotify
 from pyinfra_swarm.lab.spec import AUTO_SUBNETS, LABEL, LabError, LabSpec, Node, host_addresses, state_root
 
 Progress = Callable[[str], None]
@@ -58,6 +59,9 @@ def up(spec: LabSpec, progress: Progress, privileged: str = "auto") -> state.Lab
     free = [a for a in host_addresses(subnet) if a not in taken]
     runtime: dict[str, Any] | None = None
     addresses = {}
+    starting = [n for n in spec.nodes if existing.get(n.name, {}).get("State") != "running"]
+    if _engine_is_local(api):
+        ensure_inotify(len(starting), progress)
     for node in spec.nodes:
         current = existing.get(node.name)
         address = current["Labels"][ADDRESS_LABEL] if current else free.pop(0)
@@ -275,6 +279,22 @@ def _host_keys(api: docker.APIClient, container: str) -> list[str]:
     return [" ".join(line.split()[:2]) for line in api.exec_start(exec_id).decode().splitlines() if line]
 
 
+def _check_alive(api: docker.APIClient, container: str, name: str) -> None:
+    """Stop waiting for a node whose container exited, with the likely cause."""
+    info = api.inspect_container(container)["State"]
+    if info["Running"]:
+        return
+    logs = api.logs(container, tail=5).decode(errors="replace").strip()
+    hint = (
+        "its systemd died at boot with nothing logged: most often the host's inotify instance limit "
+        "(check `sysctl fs.inotify.max_user_instances`; raise it with "
+        f"`sudo sysctl fs.inotify.max_user_instances={RAISED}`), or too little memory"
+        if info["ExitCode"] == 255 and not logs
+        else f"its last output: {logs or '(none)'}"
+    )
+    raise LabError(f"{name} exited (exit code {info['ExitCode']}) while booting: {hint}")
+
+
 def _systemd_state(api: docker.APIClient, container: str) -> str:
     try:
         exec_id = api.exec_create(container, ["systemctl", "is-system-running"])
@@ -289,6 +309,7 @@ def _wait_ready(api: docker.APIClient, spec: LabSpec, addresses: dict[str, str],
     deadline = time.monotonic() + READY_TIMEOUT
     while pending:
         for container, node in list(pending.items()):
+            _check_alive(api, container, node.name)
             systemd = _systemd_state(api, container)
             if systemd in ("running", "degraded") and _port_open(addresses[node.name], 22):
                 if systemd == "degraded":
@@ -303,6 +324,11 @@ def _wait_ready(api: docker.APIClient, spec: LabSpec, addresses: dict[str, str],
             names = ", ".join(node.name for node in pending.values())
             raise LabError(f"nodes not ready after {READY_TIMEOUT:.0f} s: {names} (see `docker logs`)")
         time.sleep(0.3)
+
+
+def _engine_is_local(api: docker.APIClient) -> bool:
+    """Whether the engine shares this host's kernel (its limits are then ours to check)."""
+    return api.base_url.startswith(("http+docker://localhost", "http+docker://localunixsocket"))
 
 
 def _port_open(address: str, port: int) -> bool:
