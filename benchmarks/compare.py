@@ -15,6 +15,7 @@ JSON and a PNG chart go to benchmarks/results/ (git-ignored).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -59,10 +60,8 @@ class PeakMemory:
         while not self._done.is_set():
             total = 0
             for pid in self._tree():
-                try:
+                with contextlib.suppress(OSError, IndexError):  # the process ended meanwhile
                     total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-                except (OSError, IndexError):
-                    pass
             self.peak = max(self.peak, total)
             time.sleep(0.05)
 
@@ -136,7 +135,10 @@ def ansible_files(name: str) -> tuple[Path, Path]:
     groups: dict[str, dict] = {"swarm_managers": {"hosts": {}}, "swarm_workers": {"hosts": {}}}
     for node in nodes_of(name):
         group = "swarm_managers" if node["node"].startswith("manager") else "swarm_workers"
-        groups[group]["hosts"][node["node"]] = {"ansible_host": node["address"], "swarm_advertise_addr": node["address"]}
+        groups[group]["hosts"][node["node"]] = {
+            "ansible_host": node["address"],
+            "swarm_advertise_addr": node["address"],
+        }
     for group, labels in LABELS.items():
         groups[group]["vars"] = {"swarm_labels": labels}
     inventory = {"all": {"vars": {"ansible_user": "root", "ansible_ssh_private_key_file": str(state / "id_ed25519"),
