@@ -216,8 +216,9 @@ def table(rows: list[dict]) -> str:
     lines = ["| size | tool | cold s | no-op s | SSH commands/host (no-op) | controller peak MiB | floor s |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
     for row in rows:
+        floor = row.get("floor_s", "")
         lines.append(f"| {row['size']} | {row['tool']} | {row['cold_s']:.1f} | {row['noop_s']:.2f} | "
-                     f"{row['ssh_commands_per_host']} | {row['peak_mib']:.0f} | {row.get('floor_s', '')} |")  # fmt: skip
+                     f"{row['ssh_commands_per_host']} | {row['peak_mib']:.0f} | {floor} |")  # fmt: skip
     for size in dict.fromkeys(row["size"] for row in rows):
         pair = {row["tool"]: row for row in rows if row["size"] == size}
         if OURS in pair and THEIRS in pair:
@@ -266,8 +267,9 @@ def main() -> None:
     machine = f"{platform.node()}: {os.cpu_count()} cores, {platform.system()} {platform.release()}"
     version = subprocess.run([str(ANSIBLE), "--version"], capture_output=True, text=True).stdout.splitlines()
     print(f"{stamp}, {machine}")
-    print(f"Ansible: {version[0] if version else 'not used'}, community.docker; forks = the node count, pipelining "
-          "on, SSH ControlPersist (Ansible's default), facts gathered once per run (the labels need hostnames)")  # fmt: skip
+    print(f"Ansible: {version[0] if version else 'not used'}, community.docker; forks = the node count, "
+          "pipelining on, SSH ControlPersist (Ansible's default), facts gathered once per run (the labels need "
+          "hostnames)")  # fmt: skip
     print("pyinfra-swarm: deploy.py with registry, images, stacks and firewall off; both: docker.io, daemon.json, "
           "swarm, labels")  # fmt: skip
     rows = []
