@@ -246,6 +246,7 @@ def _build(state: State, build: bool = True) -> ClusterPlan:
             addresses[host] = address
     hostnames = {h: facts[h]["hostname"] for h in reachable}
     _check_unique_hostnames(hostnames)
+    _check_overlay_subnets(hosts[0], {h: facts[h]["addresses"] for h in reachable})
     _warn_clock_skew({h: facts[h]["clock"] for h in reachable}, controller_time)
     _warn_small_mtu(addresses, {h: (facts[h]["addresses"], facts[h]["mtus"]) for h in reachable})
 
@@ -304,6 +305,25 @@ def _build(state: State, build: bool = True) -> ClusterPlan:
             "--limit: skipped this run"
         )
     return plan
+
+
+def _check_overlay_subnets(first: Host, addresses: dict[Host, dict[str, list[str]]]) -> None:
+    """Refuse overlay address pools and network subnets that hold an address of a host's own interfaces:
+    the overlay would hide that network from the containers (and from the node's own routing)."""
+    subnets = {f"swarm_default_addr_pool {pool}": pool for pool in setting(first, "swarm_default_addr_pool")}
+    for name, options in setting(first, "swarm_networks").items():
+        if options.get("subnet"):
+            subnets[f"swarm_networks[{name!r}] subnet {options['subnet']}"] = options["subnet"]
+    problems = []
+    for label, subnet in subnets.items():
+        network = ipaddress.ip_network(subnet, strict=False)
+        for host, interfaces in addresses.items():
+            clash = [f"{ip} ({name})" for name, ips in interfaces.items() for ip in ips
+                     if name != "lo" and ipaddress.ip_address(ip) in network]  # fmt: skip
+            if clash:
+                problems.append(f"{label} overlaps the networks of host {host.name}: {', '.join(clash)}")
+    if problems:
+        raise DeployError("; ".join(problems) + ": pick overlay subnets clear of the hosts' own networks")
 
 
 def _check_removals(plan: ClusterPlan) -> None:

@@ -121,6 +121,31 @@ def _pools(value: Any) -> str | None:
     return f"must be a list of CIDRs like ['10.20.0.0/16'], not {value!r}"
 
 
+def _data_path_port(value: Any) -> str | None:
+    problem = _port_number(1024, 49151)(value)
+    if problem is None and value in (2377, 7946):
+        return f"{value} is one of the swarm's own ports (2377/tcp management, 7946 gossip): the default is 4789"
+    return problem
+
+
+NETWORK_OPTIONS = {"attachable": bool, "encrypted": bool, "subnet": str, "mtu": int}
+
+
+def _networks(value: Any) -> str | None:
+    for name, options in value.items():
+        if not isinstance(options, dict):
+            return f"[{name!r}] must be a mapping of options ({', '.join(NETWORK_OPTIONS)}), not {options!r}"
+        for key, option in options.items():
+            expected = NETWORK_OPTIONS.get(key)
+            if expected is None:
+                return f"[{name!r}]: unknown option {key!r} (known: {', '.join(NETWORK_OPTIONS)})"
+            if not _has_type(option, expected) or (key == "subnet" and not _cidr(option)):
+                return (
+                    f"[{name!r}][{key!r}] {option!r} is not a valid {'CIDR' if key == 'subnet' else expected.__name__}"
+                )
+    return None
+
+
 def _mask(value: Any) -> str | None:
     return None if not isinstance(value, bool) and 8 <= value <= 30 else f"must be a number from 8 to 30, not {value!r}"
 
@@ -202,7 +227,7 @@ SCHEMA: tuple[Setting, ...] = (
             "e.g. `24`", "swarm", scope="cluster", check=_mask),
     Setting("swarm_data_path_port", 4789, (int,), "VXLAN port for `swarm init`; on a running swarm it must match "
             "the swarm's (the firewall opens the port the swarm uses)", "swarm", scope="cluster",
-            check=_port_number(1024, 49151)),
+            check=_data_path_port),
     Setting("swarm_data_path_addr", None, (str,), "IP or interface for overlay (VXLAN) traffic, at init and join; "
             "default: the advertise address", "swarm", check=_data_path_addr),
     Setting("swarm_availability", "active", (str,), "`active`, `pause` or `drain` (e.g. keep tasks off managers)",
@@ -241,7 +266,7 @@ SCHEMA: tuple[Setting, ...] = (
     Setting("docker_images", [], (list,), "`[{'name': ..., 'context': DIR, 'tag': ...}]`", "workloads",
             scope="cluster", check=_images),
     Setting("swarm_networks", {}, (dict,), "overlay networks `{name: {attachable, subnet, mtu, encrypted}}`",
-            "workloads", scope="cluster"),
+            "workloads", scope="cluster", check=_networks),
     Setting("swarm_secrets", {}, (dict,), "`{name: {'file': PATH} or {'value': ...}}`", "workloads",
             scope="cluster", check=_sources),
     Setting("swarm_configs", {}, (dict,), "same as secrets", "workloads", scope="cluster", check=_sources),
@@ -384,6 +409,16 @@ def validate_daemon_config(config: Any) -> list[str]:
         problems.append(
             "docker_daemon_config['live-restore'] is true, which Docker does not support in swarm mode: remove it"
         )
+    if "hosts" in config:
+        tcp = [h for h in config["hosts"] if str(h).startswith("tcp://")] if isinstance(config["hosts"], list) else []
+        tls = config.get("tlsverify") is True and all(config.get(k) for k in ("tlscacert", "tlscert", "tlskey"))
+        problems.append(
+            "docker_daemon_config['hosts'] is refused: "
+            + (f"{', '.join(tcp)} would listen on TCP without TLS (root on the network to anyone who connects); "
+               if tcp and not tls else "")
+            + "and Docker's systemd unit already passes -H fd://, so dockerd would refuse to start. Reach the "
+            "engine over SSH instead (DOCKER_HOST=ssh://...)"
+        )  # fmt: skip
     for pool in config.get("default-address-pools") or []:
         if not isinstance(pool, dict) or not _cidr(pool.get("base")) or not isinstance(pool.get("size"), int):
             problems.append(

@@ -108,8 +108,8 @@ def test_locked_and_pending_nodes_are_stopped_and_never_made_to_leave(local_stat
 def test_init_settings_that_differ_from_the_running_swarm_stop_the_run():
     info = json.loads(swarm("M1", True))
     info["Cluster"].update(DataPathPort=4789, DefaultAddrPool=["10.0.0.0/8"], SubnetSize=24)
-    manager = host("m1", "10.1.0.1", swarm=json.dumps(info), nodes=LISTING, swarm_data_path_port=2377)
-    with pytest.raises(PyinfraError, match="swarm_data_path_port is 2377, the swarm uses 4789"):
+    manager = host("m1", "10.1.0.1", swarm=json.dumps(info), nodes=LISTING, swarm_data_path_port=4790)
+    with pytest.raises(PyinfraError, match="swarm_data_path_port is 4790, the swarm uses 4789"):
         plan([join_swarm], [manager])
 
 

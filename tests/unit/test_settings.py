@@ -34,6 +34,12 @@ def _check(managers, workers=()):
         ({"swarm_firewall_allow": ["ssh"]}, "swarm_firewall_allow must be a list like"),
         ({"swarm_data_path_port": 80}, "swarm_data_path_port must be a port number from 1024 to 49151"),
         ({"swarm_default_addr_pool": ["10.0.0.1/8"]}, "swarm_default_addr_pool must be a list of CIDRs"),
+        ({"swarm_data_path_port": 7946}, "7946 is one of the swarm's own ports"),
+        ({"docker_daemon_config": {"hosts": ["tcp://0.0.0.0:2375"]}}, "would listen on TCP without TLS"),
+        ({"docker_daemon_config": {"hosts": ["unix:///run/d.sock"]}}, "already passes -H fd://"),
+        ({"swarm_networks": {"app": {"subnet": "10.1.0.0/40"}}}, "swarm_networks['app']['subnet'] '10.1.0.0/40'"),
+        ({"swarm_networks": {"app": {"attachabel": True}}}, "unknown option 'attachabel'"),
+        ({"swarm_networks": {"app": "overlay"}}, "swarm_networks['app'] must be a mapping"),
     ],
 )
 def test_bad_host_data_names_host_and_key(data, message):
@@ -115,3 +121,10 @@ def test_every_setting_has_a_default_a_type_and_a_meaning():
         )
         assert item.default is None or isinstance(item.default, item.types), item.key
         assert not item.choices or item.default is None or item.default in item.choices, item.key
+
+
+def test_overlay_subnets_holding_a_hosts_address_are_refused():
+    manager = host("m1", "10.1.0.1", swarm_default_addr_pool=["10.1.0.0/16"])
+    with pytest.raises(PyinfraError, match=r"swarm_default_addr_pool 10.1.0.0/16 overlaps the networks of host "
+                                           r"@fake/m1: 10.1.0.1 \(eth0\)"):  # fmt: skip
+        _check([manager])
