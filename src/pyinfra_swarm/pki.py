@@ -27,11 +27,21 @@ def pki_dir() -> Path:
     return Path(data_home) / "pyinfra-swarm" / "pki"
 
 
-def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
+def write_private(path: Path, content: str | bytes) -> None:
+    """Write a file only its owner may read (0600), in a directory only its owner may enter (0700)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    path.parent.chmod(0o700)
     path.touch(mode=0o600)
-    path.write_bytes(pem)
+    path.chmod(0o600)
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
+
+
+def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    write_private(path, pem)
 
 
 def _load_key(path: Path) -> ec.EllipticCurvePrivateKey:

@@ -5,6 +5,7 @@ IPVS: the demo stack uses DNS round robin and host-mode ports there (its group d
 from __future__ import annotations
 
 import shutil
+import stat
 import time
 import urllib.request
 from pathlib import Path
@@ -13,6 +14,7 @@ from tests.conftest import ROOT
 from tests.e2e.conftest import Lab
 from tests.e2e.test_swarm import can_connect, nodes
 
+SECRET_VALUE = "a-secret-value-for-the-test"
 DEMO_VARS = {"demo_version": "1", "greeting": "hello", "web_replicas": 3, "web_port": 8080}
 
 
@@ -103,7 +105,9 @@ def test_demo_stack_on_the_cluster_registry(make_lab, tmp_path):
     (lab.state_dir / "pki" / "registry-password").write_text("a-new-password-for-this-test\n")
     version2 = stacks(templates, demo_vars={**DEMO_VARS, "greeting": "hi", "demo_version": "2"})
     version2["all"]["docker_images"] = [{"name": "demo-app", "context": "images/demo-app", "tag": "2"}]
-    renewed = lab.deploy("-v", group_data=version2)
+    version2["all"]["swarm_secrets"] = {"demo_token": {"value": SECRET_VALUE}}
+    started_at = time.time()
+    renewed = lab.deploy("-vv", "--debug", group_data=version2)  # the most pyinfra ever prints
     assert renewed.returncode == 0, renewed
     assert "Image registry | Log in to " + registry in renewed.changed, renewed
     assert lab.sh("manager1", "docker secret ls --format '{{.Name}}'").count("registry_htpasswd_") == 1
@@ -135,15 +139,49 @@ def test_demo_stack_on_the_cluster_registry(make_lab, tmp_path):
     assert {k: v for k, v in services(lab).items() if not k.startswith("broken_")} == before
     assert nodes(lab)["worker1"]["state"] == "ready"
 
-    assert_no_secret_printed(lab, first_password)
+    assert_no_secret_printed(lab, first_password, SECRET_VALUE)
+    assert_no_secret_in_repo(started_at, lab, first_password, SECRET_VALUE)
+    assert_tight_modes(lab, registry)
+
+
+def secrets_of(lab: Lab, *others: str) -> list[str]:
+    """What must never be printed or copied: the registry's password, its TLS key and the CA's key (a line of
+    each), and the values given."""
+    pki = lab.state_dir / "pki"
+    keys = [next(pki.glob(pattern)).read_text().splitlines()[1] for pattern in ("registry-*.key", "ca.key")]
+    return [(pki / "registry-password").read_text().strip(), *keys, *others]
 
 
 def assert_no_secret_printed(lab: Lab, *others: str) -> None:
-    password = (lab.state_dir / "pki" / "registry-password").read_text().strip()
-    key = next((lab.state_dir / "pki").glob("registry-*.key")).read_text().splitlines()[1]
     for output in lab.outputs:
-        for secret in (password, key, *others):
+        for secret in secrets_of(lab, *others):
             assert secret not in output
+
+
+def assert_no_secret_in_repo(since: float, lab: Lab, *others: str) -> None:
+    """No file in the repository that changed during the deploys holds a secret."""
+    skip = {".git", ".venv", ".mypy_cache", ".ruff_cache", ".pytest_cache", "__pycache__"}
+    for path in ROOT.rglob("*"):
+        if skip & set(path.relative_to(ROOT).parts) or not path.is_file() or path.stat().st_mtime < since:
+            continue
+        text = path.read_bytes().decode(errors="replace")
+        assert not [s for s in secrets_of(lab, *others) if s in text], f"{path} holds a secret"
+
+
+def assert_tight_modes(lab: Lab, registry: str) -> None:
+    """The controller's PKI is its owner's only; nodes hold the CA certificate (public), never the registry's
+    TLS key outside the swarm secret's mount in the registry's own container."""
+    pki = lab.state_dir / "pki"
+    assert stat.S_IMODE(pki.stat().st_mode) == 0o700
+    for name in ["ca.key", "registry-password", *(p.name for p in pki.glob("registry-*.key"))]:
+        assert stat.S_IMODE((pki / name).stat().st_mode) == 0o600, name
+    key_line = secrets_of(lab)[1]
+    for node in ("manager1", "worker1"):
+        assert lab.sh(node, f"stat -c %a /etc/docker/certs.d/{registry}/ca.crt /etc/docker/daemon.json").split() == [
+            "644", "644"]  # fmt: skip
+        found = lab.ssh(node, f"grep -rlsF -- '{key_line}' /etc /root /home /tmp /opt /var/lib/docker/volumes")
+        assert found.stdout == "", f"{node}: the registry's TLS key is on disk: {found.stdout}"
+    assert lab.sh("manager1", "stat -c %a /root/.docker/config.json").strip() == "600"
 
 
 BAD_STACKS = {

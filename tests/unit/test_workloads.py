@@ -150,3 +150,17 @@ def test_registry_host_mode_plan(tmp_path, monkeypatch):
         assert f"/etc/docker/registry/{file}" in registry_node
     assert "docker login --username swarm --password-stdin 10.1.0.2:5000" in commands(planned["m1"])
     assert "docker-registry" not in " ".join(commands(planned["w2"]))
+
+
+def test_controller_secrets_are_owner_only(tmp_path):
+    import stat
+
+    from pyinfra_swarm.pki import certificate_authority, write_private
+
+    pki = tmp_path / "pki"
+    pki.mkdir(mode=0o755)
+    certificate_authority(pki)
+    write_private(pki / "registry-password", "pw\n")
+    assert stat.S_IMODE(pki.stat().st_mode) == 0o700
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in pki.iterdir()} == {
+        "ca.crt": 0o644, "ca.key": 0o600, "registry-password": 0o600}  # fmt: skip

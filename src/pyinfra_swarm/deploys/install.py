@@ -131,7 +131,11 @@ def _install_apt(plan: ClusterPlan, source: str, remove: list[str], wanted: list
         _docker_ce_apt_repository(plan, version)
     if not (install or remove):
         return
-    commands = ["DEBIAN_FRONTEND=noninteractive apt-get update -q", apt_swap_command(remove, wanted, version)]
+    commands = [
+        "DEBIAN_FRONTEND=noninteractive dpkg --configure -a",  # finish what an interrupted run (a power cut) left
+        "DEBIAN_FRONTEND=noninteractive apt-get update -q",
+        apt_swap_command(remove, wanted, version),
+    ]
     member = window(plan, this)
     if member is not None:
         # In the swarm: the engine restarts with the upgrade, so its node takes its turn, drained.

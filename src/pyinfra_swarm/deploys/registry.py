@@ -20,7 +20,7 @@ from pyinfra_swarm.deploys.artifacts import build
 from pyinfra_swarm.facts import sha256_text
 from pyinfra_swarm.operations import registry, swarm
 from pyinfra_swarm.operations.swarm import versioned
-from pyinfra_swarm.pki import pki_dir, server_certificate
+from pyinfra_swarm.pki import pki_dir, server_certificate, write_private
 from pyinfra_swarm.plan import ClusterPlan, Registry, ca_path, current_host, plan_cluster, stack_path
 from pyinfra_swarm.settings import defaults, setting
 
@@ -41,9 +41,7 @@ def credentials(first: Host) -> dict[str, str]:
         return dict(users)
     path = pki_dir() / "registry-password"
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.touch(mode=0o600)
-        path.write_text(secrets.token_urlsafe(24) + "\n")
+        write_private(path, secrets.token_urlsafe(24) + "\n")
     return {GENERATED_USER: path.read_text().strip()}
 
 
@@ -57,9 +55,7 @@ def htpasswd(users: dict[str, str], directory: Path) -> str:
     if set(existing) == set(users) and all(bcrypt.checkpw(users[u].encode(), existing[u].encode()) for u in users):
         return path.read_text()
     text = "".join(f"{u}:{bcrypt.hashpw(p.encode(), bcrypt.gensalt()).decode()}\n" for u, p in sorted(users.items()))
-    directory.mkdir(parents=True, exist_ok=True)
-    path.touch(mode=0o600)
-    path.write_text(text)
+    write_private(path, text)
     return text
 
 

@@ -1,0 +1,126 @@
+"""Faults on a 1 manager + 3 worker lab: what the run reports, and that a re-run once the fault is gone
+converges with no manual step. One lab for the whole suite, each fault in turn:
+- a node killed (power cut) while its packages install, during the cold deploy;
+- a worker's node stopped before a deploy;
+- Docker stopped by hand on a node;
+- a node rebooted between runs;
+- a node's swarm state wiped.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import pytest
+
+from tests.e2e.conftest import Lab, Run, lab_resources
+from tests.e2e.test_swarm import SWARM_ONLY, nodes
+
+DATA = {"all": SWARM_ONLY, "swarm_workers": {"swarm_labels": {"role": "worker"}}}
+
+
+@pytest.fixture(scope="module")
+def lab(lab_dir: Path, docker_api: docker.APIClient) -> Iterator[Lab]:
+    lab = Lab("e2e-faults", lab_dir)
+    lab.down()
+    lab.up("--managers", "1", "--workers", "3")
+    yield lab
+    assert lab.down().returncode == 0
+    assert lab_resources(docker_api, lab.name) == {"containers": [], "volumes": [], "networks": []}
+
+
+def container(lab: Lab, node: str) -> str:
+    return next(n["container"] for n in lab.nodes if n["node"] == node)
+
+
+def wait_for(what: str, check, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"{what} did not happen within {timeout} s"
+        time.sleep(0.5)
+
+
+def healthy(lab: Lab, expected: int = 4) -> bool:
+    swarm = nodes(lab)
+    return len(swarm) == expected and all(n["state"] == "ready" for n in swarm.values())
+
+
+def failed_hosts(run: Run) -> set[str]:
+    """Hosts the run reports as failed ("[host] Error: ..." lines)."""
+    return {line.split("]")[0].strip().lstrip("[") for line in run.output.splitlines()
+            if line.strip().startswith("[") and "] Error" in line.replace("]  Error", "] Error")}  # fmt: skip
+
+
+def test_a_node_killed_while_its_packages_install(lab: Lab, docker_api: docker.APIClient) -> None:
+    result: dict[str, Run] = {}
+    deploy = threading.Thread(target=lambda: result.setdefault("run", lab.deploy(group_data=DATA)))
+    deploy.start()
+    target = container(lab, "worker3")
+
+    def installing() -> bool:
+        found = docker_api.exec_start(docker_api.exec_create(target, ["pgrep", "-x", "dpkg"])).strip()
+        return bool(found)
+
+    wait_for("worker3's dpkg to start", installing, timeout=300)
+    docker_api.kill(target)  # a power cut, mid-install
+    deploy.join()
+    run = result["run"]
+    assert run.returncode != 0
+    assert failed_hosts(run) == {"worker3"}, run
+    assert {n: v["state"] for n, v in nodes(lab).items()} == {"manager1": "ready", "worker1": "ready",
+                                                             "worker2": "ready"}  # fmt: skip
+
+    lab.up("--managers", "1", "--workers", "3")  # starts the killed node again
+    again = lab.deploy(group_data=DATA)
+    assert again.returncode == 0, again
+    wait_for("worker3 to be Ready", lambda: healthy(lab))
+    assert lab.sh("worker3", "dpkg --audit").strip() == ""  # no half-configured package left
+    assert lab.deploy(group_data=DATA).changed == []
+
+
+def test_a_stopped_worker_fails_alone_and_joins_once_started(lab: Lab, docker_api: docker.APIClient) -> None:
+    docker_api.stop(container(lab, "worker2"))
+    labelled = {**DATA, "swarm_workers": {"swarm_labels": {"role": "worker", "tier": "web"}}}
+    run = lab.deploy(group_data=labelled)
+    assert run.returncode != 0 and failed_hosts(run) == {"worker2"}, run
+    assert "worker2 is unreachable: left as it is this run" in run.output
+    swarm = nodes(lab)
+    assert swarm["worker1"]["labels"].get("tier") == "web" and swarm["worker3"]["labels"].get("tier") == "web"
+
+    lab.up("--managers", "1", "--workers", "3")
+    again = lab.deploy(group_data=labelled)
+    assert again.returncode == 0, again
+    wait_for("worker2 to be Ready", lambda: healthy(lab))
+    assert nodes(lab)["worker2"]["labels"].get("tier") == "web"
+
+
+def test_docker_stopped_by_hand_is_started_again(lab: Lab) -> None:
+    lab.sh("worker1", "systemctl stop docker.socket docker.service")
+    run = lab.deploy(group_data=DATA)
+    assert run.returncode == 0, run
+    assert "Install Docker | Docker is running and enabled" in run.changed
+    assert lab.sh("worker1", "systemctl is-active docker").strip() == "active"
+    wait_for("worker1 to be Ready again", lambda: healthy(lab))
+
+
+def test_a_rebooted_node_comes_back_with_its_firewall_and_swarm(lab: Lab, docker_api: docker.APIClient) -> None:
+    docker_api.restart(container(lab, "worker1"), timeout=30)
+    lab.up("--managers", "1", "--workers", "3")  # waits for its systemd and sshd
+    wait_for("worker1 to be Ready after its reboot", lambda: healthy(lab))
+    assert "-j REJECT" in lab.sh("worker1", "iptables -S PYINFRA-SWARM")  # the firewall unit ran at boot
+    assert lab.deploy(group_data=DATA).changed == []
+
+
+def test_a_wiped_swarm_state_rejoins_and_its_old_entry_goes(lab: Lab) -> None:
+    old = nodes(lab)["worker2"]["id"]
+    lab.sh("worker2", "systemctl stop docker.socket docker.service && rm -rf /var/lib/docker/swarm && "
+                      "systemctl start docker")  # fmt: skip
+    run = lab.deploy(group_data=DATA)
+    assert run.returncode == 0, run
+    wait_for("the cluster to be whole", lambda: healthy(lab))
+    swarm = nodes(lab)
+    assert swarm["worker2"]["id"] != old and old not in {n["id"] for n in swarm.values()}
