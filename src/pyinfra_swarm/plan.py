@@ -168,7 +168,10 @@ class ClusterPlan:
         return self.planned.get(target, {}).get(name)
 
     def node_of(self, host: Host) -> dict[str, Any] | None:
-        """The swarm node entry of a host that is in this swarm (matched by its node ID)."""
+        """The swarm node entry of a host that is in this swarm: matched by its node ID, or by its advertise
+        address while its Docker is down with this swarm's state on disk (step "restart")."""
+        if self.steps.get(host) == "restart":
+            return self.entry_by_address(host)
         return next((n for n in self.nodes if n["id"] == self.swarm_of(host).get("NodeID")), None)
 
     def entry_by_address(self, host: Host) -> dict[str, Any] | None:
@@ -507,7 +510,9 @@ def _node_list(managers: list[Host], facts: dict[Host, dict[str, Any]]) -> list[
 
 
 def step_for(plan: ClusterPlan, host: Host) -> str:
-    """What joining this swarm takes for a host: "member" (nothing), "init", "join", "rejoin" (leave the other
+    """What joining this swarm takes for a host: "member" (nothing), "restart" (nothing: its Docker is stopped
+    with its swarm state on disk, and it is back in the swarm once the install step starts Docker), "init",
+    "join", "rejoin" (leave the other
     swarm first, as swarm_force_rejoin allows), "locked" (autolocked after a restart: it must be unlocked,
     never made to leave), "pending" (a join under way or stuck) or "foreign" (in another swarm); hosts in
     the last three states are stopped with the reason. A host with swarm_state: absent is "remove" (in
@@ -518,7 +523,10 @@ def step_for(plan: ClusterPlan, host: Host) -> str:
         return "init"
     if plan.in_this_swarm(host):
         return "member"
-    local = plan.swarm_of(host).get("LocalNodeState")
+    info = plan.swarm_of(host)
+    if info.get("LocalNodeState") == "unknown" and info.get("StateOnDisk") and plan.entry_by_address(host):
+        return "restart"  # Docker stopped, this swarm's node on disk: it is back as that node once Docker starts
+    local = info.get("LocalNodeState")
     if local in (None, "inactive", "unknown"):
         return "join"
     if local == "locked":

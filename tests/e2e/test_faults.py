@@ -50,9 +50,13 @@ def healthy(lab: Lab, expected: int = 4) -> bool:
 
 
 def failed_hosts(run: Run) -> set[str]:
-    """Hosts the run reports as failed ("[host] Error: ..." lines)."""
-    return {line.split("]")[0].strip().lstrip("[") for line in run.output.splitlines()
-            if line.strip().startswith("[") and "] Error" in line.replace("]  Error", "] Error")}  # fmt: skip
+    """Hosts the run reports as failed: "[host] Error: ..." or "[host] Could not connect (...)" lines."""
+    failed = set()
+    for line in run.output.splitlines():
+        text = line.strip()
+        if text.startswith("[") and ("] Error" in text.replace("]  ", "] ") or "Could not connect" in text):
+            failed.add(text[1:].split("]")[0])
+    return failed
 
 
 def test_a_node_killed_while_its_packages_install(lab: Lab, docker_api: docker.APIClient) -> None:

@@ -39,6 +39,8 @@ def join_swarm(plan: ClusterPlan | None = None) -> None:
     swarm.barrier(name="Every host's firewall is in place")
     if step == "member":
         host.noop("already in this swarm")
+    elif step == "restart":
+        host.noop("Docker was stopped with this swarm's state on disk: the node is back once Docker starts")
     elif step == "init":
         swarm.init(
             name="Initialise the swarm",

@@ -173,7 +173,7 @@ def node(
     + availability: active, pause or drain; None leaves it
     + present: False removes the node's entry from the swarm (demoted first if it is a manager)
     + joining: the node joins in this same run (not listed yet): `node` is its hostname, and it starts as a
-      node with no labels, active
+      node with no labels, active; if it isn't in the swarm when this runs (its host failed), nothing happens
 
     **Example:**
 
@@ -201,6 +201,15 @@ def node(
         commands.append(shlex.join(["docker", "node", "update", *update, target]))
     if not commands:
         host.noop(f"node {node} has its role, labels and availability")
+    elif joining:
+        # The host joins earlier in this run; if it failed before that, the manager leaves it for the next run
+        # rather than fail too.
+        skipped = shlex.quote(
+            f"node {node} is not in the swarm (its host failed before joining): left for the next run"
+        )
+        listed = f"docker node inspect {shlex.quote(node)} >/dev/null 2>&1"
+        yield f"if {listed}; then {' && '.join(commands)}; else echo {skipped}; fi"
+        return
     yield from commands
 
 
