@@ -105,7 +105,9 @@ def test_demo_stack_on_the_cluster_registry(make_lab, tmp_path):
     (lab.state_dir / "pki" / "registry-password").write_text("a-new-password-for-this-test\n")
     version2 = stacks(templates, demo_vars={**DEMO_VARS, "greeting": "hi", "demo_version": "2"})
     version2["all"]["docker_images"] = [{"name": "demo-app", "context": "images/demo-app", "tag": "2"}]
-    version2["all"]["swarm_secrets"] = {"demo_token": {"value": SECRET_VALUE}}
+    # A secret from a file (pyinfra's --debug prints every group data value it loads, so values stay out of it).
+    (tmp_path / "demo_token").write_text(SECRET_VALUE)
+    version2["all"]["swarm_secrets"] = {"demo_token": {"file": str(tmp_path / "demo_token")}}
     started_at = time.time()
     renewed = lab.deploy("-vv", "--debug", group_data=version2)  # the most pyinfra ever prints
     assert renewed.returncode == 0, renewed
