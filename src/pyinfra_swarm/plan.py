@@ -65,7 +65,7 @@ DNF_CONFLICTS = [
     "docker", "docker-client", "docker-client-latest", "docker-common", "docker-latest", "docker-latest-logrotate",
     "docker-logrotate", "docker-engine", "podman", "runc", "moby-engine",
 ]  # fmt: skip
-PACKAGES = sorted(set(DOCKER_CE_PACKAGES + APT_CONFLICTS + DNF_CONFLICTS + ["apparmor", "curl"]))
+PACKAGES = sorted(set(DOCKER_CE_PACKAGES + APT_CONFLICTS + DNF_CONFLICTS + ["apparmor", "curl", "ca-certificates"]))
 DOCKER_APT_SOURCE, DOCKER_APT_KEY = source_paths("docker")
 ENGINE_PACKAGES = sorted(set([*DOCKER_CE_PACKAGES, "docker.io", "containerd", "runc"]))  # what a purge removes
 

@@ -50,7 +50,7 @@ def test_docker_ce_source_in_place_is_not_checked_again():
     source = deb822_source("https://download.docker.com/linux/debian", "bookworm", "stable", "amd64",
                            "/etc/apt/keyrings/docker.asc")  # fmt: skip
     files = {"/etc/apt/sources.list.d/docker.sources": sha256_text(source), "/etc/apt/keyrings/docker.asc": "a" * 64}
-    installed = {name: "5:27.3.1-1~debian.12~bookworm" for name in DOCKER_CE.split()}
+    installed = {name: "5:27.3.1-1~debian.12~bookworm" for name in DOCKER_CE.split()} | {"ca-certificates": "1"}
     assert _install(docker_source="docker-ce", packages=installed, apt_files=files, docker_running=True) == []
     # a new mirror URL: the source is checked and replaced, the packages stay
     cmds = _install(docker_source="docker-ce", packages=installed, apt_files=files, docker_running=True,
@@ -155,3 +155,10 @@ def test_a_new_pinned_version_is_held_again_after_its_install():
         "apt-mark hold docker-ce docker-ce-cli"
     ]
     assert hold_commands(wanted, installed, held, None) == ["apt-mark unhold docker-ce docker-ce-cli"]
+
+
+def test_docker_ce_needs_ca_certificates_before_its_https_repository():
+    cmds = _install(docker_source="docker-ce")
+    tools = next(i for i, c in enumerate(cmds) if c.endswith("install --no-install-recommends ca-certificates"))
+    assert tools < next(i for i, c in enumerate(cmds) if "madison docker-ce" in c)
+    assert not any("ca-certificates" in c for c in _install(docker_source="distro"))

@@ -106,8 +106,13 @@ def install_docker(plan: ClusterPlan | None = None) -> None:
     version = setting(this, "docker_version")
     remove, wanted, install = plan_packages(manager, source, installed, version, apparmor, facts.get("release", ""))
     if manager == "apt":
-        if "curl" not in installed:
-            apt.packages(name="curl (joins go to Docker's API)", packages=["curl"], update=True, no_recommends=True)
+        # curl: joins go to Docker's API; ca-certificates: Docker's repository is fetched over HTTPS.
+        tools = [
+            name for name in ["curl", *(["ca-certificates"] if source == "docker-ce" else [])] if name not in installed
+        ]
+        if tools:
+            apt.packages(name=f"Tools the deploy uses ({', '.join(tools)})", packages=tools, update=True,
+                         no_recommends=True)  # fmt: skip
         _install_apt(plan, source, remove, wanted, install)
         holds = hold_commands(wanted, installed, facts.get("held", []), version, installing=install or bool(remove))
         if holds:
