@@ -4,11 +4,13 @@ converges with no manual step. One lab for the whole suite, each fault in turn:
 - a worker's node stopped before a deploy;
 - Docker stopped by hand on a node;
 - a node rebooted between runs;
-- a node's swarm state wiped.
+- a node's swarm state wiped;
+and that a machine on the nodes' own network that is not in the inventory reaches no swarm port.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -128,3 +130,38 @@ def test_a_wiped_swarm_state_rejoins_and_its_old_entry_goes(lab: Lab) -> None:
     wait_for("the cluster to be whole", lambda: healthy(lab))
     swarm = nodes(lab)
     assert swarm["worker2"]["id"] != old and old not in {n["id"] for n in swarm.values()}
+
+
+STRANGER = """
+import socket
+for address, port in {targets!r}:
+    try:
+        socket.create_connection((address, port), timeout=3).close()
+        print(address, port, "open")
+    except OSError:
+        print(address, port, "closed")
+"""
+
+
+def test_a_stranger_on_the_lab_network_reaches_no_swarm_port(lab: Lab, docker_api: docker.APIClient) -> None:
+    """A machine on the nodes' own network that is not in the inventory: SSH answers it (allowed to all),
+    the swarm ports don't; a peer reaches the same ports, and 2377 only on managers."""
+    image = docker_api.inspect_container(container(lab, "manager1"))["Config"]["Image"]
+    network = json.loads((lab.state_dir / "lab.json").read_text())["network"]
+    manager, worker = lab.address("manager1"), lab.address("worker1")
+    targets = [(manager, 22), (manager, 2377), (manager, 7946), (worker, 7946)]
+    stranger = docker_api.create_container(
+        image, entrypoint=["python3", "-c", STRANGER.format(targets=targets)], labels={"pyinfra-swarm.lab": lab.name},
+        networking_config=docker_api.create_networking_config({network: docker_api.create_endpoint_config()}),
+    )  # fmt: skip
+    try:
+        docker_api.start(stranger)
+        assert docker_api.wait(stranger, timeout=60)["StatusCode"] == 0
+        seen = docker_api.logs(stranger).decode().split("\n")
+    finally:
+        docker_api.remove_container(stranger, force=True)
+    assert seen[:4] == [f"{manager} 22 open", f"{manager} 2377 closed", f"{manager} 7946 closed",
+                        f"{worker} 7946 closed"], seen  # fmt: skip
+    assert lab.ssh("worker2", f"nc -z -w 3 {manager} 2377").returncode == 0
+    assert lab.ssh("worker2", f"nc -z -w 3 {worker} 7946").returncode == 0
+    assert lab.ssh("worker2", f"nc -z -w 3 {worker} 2377").returncode != 0  # managers only
