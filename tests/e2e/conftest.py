@@ -120,6 +120,17 @@ class Lab:
         return run([str(BIN / "pyinfra"), "-y", "inventory/lab.py", *args], env={**self.env, **(env or {})})
 
 
+def module_lab(lab_dir: Path, docker_api: docker.APIClient, name: str, *up_args: str) -> Iterator[Lab]:
+    """For a fixture of a module's shared lab: brought up fresh (a leftover of an interrupted run removed
+    first), taken down afterwards and checked gone."""
+    lab = Lab(name, lab_dir)
+    lab.down()
+    lab.up(*up_args)
+    yield lab
+    assert lab.down().returncode == 0
+    assert lab_resources(docker_api, name) == {"containers": [], "volumes": [], "networks": []}
+
+
 @pytest.fixture
 def make_lab(lab_dir: Path, docker_api: docker.APIClient) -> Iterator:
     """Factory for labs named `e2e-...`; each is taken down (and checked gone) after the test."""
@@ -138,4 +149,4 @@ def make_lab(lab_dir: Path, docker_api: docker.APIClient) -> Iterator:
         assert lab_resources(docker_api, lab.name) == {"containers": [], "volumes": [], "networks": []}
 
 
-__all__ = ["ROOT", "Lab", "lab_resources"]
+__all__ = ["ROOT", "Lab", "lab_resources", "module_lab"]

@@ -6,11 +6,12 @@ reaches "Beginning operation run"), and no node may have been changed at the end
 from __future__ import annotations
 
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import Lab
+from tests.e2e.conftest import Lab, module_lab
 from tests.e2e.test_swarm import INVENTORY, SWARM_ONLY, docker_installed
 
 # name: (change to the lab inventory, text the error must contain); `{w1}` is worker1's address.
@@ -103,12 +104,8 @@ TEMPLATES = {
 
 
 @pytest.fixture(scope="module")
-def bad_lab(lab_dir: Path, docker_api) -> Lab:
-    lab = Lab("e2e-bad-input", lab_dir)
-    lab.down()
-    lab.up("--managers", "1", "--workers", "2")
-    yield lab
-    assert lab.down().returncode == 0
+def bad_lab(lab_dir: Path, docker_api) -> Iterator[Lab]:
+    yield from module_lab(lab_dir, docker_api, "e2e-bad-input", "--managers", "1", "--workers", "2")
 
 
 def problem(run, name: str, message: str) -> str | None:

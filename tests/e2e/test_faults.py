@@ -19,7 +19,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from tests.e2e.conftest import Lab, Run, lab_resources
+from tests.e2e.conftest import Lab, Run, module_lab
 from tests.e2e.test_swarm import SWARM_ONLY, nodes
 
 DATA = {"all": SWARM_ONLY, "swarm_workers": {"swarm_labels": {"role": "worker"}}}
@@ -27,12 +27,7 @@ DATA = {"all": SWARM_ONLY, "swarm_workers": {"swarm_labels": {"role": "worker"}}
 
 @pytest.fixture(scope="module")
 def lab(lab_dir: Path, docker_api: docker.APIClient) -> Iterator[Lab]:
-    lab = Lab("e2e-faults", lab_dir)
-    lab.down()
-    lab.up("--managers", "1", "--workers", "3")
-    yield lab
-    assert lab.down().returncode == 0
-    assert lab_resources(docker_api, lab.name) == {"containers": [], "volumes": [], "networks": []}
+    yield from module_lab(lab_dir, docker_api, "e2e-faults", "--managers", "1", "--workers", "3")
 
 
 def container(lab: Lab, node: str) -> str:

@@ -20,7 +20,7 @@ import pytest
 
 from tests.conftest import BIN, ROOT, run
 from tests.e2e import docker_ce_mirror
-from tests.e2e.conftest import Lab, lab_resources
+from tests.e2e.conftest import Lab, module_lab
 from tests.e2e.test_swarm import SWARM_ONLY, nodes
 
 VERSIONS = ["20.10.24", "20.10.25"]  # the mirror's docker-ce versions (Debian 12's engine, repackaged)
@@ -34,12 +34,7 @@ swarm_cluster()
 @pytest.fixture(scope="module")
 def pkg_lab(lab_dir: Path, docker_api: docker.APIClient) -> Iterator[Lab]:
     """One lab for the module: the wheel's deploy forms its swarm, the Docker CE test switches its engine."""
-    lab = Lab("e2e-pkg", lab_dir)
-    lab.down()
-    lab.up("--managers", "1", "--workers", "1")
-    yield lab
-    assert lab.down().returncode == 0
-    assert lab_resources(docker_api, lab.name) == {"containers": [], "volumes": [], "networks": []}
+    yield from module_lab(lab_dir, docker_api, "e2e-pkg", "--managers", "1", "--workers", "1")
 
 
 def user_inventory(lab: Lab) -> str:
