@@ -199,6 +199,8 @@ def test_docker_ce_from_a_signed_mirror_installs_pins_and_switches_back(pkg_lab:
         state = engine(pkg_lab, node)
         assert "docker.io" in state["packages"] and "docker-ce" not in state["packages"], state
         assert state["held"] == [] and state["running"]
+        assert "docker.sources" not in state["sources"]  # what the switch to docker-ce added is gone
+        apt_update(pkg_lab, node)
     swarm = nodes(pkg_lab)
     assert {name: (n["id"], n["state"]) for name, n in swarm.items()} == {n: (i, "ready") for n, i in ids.items()}
     assert json.dumps(pkg_lab.outputs).count("Conflicting values") == 0

@@ -162,3 +162,14 @@ def test_docker_ce_needs_ca_certificates_before_its_https_repository():
     tools = next(i for i, c in enumerate(cmds) if c.endswith("install --no-install-recommends ca-certificates"))
     assert tools < next(i for i, c in enumerate(cmds) if "madison docker-ce" in c)
     assert not any("ca-certificates" in c for c in _install(docker_source="distro"))
+
+
+def test_switching_to_distro_removes_the_docker_source_it_added():
+    installed = {"docker-ce": "5:27.3.1-1~debian.12~bookworm", "docker-ce-cli": "5:27.3.1", "containerd.io": "1.7"}
+    files = {"/etc/apt/sources.list.d/docker.sources": "a" * 64, "/etc/apt/keyrings/docker.asc": "b" * 64}
+    cmds = _install(docker_source="distro", packages=installed, apt_files=files)
+    assert cmds.index(_swap(cmds)) < cmds.index(
+        "rm -f /etc/apt/sources.list.d/docker.sources /etc/apt/keyrings/docker.asc"
+    )
+    done = {"docker.io": "20.10.24"}
+    assert _install(docker_source="distro", packages=done, docker_running=True) == []

@@ -13,7 +13,16 @@ from pyinfra.operations import apt, dnf, files, server, systemd
 
 from pyinfra_swarm.operations import packages
 from pyinfra_swarm.operations.maintenance import in_turn, window
-from pyinfra_swarm.plan import APT_CONFLICTS, DNF_CONFLICTS, DOCKER_CE_PACKAGES, ClusterPlan, current_host, plan_cluster
+from pyinfra_swarm.plan import (
+    APT_CONFLICTS,
+    DNF_CONFLICTS,
+    DOCKER_APT_KEY,
+    DOCKER_APT_SOURCE,
+    DOCKER_CE_PACKAGES,
+    ClusterPlan,
+    current_host,
+    plan_cluster,
+)
 from pyinfra_swarm.settings import defaults, is_manager, setting
 
 DEBIAN_FAMILY = {"debian": "debian", "raspbian": "raspbian", "ubuntu": "ubuntu"}
@@ -114,6 +123,12 @@ def install_docker(plan: ClusterPlan | None = None) -> None:
             apt.packages(name=f"Tools the deploy uses ({', '.join(tools)})", packages=tools, update=True,
                          no_recommends=True)  # fmt: skip
         _install_apt(plan, source, remove, wanted, install)
+        stale = [path for path in (DOCKER_APT_SOURCE, DOCKER_APT_KEY) if plan.fact("apt_source").get(path)]
+        if source == "distro" and stale:  # after the switch: a mirror that goes away can't break `apt-get update`
+            server.shell(
+                name="Remove Docker's apt repository (docker_source: distro)",
+                commands=[shlex.join(["rm", "-f", *stale])],
+            )
         holds = hold_commands(wanted, installed, facts.get("held", []), version, installing=install or bool(remove))
         if holds:
             server.shell(name="Hold the pinned Docker packages" if version else "Release held Docker packages",
