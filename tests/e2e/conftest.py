@@ -127,8 +127,14 @@ def module_lab(lab_dir: Path, docker_api: docker.APIClient, name: str, *up_args:
     lab.down()
     lab.up(*up_args)
     yield lab
-    assert lab.down().returncode == 0
-    assert lab_resources(docker_api, name) == {"containers": [], "volumes": [], "networks": []}
+    take_down(lab, docker_api)
+
+
+def take_down(lab: Lab, docker_api: docker.APIClient) -> None:
+    """Remove a test's lab and check that nothing of it is left on the engine."""
+    result = lab.down()
+    assert result.returncode == 0, result.stderr
+    assert lab_resources(docker_api, lab.name) == {"containers": [], "volumes": [], "networks": []}
 
 
 @pytest.fixture
@@ -144,9 +150,7 @@ def make_lab(lab_dir: Path, docker_api: docker.APIClient) -> Iterator:
 
     yield factory
     for lab in labs:
-        result = lab.down()
-        assert result.returncode == 0, result.stderr
-        assert lab_resources(docker_api, lab.name) == {"containers": [], "volumes": [], "networks": []}
+        take_down(lab, docker_api)
 
 
 __all__ = ["ROOT", "Lab", "lab_resources", "module_lab"]
