@@ -516,26 +516,29 @@ CONTEXT_LABEL = "pyinfra-swarm.context"  # image label: the sha256 of the build 
 
 class ImageContexts(FactBase[dict[str, str | None]]):
     """For each image reference: the context hash label of the local image, "" without the label, None when
-    the image is missing."""
+    the image is missing. With `pushed`, an image that has no digest in its registry (never pushed: a push
+    that failed or was cut) also gives "", so the deploy builds it (from cache) and pushes it again."""
 
-    def requires_command(self, images: list[str]) -> str:
+    def requires_command(self, images: list[str], pushed: bool = False) -> str:
         return "docker"
 
-    def command(self, images: list[str]) -> str:
+    def command(self, images: list[str], pushed: bool = False) -> str:
         quoted = " ".join(shlex.quote(image) for image in images)
-        fmt = shlex.quote(f'{{{{index .Config.Labels "{CONTEXT_LABEL}"}}}}')
-        label = f'$(docker image inspect --format {fmt} "$i")'
-        # docker 20.10 prints an empty line for a missing image even with --format: test for it first.
+        digests = "{{range .RepoDigests}} {{.}}{{end}}"
+        fmt = shlex.quote(f'{{{{index .Config.Labels "{CONTEXT_LABEL}"}}}}|{digests}')
+        # A pushed image's digests hold REPOSITORY@sha256:...; REPOSITORY is the reference without its tag.
+        check = 'case "${out#*|} " in *" ${i%:*}@"*) ;; *) out="#unpushed|" ;; esac; ' if pushed else ""
+        # docker 20.10 prints an empty line (and fails) for a missing image: both count as missing.
         return (
-            f'for i in {quoted}; do if docker image inspect "$i" >/dev/null 2>&1; '
-            f'then echo "$i {label}"; else echo "$i #missing"; fi; done'
+            f'for i in {quoted}; do if out=$(docker image inspect --format {fmt} "$i" 2>/dev/null) '
+            f'&& [ -n "$out" ]; then {check}echo "$i ${{out%%|*}}"; else echo "$i #missing"; fi; done'
         )
 
     def process(self, output: list[str]) -> dict[str, str | None]:
         result: dict[str, str | None] = {}
         for line in output:
             image, _, label = line.strip().partition(" ")
-            result[image] = None if label == "#missing" else ("" if label == "<no value>" else label)
+            result[image] = None if label == "#missing" else ("" if label in ("<no value>", "#unpushed") else label)
         return result
 
     @staticmethod

@@ -131,6 +131,7 @@ class ClusterPlan:
     init_host: Host | None  # the manager that initialises the swarm, when no manager is in one yet
     in_limit: list[Host] = field(default_factory=list)  # the hosts this run may change (all without --limit)
     removed: list[Host] = field(default_factory=list)  # hosts with swarm_state: absent (taken out, then left alone)
+    recover: Host | None = None  # quorum lost: the manager made a one-manager swarm this run (swarm_force_new_cluster)
     data_path_port: int = 4789  # the VXLAN port the swarm uses (or will use, once initialised)
     nodes: list[dict[str, Any]] = field(default_factory=list)  # the primary's node list
     steps: dict[Host, str] = field(default_factory=dict)  # membership step of each reachable host (step_for)
@@ -153,8 +154,9 @@ class ClusterPlan:
 
     @property
     def acting_manager(self) -> Host | None:
-        """The manager that runs cluster-wide changes (labels, roles, registry, stacks) this run."""
-        return self.primary or self.init_host
+        """The manager that runs cluster-wide changes (labels, roles, registry, stacks) this run; none while
+        the swarm is recovered from the loss of quorum."""
+        return None if self.recover else self.primary or self.init_host
 
     def takes_part(self, host: Host) -> bool:
         """Whether the deploy's steps act on a host: not when it is being taken out (swarm_state: absent)."""
@@ -274,6 +276,11 @@ def _build(state: State, build: bool = True) -> ClusterPlan:
     first = primary or init_host or hosts[0]
     if primary is not None:
         _check_init_settings(primary, info[primary].get("Cluster") or {})
+    nodes, recover = _node_list(in_swarm, facts, in_limit) if primary else ([], None)
+    forced = [h.name for h in hosts if setting(h, "swarm_force_new_cluster")]
+    if forced and nodes:
+        logger.warning(f"swarm_force_new_cluster is set for {', '.join(forced)} but the swarm has a leader: nothing "
+                       "to recover (remove the setting)")  # fmt: skip
     plan = ClusterPlan(
         hosts=hosts,
         reachable=reachable,
@@ -284,9 +291,10 @@ def _build(state: State, build: bool = True) -> ClusterPlan:
         init_host=init_host,
         in_limit=in_limit,
         removed=removed,
+        recover=recover,
         data_path_port=int(((info[primary].get("Cluster") or {}) if primary else {}).get("DataPathPort") or 0)
         or setting(first, "swarm_data_path_port"),
-        nodes=_node_list(in_swarm, facts) if primary else [],
+        nodes=nodes,
     )
     if plan.acting_manager is not None:  # what `swarm.node` reads on the acting manager
         remember(state, plan.acting_manager, {"nodes": (SwarmNodes, {})}, {"nodes": plan.nodes})
@@ -332,7 +340,7 @@ def _check_overlay_subnets(first: Host, addresses: dict[Host, dict[str, list[str
 def _check_removals(plan: ClusterPlan) -> None:
     """Refuse, before any change, a removal that would remove the last manager or break quorum; warn when
     the managers left tolerate no loss."""
-    if not plan.removed or plan.primary is None:
+    if not plan.removed or plan.primary is None or plan.recover is not None:
         return
     managers = [n for n in plan.nodes if n["role"] == "manager"]
     leaving = {n["id"] for h in plan.removed for n in [plan.node_of(h) or plan.entry_by_address(h)] if n}
@@ -388,7 +396,8 @@ def _planned_facts(plan: ClusterPlan, target: Host) -> Spec:
         return spec
     builds = setting(target, "docker_images")
     if builds:
-        spec["built_images"] = (ImageContexts, {"images": list(image_references(plan.registry_address, builds))})
+        references = list(image_references(plan.registry_address, builds))
+        spec["built_images"] = (ImageContexts, {"images": references, "pushed": registry is not None})
     stacks = [stack["name"] for stack in setting(target, "swarm_stacks")]
     if registry is not None and registry.mode == "service":
         stacks.append("registry")
@@ -486,37 +495,51 @@ def _warn_small_mtu(addresses: dict[Host, str], links: dict[Host, tuple[dict, di
             )
 
 
-def _node_list(managers: list[Host], facts: dict[Host, dict[str, Any]]) -> list[dict[str, Any]]:
+def _node_list(
+    managers: list[Host], facts: dict[Host, dict[str, Any]], in_limit: list[Host]
+) -> tuple[list[dict[str, Any]], Host | None]:
     """The node list from the first of `managers` that gives one (gathered with their facts, else read
-    again). Right after a manager is lost the others can't list nodes until they elect a leader (~10-20 s):
-    wait for that rather than misjudge every host as being in another swarm."""
+    again), and no manager to recover. Right after a manager is lost the others can't list nodes until they
+    elect a leader (~10-20 s): wait for that rather than misjudge every host as being in another swarm. With
+    no leader after that, quorum is lost: the manager with `swarm_force_new_cluster` is the one to recover
+    (no node list), else the run stops with the procedure."""
     for manager in managers:
         if facts[manager].get("nodes"):
-            return facts[manager]["nodes"]
+            return facts[manager]["nodes"], None
     deadline = time.monotonic() + LEADER_WAIT
-    while True:
+    while time.monotonic() < deadline:
+        logger.warning("the swarm has no leader yet (a manager was lost?): waiting for the election")
+        gevent.sleep(3)
         for manager in managers:
             nodes = manager.get_fact(SwarmNodes)
             if nodes:
-                return nodes
-        if time.monotonic() > deadline:
-            raise DeployError(
-                f"no manager of the swarm can list its nodes after {LEADER_WAIT:.0f} s: the swarm has no leader "
-                f"(managers reached: {', '.join(m.name for m in managers)}). Fewer than half the managers may be up: "
-                "bring managers back, or recover with `docker swarm init --force-new-cluster` on one of them"
-            )
-        logger.warning("the swarm has no leader yet (a manager was lost?): waiting for the election")
-        gevent.sleep(3)
+                return nodes, None
+    survivor = next((m for m in managers if setting(m, "swarm_force_new_cluster")), None)
+    if survivor is not None and survivor in in_limit:
+        logger.warning(
+            f"quorum is lost: {survivor.name} becomes a one-manager swarm (swarm_force_new_cluster); the swarm's "
+            "other steps wait for the next run, which grows the managers back"
+        )
+        return [], survivor
+    raise DeployError(
+        f"no manager of the swarm can list its nodes after {LEADER_WAIT:.0f} s: the swarm has no leader "
+        f"(managers reached: {', '.join(m.name for m in managers)}). Fewer than half the managers may be up: "
+        "bring managers back, or recover: set swarm_force_new_cluster: true on one of the managers reached "
+        "and run again (it becomes a one-manager swarm keeping services and secrets; the run after that grows "
+        "the managers back)"
+    )
 
 
 def step_for(plan: ClusterPlan, host: Host) -> str:
     """What joining this swarm takes for a host: "member" (nothing), "restart" (nothing: its Docker is stopped
     with its swarm state on disk, and it is back in the swarm once the install step starts Docker), "init",
-    "join", "rejoin" (leave the other
-    swarm first, as swarm_force_rejoin allows), "locked" (autolocked after a restart: it must be unlocked,
-    never made to leave), "pending" (a join under way or stuck) or "foreign" (in another swarm); hosts in
-    the last three states are stopped with the reason. A host with swarm_state: absent is "remove" (in
-    this swarm: taken out) or "gone" (nothing to do)."""
+    "join", "rejoin" (leave the other swarm first, as swarm_force_rejoin allows), "locked" (autolocked after
+    a restart: it must be unlocked, never made to leave), "pending" (a join under way or stuck) or "foreign"
+    (in another swarm); hosts in the last three states are stopped with the reason. A host with swarm_state:
+    absent is "remove" (in this swarm: taken out) or "gone" (nothing to do). While quorum is recovered, the
+    surviving manager is "recover" (a new one-manager cluster) and every other host "recovering" (next run)."""
+    if plan.recover is not None:
+        return "recover" if host is plan.recover else "recovering"
     if host in plan.removed:
         return "remove" if plan.in_this_swarm(host) else "gone"
     if host is plan.init_host:

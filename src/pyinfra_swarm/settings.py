@@ -243,6 +243,10 @@ SCHEMA: tuple[Setting, ...] = (
             "delete its data (`/var/lib/docker`, `/etc/docker`)", "swarm"),
     Setting("swarm_bootstrap", False, (bool,), "start a new swarm although some managers of the inventory weren't "
             "reached (see *Never two swarms*)", "swarm", scope="cluster"),
+    Setting("swarm_force_new_cluster", False, (bool,), "on the manager that survived the loss of quorum: a run "
+            "that finds no leader makes it a one-manager swarm (`docker swarm init --force-new-cluster`: services, "
+            "secrets and workers kept) and the next run grows the managers back; does nothing while the swarm has a "
+            "leader (see *Losing quorum*)", "swarm"),
     # What runs on the swarm
     Setting("registry_mode", None, (str,), "`service`, `host` or none (no registry)", "workloads", scope="cluster",
             choices=("service", "host")),

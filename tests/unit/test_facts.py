@@ -94,9 +94,12 @@ def test_image_contexts_tell_missing_from_unlabelled_images():
     from pyinfra_swarm.facts import ImageContexts
 
     fact = ImageContexts()
-    assert "if docker image inspect" in fact.command(images=["debian:bookworm"])  # docker 20.10 prints "" if missing
-    assert fact.process(["debian:bookworm #missing", "app:1 abc123", "base:1 <no value>"]) == {
-        "debian:bookworm": None, "app:1": "abc123", "base:1": ""
+    assert '[ -n "$out" ]' in fact.command(images=["debian:bookworm"])  # docker 20.10 prints "" if missing
+    assert "#unpushed" not in fact.command(images=["debian:bookworm"])
+    assert "#unpushed" in fact.command(images=["10.1.0.1:5000/app:1"], pushed=True)
+    lines = ["debian:bookworm #missing", "app:1 abc123", "base:1 <no value>", "r:5000/app:2 #unpushed"]
+    assert fact.process(lines) == {
+        "debian:bookworm": None, "app:1": "abc123", "base:1": "", "r:5000/app:2": ""
     }  # fmt: skip
 
 

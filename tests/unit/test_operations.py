@@ -1,7 +1,7 @@
 """Each operation described as data, as pyinfra's own operation tests are: tests/operations/<module>.<op>/
 <case>.json holds the arguments, the facts the operation reads (by fact class), the commands it yields and
-the no-op message when it yields none; `stdin` lists what each command sends on stdin (secrets go there,
-never into the command)."""
+the no-op message when it yields none (or the `exception` it raises); `stdin` lists what each command
+sends on stdin (secrets go there, never into the command)."""
 
 from __future__ import annotations
 
@@ -38,6 +38,11 @@ def test_operation(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     facts = case["facts"]
     monkeypatch.setattr(module, "read", lambda cls, target=None, **kwargs: facts[cls.__name__], raising=False)
     fake = _Host()
+    if "exception" in case:
+        with ctx_host.use(fake), pytest.raises(Exception) as raised:
+            list(getattr(module, op_name)._inner(*case.get("args", []), **case["kwargs"]))
+        assert (type(raised.value).__name__, str(raised.value)) == tuple(case["exception"].values())
+        return
     with ctx_host.use(fake):
         commands = list(getattr(module, op_name)._inner(*case.get("args", []), **case["kwargs"]))
     assert [describe(command) for command in commands] == case["commands"]

@@ -44,7 +44,7 @@ def test_fresh_hosts_init_on_the_first_manager_and_join_the_rest():
     )  # fmt: skip
     assert commands(planned["m1"])[0] == (
         "docker swarm init --advertise-addr 10.1.0.1 --listen-addr 10.1.0.1:2377 --default-addr-pool 10.20.0.0/16 "
-        "--default-addr-pool-mask-length 24 --data-path-port 4790 --availability drain"
+        "--default-addr-pool-mask-length 24 --data-path-port 4790 --availability drain >/dev/null"
     )
     assert commands(planned["m2"]) == ["_join('manager', '10.1.0.2', ['@fake/m1', '@fake/m2'], None)"]
     assert commands(planned["w1"]) == ["_join('worker', '10.1.0.3', ['@fake/m1', '@fake/m2'], None)"]
@@ -162,3 +162,23 @@ def test_docker_stopped_on_a_member_is_neither_joined_again_nor_removed():
                    [host("w1", "10.1.0.2", swarm=stopped, **installed)])  # fmt: skip
     assert commands(planned["w1"]) == ["systemctl start docker.service", "systemctl enable docker.service"]
     assert not any("node rm" in c for c in commands(planned["m1"]))
+
+
+def test_quorum_lost_recovers_on_the_manager_that_says_so(monkeypatch, caplog):
+    """No leader, and swarm_force_new_cluster on a survivor: it alone runs `--force-new-cluster` this run;
+    joins, roles and removals wait for the next (which finds a leader and warns the setting does nothing)."""
+    monkeypatch.setattr("pyinfra_swarm.plan.LEADER_WAIT", 0.1)
+    no_leader = "##pyinfra-swarm-no-node-list##"
+    planned = _plan([host("m1", "10.1.0.1", swarm=swarm("M1", True), nodes=no_leader, swarm_force_new_cluster=True)],
+                    [host("w1", "10.1.0.2", swarm=swarm("W1", False)), host("w2", "10.1.0.3")])  # fmt: skip
+    assert commands(planned["m1"]) == [
+        "docker swarm init --force-new-cluster --advertise-addr 10.1.0.1 --listen-addr 10.1.0.1:2377 >/dev/null"
+    ]
+    assert commands(planned["w1"]) == [] and commands(planned["w2"]) == []
+    assert "quorum is lost: @fake/m1 becomes a one-manager swarm" in caplog.text
+
+    caplog.clear()
+    healthy = _plan([host("m1", "10.1.0.1", swarm=swarm("M1", True), swarm_force_new_cluster=True)],
+                    [host("w1", "10.1.0.2", swarm=swarm("W1", False))])  # fmt: skip
+    assert not any("force-new-cluster" in c for c in commands(healthy["m1"]))
+    assert "swarm_force_new_cluster is set for @fake/m1 but the swarm has a leader" in caplog.text

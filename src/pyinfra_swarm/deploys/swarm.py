@@ -24,7 +24,8 @@ STOPPED = {
 
 @deploy("Join the swarm", data_defaults=defaults(
     "swarm_advertise_addr", "swarm_default_addr_pool", "swarm_default_addr_pool_mask_length", "swarm_data_path_port",
-    "swarm_data_path_addr", "swarm_availability", "swarm_force_rejoin", "swarm_bootstrap"))  # fmt: skip
+    "swarm_data_path_addr", "swarm_availability", "swarm_force_rejoin", "swarm_bootstrap",
+    "swarm_force_new_cluster"))  # fmt: skip
 def join_swarm(plan: ClusterPlan | None = None) -> None:
     """Init the swarm where the plan says, or join this host to it with the role the inventory gives. A
     host already in this swarm (same cluster, by node ID) is left alone; one in another swarm, locked or
@@ -41,6 +42,11 @@ def join_swarm(plan: ClusterPlan | None = None) -> None:
         host.noop("already in this swarm")
     elif step == "restart":
         host.noop("Docker was stopped with this swarm's state on disk: the node is back once Docker starts")
+    elif step == "recover":
+        swarm.force_new_cluster(name="Recover the swarm: a one-manager swarm here", advertise_addr=address)
+    elif step == "recovering":
+        host.noop(f"the swarm is recovered on {plan.recover.name if plan.recover else '?'} this run: joins, roles "
+                  "and workloads wait for the next run")  # fmt: skip
     elif step == "init":
         swarm.init(
             name="Initialise the swarm",
@@ -99,6 +105,8 @@ def remove_nodes(plan: ClusterPlan | None = None) -> None:
     data. An unreachable one has its entry removed from the acting manager (forced), with a warning."""
     plan = plan or plan_cluster()
     this = current_host()
+    if plan.recover is not None:  # the swarm is recovered this run; removals wait for the next
+        return
     if this in plan.removed:
         installed = [p for p in plan.fact("packages")["packages"] if p in ENGINE_PACKAGES]
         purge = installed if setting(this, "docker_purge") else None

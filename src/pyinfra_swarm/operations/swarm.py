@@ -100,7 +100,32 @@ def init(
         args += ["--data-path-port", str(data_path_port)]
     if availability and availability != "active":
         args += ["--availability", availability]
-    yield StringCommand(*args)
+    yield StringCommand(*args, ">/dev/null")  # its output holds the worker join token
+
+
+@operation()
+def force_new_cluster(advertise_addr: str):
+    """Recover a swarm that lost quorum on this manager, one of the survivors: it becomes the only manager of
+    a swarm that keeps the services, secrets, configs, networks and worker nodes (`docker swarm init
+    --force-new-cluster`). Only for a swarm without a leader (the plan checks that): on a healthy swarm it
+    would drop the other managers from raft. Lost managers that come back with their old state rejoin as
+    workers (Docker promotes them again); the next deploy joins fresh ones.
+
+    + advertise_addr: this manager's address
+
+    **Example:**
+
+    .. code:: python
+
+        swarm.force_new_cluster(name="Recover the swarm here", advertise_addr="10.0.0.10")
+    """
+    info = read(DockerSwarm) or {}
+    if not info.get("ControlAvailable"):
+        raise OperationError("this host is not a manager of a swarm: there is nothing to recover here")
+    yield StringCommand(
+        "docker", "swarm", "init", "--force-new-cluster", "--advertise-addr", advertise_addr,
+        "--listen-addr", f"{advertise_addr}:{SWARM_PORT}", ">/dev/null",
+    )  # fmt: skip
 
 
 @operation()
