@@ -132,6 +132,7 @@ class ClusterPlan:
     in_limit: list[Host] = field(default_factory=list)  # the hosts this run may change (all without --limit)
     removed: list[Host] = field(default_factory=list)  # hosts with swarm_state: absent (taken out, then left alone)
     recover: Host | None = None  # quorum lost: the manager made a one-manager swarm this run (swarm_force_new_cluster)
+    unlock_only: bool = False  # every manager reached is locked (autolock): this run unlocks them, nothing else
     data_path_port: int = 4789  # the VXLAN port the swarm uses (or will use, once initialised)
     nodes: list[dict[str, Any]] = field(default_factory=list)  # the primary's node list
     steps: dict[Host, str] = field(default_factory=dict)  # membership step of each reachable host (step_for)
@@ -156,7 +157,13 @@ class ClusterPlan:
     def acting_manager(self) -> Host | None:
         """The manager that runs cluster-wide changes (labels, roles, registry, stacks) this run; none while
         the swarm is recovered from the loss of quorum."""
-        return None if self.recover else self.primary or self.init_host
+        return None if self.recovering else self.primary or self.init_host
+
+    @property
+    def recovering(self) -> bool:
+        """Whether this run only brings the swarm back (quorum recovered, or every manager unlocked): joins,
+        roles, removals and workloads wait for the next run."""
+        return self.recover is not None or self.unlock_only
 
     def takes_part(self, host: Host) -> bool:
         """Whether the deploy's steps act on a host: not when it is being taken out (swarm_state: absent)."""
@@ -171,10 +178,11 @@ class ClusterPlan:
 
     def node_of(self, host: Host) -> dict[str, Any] | None:
         """The swarm node entry of a host that is in this swarm: matched by its node ID, or by its advertise
-        address while its Docker is down with this swarm's state on disk (step "restart")."""
-        if self.steps.get(host) == "restart":
+        address while its Docker is down with this swarm's state on disk (step "restart") or locked ("unlock")."""
+        by_id = next((n for n in self.nodes if n["id"] == self.swarm_of(host).get("NodeID")), None)
+        if by_id is None and self.steps.get(host) in ("restart", "unlock"):
             return self.entry_by_address(host)
-        return next((n for n in self.nodes if n["id"] == self.swarm_of(host).get("NodeID")), None)
+        return by_id
 
     def entry_by_address(self, host: Host) -> dict[str, Any] | None:
         """The node entry with a host's advertise address: how an unreachable host is found in the swarm."""
@@ -270,8 +278,13 @@ def _build(state: State, build: bool = True) -> ClusterPlan:
             "ones leave (docker swarm leave --force) before running the deploy"
         )
     primary = in_swarm[0] if in_swarm else None
+    locked = [h for h in reachable if is_manager(h) and info[h].get("LocalNodeState") == "locked"]
+    unlock_only = primary is None and bool(locked)
+    if unlock_only:
+        logger.warning(f"every manager reached is locked ({', '.join(h.name for h in locked)}): this run unlocks "
+                       "them; the rest waits for the next run")  # fmt: skip
     init_host = None
-    if primary is None and build:
+    if primary is None and build and not unlock_only:
         init_host = _init_host([h for h in hosts if h not in removed], reachable, in_limit, info)
     first = primary or init_host or hosts[0]
     if primary is not None:
@@ -292,6 +305,7 @@ def _build(state: State, build: bool = True) -> ClusterPlan:
         in_limit=in_limit,
         removed=removed,
         recover=recover,
+        unlock_only=unlock_only,
         data_path_port=int(((info[primary].get("Cluster") or {}) if primary else {}).get("DataPathPort") or 0)
         or setting(first, "swarm_data_path_port"),
         nodes=nodes,
@@ -340,7 +354,7 @@ def _check_overlay_subnets(first: Host, addresses: dict[Host, dict[str, list[str
 def _check_removals(plan: ClusterPlan) -> None:
     """Refuse, before any change, a removal that would remove the last manager or break quorum; warn when
     the managers left tolerate no loss."""
-    if not plan.removed or plan.primary is None or plan.recover is not None:
+    if not plan.removed or plan.primary is None or plan.recovering:
         return
     managers = [n for n in plan.nodes if n["role"] == "manager"]
     leaving = {n["id"] for h in plan.removed for n in [plan.node_of(h) or plan.entry_by_address(h)] if n}
@@ -403,8 +417,8 @@ def _planned_facts(plan: ClusterPlan, target: Host) -> Spec:
         stacks.append("registry")
     for name in stacks:  # one section each: what `swarm.stack` reads
         spec[f"stack_file:{name}"] = (FileHashes, {"paths": [stack_path(name)]})
-    if registry is not None or stacks or any(setting(target, k) for k in ("swarm_networks", "swarm_secrets",
-                                                                          "swarm_configs")):  # fmt: skip
+    objects = ("swarm_networks", "swarm_secrets", "swarm_configs", "swarm_rotate")
+    if registry is not None or stacks or any(setting(target, k) for k in objects):
         spec["swarm_stacks"] = (SwarmStacks, {})
         spec["swarm_objects"] = (SwarmObjects, {})
     if registry is not None:
@@ -415,15 +429,9 @@ def _planned_facts(plan: ClusterPlan, target: Host) -> Spec:
 def _init_host(hosts: list[Host], reachable: list[Host], in_limit: list[Host], info: dict[Host, dict]) -> Host:
     """The manager that runs `swarm init`, when no reachable manager is in a swarm. Refused while a manager
     of the inventory could be in a swarm that this run can't see (unreachable, Docker stopped with swarm
-    state on disk, locked), unless `swarm_bootstrap` says to start a new swarm anyway: a second swarm beside
+    state on disk), unless `swarm_bootstrap` says to start a new swarm anyway: a second swarm beside
     a live one (split brain) is the worst thing a deploy can do."""
     managers = [h for h in hosts if is_manager(h)]
-    locked = [h.name for h in reachable if info[h].get("LocalNodeState") == "locked"]
-    if locked:
-        raise DeployError(
-            f"the swarm is locked on {', '.join(locked)} (autolock, after a restart): unlock it with "
-            "`docker swarm unlock` and the unlock key, then run again"
-        )
     # Not in a swarm: no Docker yet (None), Docker stopped ("unknown": the install step starts it), inactive.
     free = (None, "unknown", "inactive")
     candidates = [h for h in managers if h in reachable and (info[h].get("LocalNodeState") in free)]
@@ -507,13 +515,18 @@ def _node_list(
         if facts[manager].get("nodes"):
             return facts[manager]["nodes"], None
     deadline = time.monotonic() + LEADER_WAIT
-    while time.monotonic() < deadline:
-        logger.warning("the swarm has no leader yet (a manager was lost?): waiting for the election")
-        gevent.sleep(3)
+    waiting = False
+    while True:
         for manager in managers:
             nodes = manager.get_fact(SwarmNodes)
             if nodes:
                 return nodes, None
+        if time.monotonic() > deadline:
+            break
+        if not waiting:
+            logger.warning(f"the swarm has no leader (a manager lost?): waiting up to {LEADER_WAIT:.0f} s for one")
+            waiting = True
+        gevent.sleep(3)
     survivor = next((m for m in managers if setting(m, "swarm_force_new_cluster")), None)
     if survivor is not None and survivor in in_limit:
         logger.warning(
@@ -533,13 +546,18 @@ def _node_list(
 def step_for(plan: ClusterPlan, host: Host) -> str:
     """What joining this swarm takes for a host: "member" (nothing), "restart" (nothing: its Docker is stopped
     with its swarm state on disk, and it is back in the swarm once the install step starts Docker), "init",
-    "join", "rejoin" (leave the other swarm first, as swarm_force_rejoin allows), "locked" (autolocked after
-    a restart: it must be unlocked, never made to leave), "pending" (a join under way or stuck) or "foreign"
-    (in another swarm); hosts in the last three states are stopped with the reason. A host with swarm_state:
+    "join", "rejoin" (leave the other swarm first, as swarm_force_rejoin allows), "unlock" (autolocked after
+    a restart: unlocked with the key file, never made to leave), "pending" (a join under way or stuck) or
+    "foreign" (in another swarm); hosts in the last two states are stopped with the reason. A host with swarm_state:
     absent is "remove" (in this swarm: taken out) or "gone" (nothing to do). While quorum is recovered, the
-    surviving manager is "recover" (a new one-manager cluster) and every other host "recovering" (next run)."""
+    surviving manager is "recover" (a new one-manager cluster) and every other host "recovering" (next run);
+    the same while every manager reached is locked (they "unlock")."""
     if plan.recover is not None:
         return "recover" if host is plan.recover else "recovering"
+    if plan.swarm_of(host).get("LocalNodeState") == "locked":
+        return "unlock"  # autolocked after a restart: unlocked with the key file, never made to leave
+    if plan.unlock_only:
+        return "recovering"
     if host in plan.removed:
         return "remove" if plan.in_this_swarm(host) else "gone"
     if host is plan.init_host:
@@ -552,8 +570,6 @@ def step_for(plan: ClusterPlan, host: Host) -> str:
     local = info.get("LocalNodeState")
     if local in (None, "inactive", "unknown"):
         return "join"
-    if local == "locked":
-        return "locked"
     if local == "pending" and not setting(host, "swarm_force_rejoin"):
         return "pending"
     return "rejoin" if setting(host, "swarm_force_rejoin") else "foreign"

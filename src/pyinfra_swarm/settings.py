@@ -17,6 +17,8 @@ from typing import Any
 from pyinfra.api import Host, State
 from pyinfra.api.exceptions import DeployError
 
+from pyinfra_swarm.pki import pki_dir
+
 MANAGERS = "swarm_managers"
 WORKERS = "swarm_workers"
 PREFIXES = ("swarm_", "docker_", "registry_")  # data keys with these prefixes must be settings
@@ -190,6 +192,19 @@ def _stacks(value: Any) -> str | None:
     return None
 
 
+ROTATABLE = ("worker_token", "manager_token", "ca", "unlock_key")
+
+
+def _rotations(value: Any) -> str | None:
+    unknown = [str(k) for k in value if k not in ROTATABLE]
+    if unknown:
+        return f"can't rotate {', '.join(unknown)} (use {', '.join(ROTATABLE)})"
+    empty = [k for k, request in value.items() if not isinstance(request, str | int) or not str(request).strip()]
+    if empty:
+        return f"[{empty[0]!r}] needs a request name (a date, a ticket: a new name rotates again)"
+    return None
+
+
 def _daemon_config(value: Any) -> str | None:
     problems = validate_daemon_config(value)
     return "; ".join(p.removeprefix("docker_daemon_config") for p in problems) or None  # each starts with [
@@ -247,6 +262,14 @@ SCHEMA: tuple[Setting, ...] = (
             "that finds no leader makes it a one-manager swarm (`docker swarm init --force-new-cluster`: services, "
             "secrets and workers kept) and the next run grows the managers back; does nothing while the swarm has a "
             "leader (see *Losing quorum*)", "swarm"),
+    Setting("swarm_autolock", False, (bool,), "managers keep their raft keys locked at rest: a restarted manager "
+            "needs the unlock key, which the deploy writes only to `swarm_unlock_key_file` and uses to unlock "
+            "managers it finds locked", "swarm", scope="cluster"),
+    Setting("swarm_unlock_key_file", None, (str,), "the unlock key's file on the controller (0600)", "swarm",
+            scope="cluster", shown_default="PKI directory/swarm-unlock-key"),
+    Setting("swarm_rotate", {}, (dict,), "`{what: request}` rotates `worker_token`, `manager_token`, `ca` (the "
+            "swarm's root CA) or `unlock_key` once per request name (a date, a ticket; recorded in the swarm)",
+            "swarm", scope="cluster", check=_rotations),
     # What runs on the swarm
     Setting("registry_mode", None, (str,), "`service`, `host` or none (no registry)", "workloads", scope="cluster",
             choices=("service", "host")),
@@ -296,6 +319,12 @@ DAEMON_KEY_TYPES: dict[str, type | tuple[type, ...]] = {
 def defaults(*keys: str) -> dict[str, Any]:
     """`data_defaults` for a deploy that reads `keys`."""
     return {key: DEFAULTS[key] for key in keys}
+
+
+def unlock_key_file(host: Host) -> str:
+    """The swarm's unlock key file on the controller: swarm_unlock_key_file, or swarm-unlock-key in the PKI
+    directory."""
+    return str(Path(setting(host, "swarm_unlock_key_file") or pki_dir() / "swarm-unlock-key").expanduser())
 
 
 def setting(host: Host, key: str) -> Any:

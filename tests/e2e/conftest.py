@@ -57,7 +57,8 @@ class Run:
         return changed
 
     def __repr__(self) -> str:
-        return f"Run(returncode={self.returncode}, output=...{self.output[-3000:]})"
+        errors = [line for line in self.output.splitlines() if "rror" in line or "arning" in line][:40]
+        return f"Run(returncode={self.returncode}, errors={errors}, output=...{self.output[-3000:]})"
 
 
 class Lab:

@@ -1,6 +1,7 @@
 """Faults on a 1 manager + 3 worker lab: what the run reports, and that a re-run once the fault is gone
 converges with no manual step. One lab for the whole suite, each fault in turn:
-- a node killed (power cut) while its packages install, during the cold deploy;
+- during the cold deploy, while packages install: a node killed (power cut), an SSH connection dropped,
+  a network cut for a few seconds;
 - a worker's node stopped before a deploy;
 - Docker stopped by hand on a node;
 - a node rebooted between runs;
@@ -11,6 +12,7 @@ and that a machine on the nodes' own network that is not in the inventory reache
 from __future__ import annotations
 
 import json
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -56,30 +58,42 @@ def failed_hosts(run: Run) -> set[str]:
     return failed
 
 
-def test_a_node_killed_while_its_packages_install(lab: Lab, docker_api: docker.APIClient) -> None:
+def test_faults_while_packages_install(lab: Lab, docker_api: docker.APIClient) -> None:
+    """During the cold deploy, each while its packages install: worker3's node is killed (a power cut),
+    worker2's SSH connection drops (its sshd session killed), worker1's network is cut for 8 s (packets to
+    its SSH port dropped on this machine). Only worker3 and worker2 fail; worker1 rides it out; a re-run
+    converges with no manual step."""
     result: dict[str, Run] = {}
     deploy = threading.Thread(target=lambda: result.setdefault("run", lab.deploy(group_data=DATA)))
     deploy.start()
-    target = container(lab, "worker3")
 
-    def installing() -> bool:
-        found = docker_api.exec_start(docker_api.exec_create(target, ["pgrep", "-x", "dpkg"])).strip()
+    def installing(node: str) -> bool:
+        found = docker_api.exec_start(docker_api.exec_create(container(lab, node), ["pgrep", "-x", "dpkg"])).strip()
         return bool(found)
 
-    wait_for("worker3's dpkg to start", installing, timeout=300)
-    docker_api.kill(target)  # a power cut, mid-install
+    wait_for("worker3's dpkg to start", lambda: installing("worker3"), timeout=300)
+    docker_api.kill(container(lab, "worker3"))  # a power cut, mid-install
+    wait_for("worker2's dpkg to start", lambda: installing("worker2"), timeout=300)
+    docker_api.exec_start(docker_api.exec_create(container(lab, "worker2"), ["pkill", "-KILL", "-f", "sshd: root"]))
+    wait_for("worker1's dpkg to start", lambda: installing("worker1"), timeout=300)
+    cut = ["-p", "tcp", "-d", lab.address("worker1"), "--dport", "22", "-j", "DROP"]
+    subprocess.run(["iptables", "-w", "-I", "OUTPUT", *cut], check=True)
+    try:
+        time.sleep(8)
+    finally:
+        subprocess.run(["iptables", "-w", "-D", "OUTPUT", *cut], check=True)
     deploy.join()
     run = result["run"]
     assert run.returncode != 0
-    assert failed_hosts(run) == {"worker3"}, run
-    assert {n: v["state"] for n, v in nodes(lab).items()} == {"manager1": "ready", "worker1": "ready",
-                                                             "worker2": "ready"}  # fmt: skip
+    assert failed_hosts(run) == {"worker3", "worker2"}, run
+    assert {n: v["state"] for n, v in nodes(lab).items()} == {"manager1": "ready", "worker1": "ready"}
 
     lab.up("--managers", "1", "--workers", "3")  # starts the killed node again
     again = lab.deploy(group_data=DATA)
     assert again.returncode == 0, again
-    wait_for("worker3 to be Ready", lambda: healthy(lab))
-    assert lab.sh("worker3", "dpkg --audit").strip() == ""  # no half-configured package left
+    wait_for("worker2 and worker3 to be Ready", lambda: healthy(lab))
+    for node in ("worker2", "worker3"):
+        assert lab.sh(node, "dpkg --audit").strip() == ""  # no half-configured package left
     assert lab.deploy(group_data=DATA).changed == []
 
 
@@ -160,3 +174,26 @@ def test_a_stranger_on_the_lab_network_reaches_no_swarm_port(lab: Lab, docker_ap
     assert lab.ssh("worker2", f"nc -z -w 3 {manager} 2377").returncode == 0
     assert lab.ssh("worker2", f"nc -z -w 3 {worker} 7946").returncode == 0
     assert lab.ssh("worker2", f"nc -z -w 3 {worker} 2377").returncode != 0  # managers only
+
+
+def test_a_host_whose_key_changed_is_not_connected(lab: Lab) -> None:
+    """The deploy checks host keys as the inventory's SSH settings say (the lab's: strict, its own
+    known_hosts): a node answering with another key (a man in the middle, or a rebuilt machine) is not
+    connected to and nothing runs on it; the others converge."""
+    known = lab.state_dir / "known_hosts"
+    original = known.read_text()
+    worker1, worker2 = lab.address("worker1"), lab.address("worker2")
+    keys = {line.split()[1]: line.split(" ", 1)[1] for line in original.splitlines() if line.startswith(worker2 + " ")}
+    swapped = [f"{worker1} {keys[line.split()[1]]}" if line.startswith(worker1 + " ") else line
+               for line in original.splitlines()]  # fmt: skip
+    known.write_text("\n".join(swapped) + "\n")
+    try:
+        labelled = {**DATA, "swarm_workers": {"swarm_labels": {"role": "worker", "tier": "keys"}}}
+        run = lab.deploy(group_data=labelled)
+    finally:
+        known.write_text(original)
+    assert run.returncode != 0 and failed_hosts(run) == {"worker1"}, run
+    assert "worker1 is unreachable: left as it is this run" in run.output
+    swarm = nodes(lab)
+    assert swarm["worker1"]["labels"].get("tier") != "keys" and swarm["worker2"]["labels"].get("tier") == "keys"
+    assert lab.deploy(group_data=labelled).returncode == 0  # the right key again

@@ -4,11 +4,15 @@ IPVS: the demo stack uses DNS round robin and host-mode ports there (its group d
 
 from __future__ import annotations
 
+import os
 import shutil
 import stat
+import threading
 import time
 import urllib.request
 from pathlib import Path
+
+import docker
 
 from tests.conftest import ROOT
 from tests.e2e.conftest import Lab
@@ -45,7 +49,7 @@ def wait_running(lab: Lab, service: str, timeout: float = 90) -> None:
     raise AssertionError(f"{service} did not come back")
 
 
-def test_demo_stack_on_the_cluster_registry(make_lab, tmp_path):
+def test_demo_stack_on_the_cluster_registry(make_lab, tmp_path, docker_api):
     lab = make_lab("e2e-demo")
     lab.up("--managers", "1", "--workers", "3")
     templates = tmp_path / "stacks"
@@ -141,9 +145,57 @@ def test_demo_stack_on_the_cluster_registry(make_lab, tmp_path):
     assert {k: v for k, v in services(lab).items() if not k.startswith("broken_")} == before
     assert nodes(lab)["worker1"]["state"] == "ready"
 
+    # The registry killed during an image push (and kept down until the push has failed): the run fails
+    # there; the next one builds the image (from cache) and pushes it again, the stack rolls to it, and
+    # images pushed before are still in the registry.
+    context = tmp_path / "demo-app-3"
+    shutil.copytree(ROOT / "images" / "demo-app", context)
+    with (context / "Dockerfile").open("a") as dockerfile:
+        dockerfile.write("COPY padding /padding\n")  # 20 MB of layer: a push that lasts
+    (context / "padding").write_bytes(os.urandom(20_000_000))
+    version3 = stacks(templates, demo_vars={**DEMO_VARS, "greeting": "hi", "demo_version": "3"})
+    version3["all"]["docker_images"] = [{"name": "demo-app", "context": str(context), "tag": "3"}]
+    version3["all"]["swarm_secrets"] = version2["all"]["swarm_secrets"]
+    killed = kill_registry_while(lambda: lab.deploy(group_data=version3), lab, docker_api)
+    assert killed.returncode != 0, killed
+    assert "Images | Build " + registry + "/demo-app:3 and push it" not in killed.changed, killed
+    wait_running(lab, "registry_registry")
+    pushed = lab.deploy(group_data=version3)
+    assert pushed.returncode == 0, pushed
+    assert "Images | Build " + registry + "/demo-app:3 and push it" in pushed.changed, pushed
+    running = lab.sh("manager1", "docker service ps demo_web --filter desired-state=running --format '{{.Image}}'")
+    assert running.split() == [f"{registry}/demo-app:3"] * 3, running
+    assert lab.ssh("worker1", f"docker pull -q {registry}/demo-app:2").returncode == 0  # kept in the volume
+
     assert_no_secret_printed(lab, first_password, SECRET_VALUE)
     assert_no_secret_in_repo(started_at, lab, first_password, SECRET_VALUE)
     assert_tight_modes(lab, registry)
+
+
+def kill_registry_while(deploy, lab: Lab, docker_api: docker.APIClient):
+    """Run `deploy`; from the moment a build context lands on manager1 until the deploy ends, kill the
+    registry's container there whenever swarm starts it again."""
+    manager = next(n["container"] for n in lab.nodes if n["node"] == "manager1")
+    kill = "docker ps -q --filter label=com.docker.swarm.service.name=registry_registry | xargs -r docker kill"
+    done = threading.Event()
+
+    def killer() -> None:
+        def sh(command: str) -> bytes:
+            return docker_api.exec_start(docker_api.exec_create(manager, ["sh", "-c", command]))
+
+        while not done.is_set() and not sh("ls /var/tmp/ | grep pyinfra-swarm-build- || true").strip():
+            time.sleep(0.2)
+        while not done.is_set():
+            sh(kill)
+            time.sleep(0.3)
+
+    thread = threading.Thread(target=killer)
+    thread.start()
+    try:
+        return deploy()
+    finally:
+        done.set()
+        thread.join()
 
 
 def secrets_of(lab: Lab, *others: str) -> list[str]:

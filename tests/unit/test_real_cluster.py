@@ -88,21 +88,36 @@ def test_no_init_while_a_manager_has_docker_stopped_with_swarm_state_on_disk():
     assert _init_host([m1, m2], [m1, m2], [m1, m2], {m1: {}, m2: {"LocalNodeState": "unknown"}}) is m1
 
 
-@pytest.mark.parametrize("local_state", ["locked", "pending"])
-def test_locked_and_pending_nodes_are_stopped_and_never_made_to_leave(local_state):
+def test_a_locked_manager_is_unlocked_from_the_key_file_and_never_made_to_leave(tmp_path):
+    key_file = tmp_path / "swarm-unlock-key"
+    key_file.write_text("SWMKEY-1-test\n")
     listing = nodes(node("M1", "m1", "manager"), node("M2", "m2", "manager"))
-    stuck = json.dumps({"LocalNodeState": local_state, "NodeID": "M2", "ControlAvailable": False})
-    managers = [host("m1", "10.1.0.1", swarm=swarm("M1", True), nodes=listing),
-                host("m2", "10.1.0.2", swarm=stuck, swarm_force_rejoin=local_state == "locked")]  # fmt: skip
+    locked = json.dumps({"LocalNodeState": "locked", "NodeID": "M2", "ControlAvailable": False})
+    managers = [
+        host("m1", "10.1.0.1", swarm=swarm("M1", True), nodes=listing, swarm_unlock_key_file=str(key_file)),
+        host("m2", "10.1.0.2", swarm=locked, swarm_force_rejoin=True, swarm_unlock_key_file=str(key_file)),
+    ]
     planned = plan([join_swarm, configure_nodes], managers)
-    assert planned["m2"] is None  # stopped with the reason, nothing planned: never `docker swarm leave`
+    assert commands(planned["m2"]) == [f"_unlock({str(key_file)!r})"]  # its key, through Docker's API, on stdin
+    assert not any("leave" in c or "node rm" in c for c in commands(planned["m1"]))
+
+    # Every manager locked (a one-manager swarm restarted): this run unlocks, nothing else happens.
+    alone = plan([join_swarm, configure_nodes], [host("m2", "10.1.0.2", swarm=locked,
+                                                      swarm_unlock_key_file=str(key_file))],
+                 [host("w1", "10.1.0.3", swarm_unlock_key_file=str(key_file))])  # fmt: skip
+    assert commands(alone["m2"]) == [f"_unlock({str(key_file)!r})"] and commands(alone["w1"]) == []
+
+
+def test_a_pending_node_is_stopped_unless_force_rejoin():
+    listing = nodes(node("M1", "m1", "manager"), node("M2", "m2", "manager"))
+    stuck = json.dumps({"LocalNodeState": "pending", "NodeID": "M2", "ControlAvailable": False})
+    managers = [host("m1", "10.1.0.1", swarm=swarm("M1", True), nodes=listing), host("m2", "10.1.0.2", swarm=stuck)]
+    planned = plan([join_swarm, configure_nodes], managers)
+    assert planned["m2"] is None  # stopped with the reason, nothing planned
     assert not any("leave" in c for c in commands(planned["m1"]))
     forced = host("m2", "10.1.0.2", swarm=stuck, swarm_force_rejoin=True)
     replanned = plan([join_swarm], [managers[0], forced])
-    if local_state == "pending":  # a pending join holds no raft state: force_rejoin may start it over
-        assert commands(replanned["m2"])[0] == "docker swarm leave --force"
-    else:
-        assert replanned["m2"] is None
+    assert commands(replanned["m2"])[0] == "docker swarm leave --force"  # a pending join holds no raft state
 
 
 def test_init_settings_that_differ_from_the_running_swarm_stop_the_run():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pyinfra_swarm.deploys.artifacts import build_images, load_image_archives
+from pyinfra_swarm.deploys.credentials import configure_credentials
 from pyinfra_swarm.deploys.daemon import configure_daemon
 from pyinfra_swarm.deploys.firewall import configure_firewall
 from pyinfra_swarm.deploys.install import install_docker
@@ -15,7 +16,7 @@ from pyinfra_swarm.plan import ClusterPlan, plan_cluster
 
 
 def swarm_cluster(plan: ClusterPlan | None = None) -> None:
-    """The cluster (checks, daemon, engine, firewall, membership, nodes), then what runs on it (image
+    """The cluster (checks, daemon, engine, firewall, membership, nodes, credentials), then what runs on it (image
     archives, registry, images, secrets and configs, stacks). `plan` defaults to `plan_cluster()`: the
     inventory and all data checked, every host read in one command; bad input stops the run before any
     change."""
@@ -28,6 +29,7 @@ def swarm_cluster(plan: ClusterPlan | None = None) -> None:
     configure_firewall(plan=plan)
     join_swarm(plan=plan)
     configure_nodes(plan=plan)
+    configure_credentials(plan=plan)  # autolock, rotations
     # What runs on it.
     load_image_archives(plan=plan)
     configure_registry(plan=plan)

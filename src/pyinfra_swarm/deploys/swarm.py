@@ -8,15 +8,13 @@ from pyinfra import host, logger
 from pyinfra.api import deploy
 from pyinfra.operations import server
 
-from pyinfra_swarm.operations import maintenance, swarm
+from pyinfra_swarm.operations import credentials, maintenance, swarm
 from pyinfra_swarm.plan import ENGINE_PACKAGES, ClusterPlan, current_host, plan_cluster
-from pyinfra_swarm.settings import defaults, is_manager, setting
+from pyinfra_swarm.settings import defaults, is_manager, setting, unlock_key_file
 
 STOPPED = {
     "foreign": "is in a different swarm (node {node}, managers {managers}): stopped here. Set swarm_force_rejoin: "
     "true for it to leave that swarm and join this one",
-    "locked": "is locked (autolock, after a restart of Docker): stopped here; it is never made to leave. Unlock it "
-    "with `docker swarm unlock` and the swarm's unlock key (`docker swarm unlock-key` on an unlocked manager)",
     "pending": "is still joining a swarm (state pending, managers {managers}): stopped here. Wait for the join to "
     "finish or fail, or set swarm_force_rejoin: true for it to give up and join again",
 }
@@ -25,11 +23,12 @@ STOPPED = {
 @deploy("Join the swarm", data_defaults=defaults(
     "swarm_advertise_addr", "swarm_default_addr_pool", "swarm_default_addr_pool_mask_length", "swarm_data_path_port",
     "swarm_data_path_addr", "swarm_availability", "swarm_force_rejoin", "swarm_bootstrap",
-    "swarm_force_new_cluster"))  # fmt: skip
+    "swarm_force_new_cluster", "swarm_unlock_key_file"))  # fmt: skip
 def join_swarm(plan: ClusterPlan | None = None) -> None:
     """Init the swarm where the plan says, or join this host to it with the role the inventory gives. A
-    host already in this swarm (same cluster, by node ID) is left alone; one in another swarm, locked or
-    pending is stopped with the reason, unless `swarm_force_rejoin` lets it leave another swarm first."""
+    host already in this swarm (same cluster, by node ID) is left alone; a locked manager is unlocked from
+    the key file; one in another swarm or pending is stopped with the reason, unless `swarm_force_rejoin`
+    lets it leave first. While the swarm is brought back (quorum, locks), only that happens."""
     plan = plan or plan_cluster()
     this = current_host()
     if not plan.takes_part(this):
@@ -44,9 +43,11 @@ def join_swarm(plan: ClusterPlan | None = None) -> None:
         host.noop("Docker was stopped with this swarm's state on disk: the node is back once Docker starts")
     elif step == "recover":
         swarm.force_new_cluster(name="Recover the swarm: a one-manager swarm here", advertise_addr=address)
+    elif step == "unlock":
+        credentials.unlock(name="Unlock this manager (autolock)", key_file=unlock_key_file(this))
     elif step == "recovering":
-        host.noop(f"the swarm is recovered on {plan.recover.name if plan.recover else '?'} this run: joins, roles "
-                  "and workloads wait for the next run")  # fmt: skip
+        host.noop("the swarm is brought back this run (quorum recovered or managers unlocked): joins, roles and "
+                  "workloads wait for the next run")  # fmt: skip
     elif step == "init":
         swarm.init(
             name="Initialise the swarm",
@@ -82,8 +83,10 @@ def configure_nodes(plan: ClusterPlan | None = None) -> None:
     targets = [
         t for t in plan.reachable if plan.steps.get(t) not in STOPPED and t in plan.in_limit and plan.takes_part(t)
     ]
-    stale = [n for t in targets if plan.node_of(t) is None for n in plan.nodes if n["hostname"] == plan.hostnames[t]]
-    for entry in host.loop(stale):  # the host is not in this swarm now: an entry with its hostname is its past self
+    # A host not in this swarm now (not stopped, locked or restarting): an entry with its hostname is its past self.
+    rejoining = [t for t in targets if plan.node_of(t) is None and plan.steps.get(t) not in ("restart", "unlock")]
+    stale = [n for t in rejoining for n in plan.nodes if n["hostname"] == plan.hostnames[t]]
+    for entry in host.loop(stale):
         swarm.node(name=f"Remove the stale entry of {entry['hostname']}", node=entry["id"], present=False)
     for target in host.loop(targets):
         entry = plan.node_of(target)
@@ -105,7 +108,7 @@ def remove_nodes(plan: ClusterPlan | None = None) -> None:
     data. An unreachable one has its entry removed from the acting manager (forced), with a warning."""
     plan = plan or plan_cluster()
     this = current_host()
-    if plan.recover is not None:  # the swarm is recovered this run; removals wait for the next
+    if plan.recovering:  # the swarm is brought back this run; removals wait for the next
         return
     if this in plan.removed:
         installed = [p for p in plan.fact("packages")["packages"] if p in ENGINE_PACKAGES]

@@ -213,7 +213,11 @@ def node(
             host.noop(f"node {node} is not in the swarm")
             return
         if entry["role"] == "manager":
-            yield f"docker node demote {entry['id']}"
+            # A manager dropped from raft (by --force-new-cluster) is demoted by its removal alone.
+            yield (
+                f"out=$(docker node demote {entry['id']} 2>&1) || case \"$out\" in "
+                '*"can\'t find manager in raft memberlist"*) ;; *) echo "$out" >&2; exit 1 ;; esac'
+            )
         yield f"docker node rm --force {entry['id']}"
         return
     current = entry or {"role": role, "labels": {}, "availability": "active"}
@@ -367,7 +371,8 @@ def stack(stack_name: str, path: str, text: str | None = None, timeout: int = 18
         return
     if text is not None:
         yield from files.put._inner(src=StringIO(text), dest=path, mode="0600")
-    yield StringCommand("docker", "stack", "deploy", "--with-registry-auth", "--prune", "-c", path, stack_name)
+    deploy = shlex.join(["docker", "stack", "deploy", "--with-registry-auth", "--prune", "-c", path, stack_name])
+    yield retrying(deploy)  # a manager joining or leaving can make the leader step down for a moment
     yield FunctionCommand(wait_converged, (stack_name, timeout), {})
 
 
@@ -405,9 +410,23 @@ def join_result(stdout: list[str]) -> tuple[bool, str]:
     return False, message or f"HTTP status {status or 'unknown'}"
 
 
+TRANSIENT = ("does not have a leader", "deadline exceeded", "leadership change", "lost leader status")
+
+
 def transient(error: str) -> bool:
-    """Errors a swarm gives while it elects a leader: worth a retry."""
-    return any(text in error for text in ("does not have a leader", "deadline exceeded", "leadership change"))
+    """Errors a swarm gives while it elects a leader (or changes its managers): worth a retry."""
+    return any(text in error for text in TRANSIENT)
+
+
+def retrying(command: str) -> str:
+    """`command` retried in the shell while it fails with a transient error (see `transient`), for commands
+    that are safe to repeat; its output is printed once, on stderr when it failed for good."""
+    patterns = "|".join(f'*"{text}"*' for text in TRANSIENT)
+    return (
+        f'n=0; until out=$({command} 2>&1); do n=$((n+1)); case "$out" in {patterns}) '
+        f"if [ $n -lt {RETRIES} ]; then sleep {RETRY_DELAY:g}; continue; fi ;; esac; "
+        'printf "%s\\n" "$out" >&2; exit 1; done; printf "%s\\n" "$out"'
+    )
 
 
 def join_info(state: State, role: str, managers: list[str]) -> tuple[str, list[str]]:

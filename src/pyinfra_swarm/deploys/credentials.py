@@ -1,0 +1,25 @@
+"""The swarm's credentials, on the manager acting for the cluster: autolock as data says (the unlock key kept in
+a file on the controller) and the rotations data requests (join tokens, root CA, unlock key), each once."""
+
+from __future__ import annotations
+
+from pyinfra import host
+from pyinfra.api import deploy
+
+from pyinfra_swarm.operations import credentials
+from pyinfra_swarm.plan import ClusterPlan, current_host, plan_cluster
+from pyinfra_swarm.settings import defaults, setting, unlock_key_file
+
+
+@deploy("Swarm credentials", data_defaults=defaults("swarm_autolock", "swarm_unlock_key_file", "swarm_rotate"))
+def configure_credentials(plan: ClusterPlan | None = None) -> None:
+    """Autolock on or off (on: the key written to the key file), then each requested rotation not yet done."""
+    plan = plan or plan_cluster()
+    this = current_host()
+    if this is not plan.acting_manager:
+        return
+    key_file = unlock_key_file(this)
+    credentials.autolock(name="Autolock", enabled=setting(this, "swarm_autolock"), key_file=key_file)
+    for what, request in host.loop(sorted(setting(this, "swarm_rotate").items())):
+        credentials.rotate(name=f"Rotate {what} (request {request})", what=what, request=str(request),
+                           key_file=key_file)  # fmt: skip
