@@ -215,7 +215,7 @@ def node(
         if entry["role"] == "manager":
             # A manager dropped from raft (by --force-new-cluster) is demoted by its removal alone.
             yield (
-                f"out=$(docker node demote {entry['id']} 2>&1) || case \"$out\" in "
+                f'out=$(docker node demote {entry["id"]} 2>&1) || case "$out" in '
                 '*"can\'t find manager in raft memberlist"*) ;; *) echo "$out" >&2; exit 1 ;; esac'
             )
         yield f"docker node rm --force {entry['id']}"
