@@ -270,6 +270,10 @@ SCHEMA: tuple[Setting, ...] = (
     Setting("swarm_rotate", {}, (dict,), "`{what: request}` rotates `worker_token`, `manager_token`, `ca` (the "
             "swarm's root CA) or `unlock_key` once per request name (a date, a ticket; recorded in the swarm)",
             "swarm", scope="cluster", check=_rotations),
+    Setting("swarm_backup_dir", None, (str,), "where `backup.py` puts the archives of the swarm's state on the "
+            "controller (the directory 0700)", "swarm", scope="cluster", shown_default="`backups` beside the PKI dir"),
+    Setting("swarm_restore_from", None, (str,), "on a fresh manager: the backup archive `restore.py` restores there "
+            "(see *Backup and restore*)", "swarm"),
     # What runs on the swarm
     Setting("registry_mode", None, (str,), "`service`, `host` or none (no registry)", "workloads", scope="cluster",
             choices=("service", "host")),
@@ -325,6 +329,12 @@ def unlock_key_file(host: Host) -> str:
     """The swarm's unlock key file on the controller: swarm_unlock_key_file, or swarm-unlock-key in the PKI
     directory."""
     return str(Path(setting(host, "swarm_unlock_key_file") or pki_dir() / "swarm-unlock-key").expanduser())
+
+
+def backup_dir(host: Host) -> Path:
+    """Where backups of the swarm's state go on the controller: swarm_backup_dir, or `backups` beside the
+    PKI directory."""
+    return Path(setting(host, "swarm_backup_dir") or pki_dir().parent / "backups").expanduser()
 
 
 def setting(host: Host, key: str) -> Any:

@@ -49,11 +49,13 @@ def healthy(lab: Lab, expected: int = 4) -> bool:
 
 
 def failed_hosts(run: Run) -> set[str]:
-    """Hosts the run reports as failed: "[host] Error: ..." or "[host] Could not connect (...)" lines."""
+    """Hosts the run reports as failed: "[host] Error: ...", "[host] Could not connect (...)" or "[host] SSH host
+    key error (...)" lines."""
     failed = set()
     for line in run.output.splitlines():
         text = line.strip()
-        if text.startswith("[") and ("] Error" in text.replace("]  ", "] ") or "Could not connect" in text):
+        reasons = ("] Error", "] Could not connect", "] SSH host key error")
+        if text.startswith("[") and any(reason in text.replace("]  ", "] ") for reason in reasons):
             failed.add(text[1:].split("]")[0])
     return failed
 
@@ -193,6 +195,7 @@ def test_a_host_whose_key_changed_is_not_connected(lab: Lab) -> None:
     finally:
         known.write_text(original)
     assert run.returncode != 0 and failed_hosts(run) == {"worker1"}, run
+    assert "REMOTE HOST IDENTIFICATION HAS CHANGED" in run.output
     assert "worker1 is unreachable: left as it is this run" in run.output
     swarm = nodes(lab)
     assert swarm["worker1"]["labels"].get("tier") != "keys" and swarm["worker2"]["labels"].get("tier") == "keys"

@@ -54,6 +54,8 @@ def test_operation(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_every_operation_has_cases() -> None:
+    import pyinfra_swarm.operations.backup
+    import pyinfra_swarm.operations.credentials
     import pyinfra_swarm.operations.firewall
     import pyinfra_swarm.operations.maintenance
     import pyinfra_swarm.operations.packages
@@ -63,7 +65,8 @@ def test_every_operation_has_cases() -> None:
     described = {p.parent.name for p in CASES}
     for module in (pyinfra_swarm.operations.swarm, pyinfra_swarm.operations.registry,
                    pyinfra_swarm.operations.firewall, pyinfra_swarm.operations.maintenance,
-                   pyinfra_swarm.operations.packages):  # fmt: skip
+                   pyinfra_swarm.operations.packages, pyinfra_swarm.operations.credentials,
+                   pyinfra_swarm.operations.backup):  # fmt: skip
         short = module.__name__.rsplit(".", 1)[1]
         for name, value in vars(module).items():
             if hasattr(value, "_inner") and getattr(value, "__module__", "") == module.__name__ and name != "barrier":

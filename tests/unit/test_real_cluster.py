@@ -98,14 +98,14 @@ def test_a_locked_manager_is_unlocked_from_the_key_file_and_never_made_to_leave(
         host("m2", "10.1.0.2", swarm=locked, swarm_force_rejoin=True, swarm_unlock_key_file=str(key_file)),
     ]
     planned = plan([join_swarm, configure_nodes], managers)
-    assert commands(planned["m2"]) == [f"_unlock({str(key_file)!r})"]  # its key, through Docker's API, on stdin
+    assert commands(planned["m2"]) == [f"unlock_now({str(key_file)!r})"]  # its key, through Docker's API, on stdin
     assert not any("leave" in c or "node rm" in c for c in commands(planned["m1"]))
 
     # Every manager locked (a one-manager swarm restarted): this run unlocks, nothing else happens.
     alone = plan([join_swarm, configure_nodes], [host("m2", "10.1.0.2", swarm=locked,
                                                       swarm_unlock_key_file=str(key_file))],
                  [host("w1", "10.1.0.3", swarm_unlock_key_file=str(key_file))])  # fmt: skip
-    assert commands(alone["m2"]) == [f"_unlock({str(key_file)!r})"] and commands(alone["w1"]) == []
+    assert commands(alone["m2"]) == [f"unlock_now({str(key_file)!r})"] and commands(alone["w1"]) == []
 
 
 def test_a_pending_node_is_stopped_unless_force_rejoin():

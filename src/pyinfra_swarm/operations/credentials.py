@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 from pathlib import Path
 
 from pyinfra import host, logger
@@ -100,7 +101,10 @@ def rotate(what: str, request: str, key_file: str | None = None):
         yield FunctionCommand(_fetch_key, (key_file, "docker swarm unlock-key --rotate -q"), {})
     else:
         yield str(ROTATIONS[what])
-    yield StringCommand("docker", "config", "create", "--label", f"request={request}", marker, "-", _stdin=request)
+    label = shlex.quote(f"request={request}")
+    yield StringCommand(
+        "docker", "config", "create", "--label", label, marker, "-", _stdin=f"{what} rotated: {request}"
+    )
 
 
 @operation()
@@ -127,13 +131,26 @@ def autolock(enabled: bool, key_file: str):
         yield FunctionCommand(_fetch_key, (key_file, "docker swarm unlock-key -q"), {})
 
 
-def _unlock(state: State, host: Host, key_file: str) -> None:
+def unlock_now(state: State, host: Host, key_file: str) -> None:
+    """Callback: unlock this host's Docker with the key in `key_file` (or its .previous) if it is locked now."""
+    args = connector_args(state, host)
+    status, output = host.run_shell_command(
+        StringCommand("docker info --format '{{.Swarm.LocalNodeState}}'"), print_output=False, **args
+    )
+    if status and output.stdout.strip() != "locked":
+        return
     path = Path(key_file)
+    if not path.is_file():
+        raise OperationError(
+            f"this manager is locked and the unlock key file {key_file} doesn't exist: put the key there (from "
+            "`docker swarm unlock-key -q` on an unlocked manager, or where you stored it) and run again, or run "
+            "`docker swarm unlock` on the node"
+        )
     keys = [p.read_text().strip() for p in (path, path.with_name(path.name + ".previous")) if p.is_file()]
     errors = []
     for key in keys:
         status, output = host.run_shell_command(StringCommand(UNLOCK_REQUEST), _stdin=json.dumps({"UnlockKey": key}),
-                                                print_output=False, **connector_args(state, host))  # fmt: skip
+                                                print_output=False, **args)  # fmt: skip
         if status and output.stdout_lines and output.stdout_lines[-1].strip() == "200":
             logger.info(f"{host.print_prefix}unlocked with the key in {key_file}")
             return
@@ -157,10 +174,4 @@ def unlock(key_file: str):
     if (read(DockerSwarm) or {}).get("LocalNodeState") != "locked":
         host.noop("this node is not locked")
         return
-    if not Path(key_file).is_file():
-        raise OperationError(
-            f"this manager is locked and the unlock key file {key_file} doesn't exist: put the key there (from "
-            "`docker swarm unlock-key -q` on an unlocked manager, or where you stored it) and run again, or run "
-            "`docker swarm unlock` on the node"
-        )
-    yield FunctionCommand(_unlock, (key_file,), {})
+    yield FunctionCommand(unlock_now, (key_file,), {})
