@@ -262,9 +262,10 @@ SCHEMA: tuple[Setting, ...] = (
             "that finds no leader makes it a one-manager swarm (`docker swarm init --force-new-cluster`: services, "
             "secrets and workers kept) and the next run grows the managers back; does nothing while the swarm has a "
             "leader (see *Losing quorum*)", "swarm"),
-    Setting("swarm_autolock", False, (bool,), "managers keep their raft keys locked at rest: a restarted manager "
-            "needs the unlock key, which the deploy writes only to `swarm_unlock_key_file` and uses to unlock "
-            "managers it finds locked", "swarm", scope="cluster"),
+    Setting("swarm_autolock", None, (bool,), "`True`: managers keep their raft keys locked at rest (a restarted "
+            "manager needs the unlock key, which the deploy writes only to `swarm_unlock_key_file` and uses to "
+            "unlock managers it finds locked); `False` turns it off; unset leaves it as it is", "swarm",
+            scope="cluster"),
     Setting("swarm_unlock_key_file", None, (str,), "the unlock key's file on the controller (0600)", "swarm",
             scope="cluster", shown_default="PKI directory/swarm-unlock-key"),
     Setting("swarm_rotate", {}, (dict,), "`{what: request}` rotates `worker_token`, `manager_token`, `ca` (the "

@@ -235,15 +235,16 @@ def test_three_managers_survive_losing_one(make_lab, docker_api):
     assert again.changed == [], again
     assert_no_token_printed(lab)  # joins ran through sudo: nothing in sudo's log, the journal or `ps`
 
-    # Autolock on, manager3's engine restarted: it is locked. Even with swarm_force_rejoin the deploy never
-    # makes it leave: it stops there with what to do, and the other hosts carry on.
+    # Autolock turned on by hand (the deploy leaves it as it is), manager3's engine restarted: it is locked, and
+    # there is no key file to unlock it from. Even with swarm_force_rejoin the deploy never makes it leave: it
+    # stops there with what to do, and the other hosts carry on.
     key = next(line.split()[0] for line in lab.sh("manager1", "docker swarm update --autolock=true").splitlines()
                if line.strip().startswith("SWMKEY-"))  # fmt: skip
     lab.sh("manager3", "systemctl restart docker")
     assert lab.sh("manager3", "docker info --format '{{.Swarm.LocalNodeState}}'").strip() == "locked"
     forced = {"all": {**data["all"], "swarm_force_rejoin": True}}
     locked = lab.deploy(group_data=forced, env=sudo)
-    assert locked.returncode != 0 and "manager3] is locked (autolock, after a restart of Docker)" in locked.output
+    assert locked.returncode != 0 and "this manager is locked and the unlock key file" in locked.output, locked
     assert "Leave the other swarm" not in locked.output, locked
     assert lab.sh("manager3", "docker info --format '{{.Swarm.LocalNodeState}}'").strip() == "locked"
     lab.sh("manager3", f"echo {key} | docker swarm unlock")

@@ -13,13 +13,15 @@ from pyinfra_swarm.settings import defaults, setting, unlock_key_file
 
 @deploy("Swarm credentials", data_defaults=defaults("swarm_autolock", "swarm_unlock_key_file", "swarm_rotate"))
 def configure_credentials(plan: ClusterPlan | None = None) -> None:
-    """Autolock on or off (on: the key written to the key file), then each requested rotation not yet done."""
+    """Autolock on or off when data says (on: the key written to the key file), then each requested rotation
+    not yet done."""
     plan = plan or plan_cluster()
     this = current_host()
     if this is not plan.acting_manager:
         return
     key_file = unlock_key_file(this)
-    credentials.autolock(name="Autolock", enabled=setting(this, "swarm_autolock"), key_file=key_file)
+    if setting(this, "swarm_autolock") is not None:
+        credentials.autolock(name="Autolock", enabled=setting(this, "swarm_autolock"), key_file=key_file)
     for what, request in host.loop(sorted(setting(this, "swarm_rotate").items())):
         credentials.rotate(name=f"Rotate {what} (request {request})", what=what, request=str(request),
                            key_file=key_file)  # fmt: skip
