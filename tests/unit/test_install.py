@@ -130,6 +130,9 @@ def test_debian_13_gets_the_docker_cli_package_too():
 
     assert distro_packages("debian 13") == ["docker.io", "docker-cli"]
     assert distro_packages("debian 12") == distro_packages("ubuntu 24.04") == ["docker.io"]
+    # Debian 12's docker.io pinned on Debian 13 (a rolling upgrade's starting point) has its CLI inside.
+    assert distro_packages("debian 13", "20.10.24+dfsg1-1+deb12u1+b6") == ["docker.io"]
+    assert distro_packages("debian 13", "26.1.5+dfsg1-9+deb13u1+b1") == ["docker.io", "docker-cli"]
     _, wanted, install = plan_packages("apt", "distro", {"docker.io": "26.1.5"}, None, False, "debian 13")
     assert wanted == ["docker.io", "docker-cli"] and install  # a node upgraded from 12 lacks the CLI
 

@@ -43,11 +43,16 @@ def package_specs(packages: list[str], version: str | None, manager: str) -> lis
     return [f"{name}{separator}{version}" if name in PINNED else name for name in packages]
 
 
-def distro_packages(release: str) -> list[str]:
+def _major(version: str) -> int | None:
+    head = version.split(":")[-1].split(".")[0]
+    return int(head) if head.isdigit() else None
+
+
+def distro_packages(release: str, version: str | None = None) -> list[str]:
     """The distribution's Docker packages: from Debian 13 on, the CLI is a package of its own (`docker-cli`,
-    only recommended by docker.io)."""
-    name, _, version = release.partition(" ")
-    split = name == "debian" and version.split(".")[0].isdigit() and int(version.split(".")[0]) >= 13
+    only recommended by docker.io), but for an older docker.io pinned from Debian 12 (20.10, CLI included)."""
+    name, _, number = release.partition(" ")
+    split = name == "debian" and (_major(number) or 0) >= 13 and (_major(version or "") or 26) >= 26
     return [*DISTRO_PACKAGES, "docker-cli"] if split else list(DISTRO_PACKAGES)
 
 
@@ -58,7 +63,7 @@ def plan_packages(manager: str | None, source: str, installed: dict[str, str], v
         conflicts, wanted = DNF_CONFLICTS, list(DOCKER_CE_PACKAGES)
     else:
         conflicts = CONFLICTS[source]
-        wanted = list(DOCKER_CE_PACKAGES) if source == "docker-ce" else distro_packages(release)
+        wanted = list(DOCKER_CE_PACKAGES) if source == "docker-ce" else distro_packages(release, version)
         if apparmor:
             wanted.append("apparmor")  # containers fail to start without apparmor_parser where AppArmor is on
     remove = [name for name in conflicts if name in installed]
