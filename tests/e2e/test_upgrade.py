@@ -47,7 +47,9 @@ def test_a_rolling_upgrade_from_docker_20_10_to_26_1(make_lab, tmp_path):
         lab.sh(node, f"printf '{BOOKWORM.format(mirror=mirror.strip())}' > /etc/apt/sources.list.d/bookworm.sources"
                      " && apt-get update -q >/dev/null")  # fmt: skip
     madison = lab.sh("worker1", "apt-cache madison docker.io")
-    versions = {line.split("|")[2].split()[1].split("/")[0]: line.split("|")[1].strip() for line in madison.splitlines()}
+    versions = {
+        line.split("|")[2].split()[1].split("/")[0]: line.split("|")[1].strip() for line in madison.splitlines()
+    }
     old, new = versions["bookworm"], versions["trixie"]
     assert old.startswith("20.10.") and new.startswith("26."), versions
 
