@@ -12,8 +12,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from pyinfra import logger
 
 VALIDITY = datetime.timedelta(days=3650)
+RENEW_BEFORE = datetime.timedelta(days=30)  # a registry certificate expiring sooner is made again
 
 
 def pki_dir() -> Path:
@@ -88,12 +90,22 @@ def certificate_authority(directory: Path) -> tuple[x509.Certificate, ec.Ellipti
     return cert, key
 
 
-def server_certificate(directory: Path, address: str) -> tuple[str, str, str]:
+def expires_within(cert_path: Path, delta: datetime.timedelta) -> bool:
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    return cert.not_valid_after_utc < datetime.datetime.now(datetime.timezone.utc) + delta
+
+
+def server_certificate(directory: Path, address: str, renew: bool = False) -> tuple[str, str, str]:
     """(CA cert, server cert, server key) PEM texts for a registry at `address` (an IP or a DNS name),
-    made once per address and reused, so re-runs change nothing."""
+    made once per address and reused, so re-runs change nothing; made again when `renew` asks, or when it
+    expires within RENEW_BEFORE."""
     ca_cert, ca_key = certificate_authority(directory)
     cert_path, key_path = directory / f"registry-{address}.crt", directory / f"registry-{address}.key"
-    if not (cert_path.exists() and key_path.exists()):
+    exists = cert_path.exists() and key_path.exists()
+    if exists and not renew and expires_within(cert_path, RENEW_BEFORE):
+        logger.warning(f"the registry's certificate ({cert_path}) expires within {RENEW_BEFORE.days} days: renewed")
+        renew = True
+    if renew or not exists:
         key = ec.generate_private_key(ec.SECP256R1())
         try:
             san: x509.GeneralName = x509.IPAddress(ipaddress.ip_address(address))

@@ -192,7 +192,7 @@ def _stacks(value: Any) -> str | None:
     return None
 
 
-ROTATABLE = ("worker_token", "manager_token", "ca", "unlock_key")
+ROTATABLE = ("worker_token", "manager_token", "ca", "unlock_key", "registry_cert")
 
 
 def _rotations(value: Any) -> str | None:
@@ -269,7 +269,8 @@ SCHEMA: tuple[Setting, ...] = (
     Setting("swarm_unlock_key_file", None, (str,), "the unlock key's file on the controller (0600)", "swarm",
             scope="cluster", shown_default="PKI directory/swarm-unlock-key"),
     Setting("swarm_rotate", {}, (dict,), "`{what: request}` rotates `worker_token`, `manager_token`, `ca` (the "
-            "swarm's root CA) or `unlock_key` once per request name (a date, a ticket; recorded in the swarm)",
+            "swarm's root CA), `unlock_key` or `registry_cert` once per request name (a date, a ticket; recorded in "
+            "the swarm)",
             "swarm", scope="cluster", check=_rotations),
     Setting("swarm_backup_dir", None, (str,), "where `backup.py` puts the archives of the swarm's state on the "
             "controller (the directory 0700)", "swarm", scope="cluster", shown_default="`backups` beside the PKI dir"),

@@ -167,6 +167,23 @@ def test_demo_stack_on_the_cluster_registry(make_lab, tmp_path, docker_api):
     assert running.split() == [f"{registry}/demo-app:3"] * 3, running
     assert lab.ssh("worker1", f"docker pull -q {registry}/demo-app:2").returncode == 0  # kept in the volume
 
+    # The registry's certificate renewed on request (same CA): the registry rolls to it and pulls still work;
+    # the same request again changes nothing.
+    cert_file = lab.state_dir / "pki" / f"registry-{lab.address('manager1')}.crt"
+    old_cert = cert_file.read_text()
+    names = "{{range .Spec.TaskTemplate.ContainerSpec.Secrets}}{{.SecretName}} {{end}}"
+    tls_secret = f"docker service inspect registry_registry --format '{names}'"
+    old_secrets = lab.sh("manager1", tls_secret).split()
+    version3["all"]["swarm_rotate"] = {"registry_cert": "2026-11"}
+    renewed = lab.deploy(group_data=version3)
+    assert renewed.returncode == 0, renewed
+    assert "Swarm credentials | Rotate registry_cert (request 2026-11)" in renewed.changed, renewed
+    assert cert_file.read_text() != old_cert
+    assert set(lab.sh("manager1", tls_secret).split()) != set(old_secrets)
+    wait_running(lab, "registry_registry")
+    assert lab.ssh("worker2", f"docker pull -q {registry}/demo-app:3").returncode == 0
+    assert lab.deploy(group_data=version3).changed == []
+
     assert_no_secret_printed(lab, first_password, SECRET_VALUE)
     assert_no_secret_in_repo(started_at, lab, first_password, SECRET_VALUE)
     assert_tight_modes(lab, registry)

@@ -99,6 +99,18 @@ def test_registry_certificate_is_signed_by_the_ca_for_its_address(tmp_path):
     assert (tmp_path / "ca.key").stat().st_mode & 0o777 == 0o600
 
 
+def test_registry_certificate_is_renewed_on_request_and_before_it_expires(tmp_path, monkeypatch, caplog):
+    import datetime
+
+    _, cert, key = server_certificate(tmp_path, "10.1.0.1")
+    _, renewed, renewed_key = server_certificate(tmp_path, "10.1.0.1", renew=True)
+    assert renewed != cert and renewed_key != key
+    assert server_certificate(tmp_path, "10.1.0.1")[1] == renewed  # kept until asked again
+    monkeypatch.setattr("pyinfra_swarm.pki.RENEW_BEFORE", datetime.timedelta(days=4000))  # "expires soon"
+    assert server_certificate(tmp_path, "10.1.0.1")[1] != renewed
+    assert "expires within 4000 days: renewed" in caplog.text
+
+
 def test_objects_are_versioned_by_content():
     assert versioned("db", "a") == versioned("db", "a") != versioned("db", "b")
     assert re.fullmatch(r"db_[0-9a-f]{10}", versioned("db", "a"))

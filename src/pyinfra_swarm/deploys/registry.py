@@ -19,6 +19,7 @@ from pyinfra.operations import apt, files, server, systemd
 from pyinfra_swarm.deploys.artifacts import build
 from pyinfra_swarm.facts import sha256_text
 from pyinfra_swarm.operations import registry, swarm
+from pyinfra_swarm.operations.credentials import rotation_marker
 from pyinfra_swarm.operations.swarm import versioned
 from pyinfra_swarm.pki import pki_dir, server_certificate, write_private
 from pyinfra_swarm.plan import ClusterPlan, Registry, ca_path, current_host, plan_cluster, stack_path
@@ -103,11 +104,23 @@ def host_config(tls: bool, auth: bool, port: int = 5000) -> str:
     return yaml.safe_dump(config, sort_keys=True)
 
 
+def renew_requested(plan: ClusterPlan) -> bool:
+    """Whether `swarm_rotate` asks for a new registry certificate that no earlier run made (the request is
+    recorded in the swarm by `credentials.rotate`)."""
+    acting = plan.acting_manager
+    request = setting(acting, "swarm_rotate").get("registry_cert") if acting else None
+    if not request:
+        return False
+    done = (plan.fact("swarm_objects", acting) or {}).get("config", [])
+    return rotation_marker("registry_cert", str(request)) not in done
+
+
 def material(plan: ClusterPlan, target: Registry) -> tuple[str, str, str, str]:
     """(CA, certificate, key, htpasswd) texts, made once per run (bcrypt is slow on purpose)."""
     if "registry_material" not in plan.run:
         users = credentials(target.host)
-        ca, cert, key = server_certificate(pki_dir(), plan.addresses[target.host]) if target.tls else ("", "", "")
+        address = plan.addresses[target.host]
+        ca, cert, key = server_certificate(pki_dir(), address, renew_requested(plan)) if target.tls else ("", "", "")
         plan.run["registry_material"] = (ca, cert, key, htpasswd(users, pki_dir()) if users else "")
     return plan.run["registry_material"]
 

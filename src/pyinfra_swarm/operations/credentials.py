@@ -32,6 +32,7 @@ ROTATIONS = {
     # Waits until every node has a certificate from the new CA (a node that is down holds it up: timeout).
     "ca": "timeout 600 docker swarm ca --rotate -q >/dev/null",
     "unlock_key": None,  # a callback: the new key goes to the key file
+    "registry_cert": None,  # made on the controller by the registry step; only recorded here
 }
 UNLOCK_REQUEST = (
     "curl -sS --unix-socket /var/run/docker.sock -H 'Content-Type: application/json' --data-binary @- "
@@ -76,7 +77,8 @@ def _fetch_key(state: State, host: Host, key_file: str, command: str) -> None:
 @operation()
 def rotate(what: str, request: str, key_file: str | None = None):
     """Rotate one of the swarm's credentials once per request: `worker_token`, `manager_token`, `ca` (the
-    swarm's root CA: every node gets a new certificate) or `unlock_key` (written to `key_file`). A swarm
+    swarm's root CA: every node gets a new certificate), `unlock_key` (written to `key_file`) or
+    `registry_cert` (only recorded: the registry step renews it). A swarm
     config named after the request records that it was done, so the same request is a no-op afterwards.
 
     + what: worker_token, manager_token, ca or unlock_key
@@ -95,7 +97,9 @@ def rotate(what: str, request: str, key_file: str | None = None):
     if marker in read(SwarmObjects)["config"]:
         host.noop(f"{what} was rotated for request {request!r}")
         return
-    if what == "unlock_key":
+    if what == "registry_cert":
+        pass  # the registry step made the new certificate (on the controller) and rolls the registry to it
+    elif what == "unlock_key":
         if not key_file:
             raise OperationError("rotating the unlock key needs a key file to write the new key to")
         yield FunctionCommand(_fetch_key, (key_file, "docker swarm unlock-key --rotate -q"), {})
