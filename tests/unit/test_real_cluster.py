@@ -157,11 +157,12 @@ def test_an_engine_upgrade_on_a_swarm_node_is_one_drained_transaction():
     steps = plan([install_docker], [member])["m1"]
     upgrade = next(step for step in steps if "one at a time" in step[0])
     assert upgrade.serial and "(managers, one at a time)" in upgrade[0]
-    drain, configure, _, install, restore = upgrade[1]
+    drain, configure, _, install, restart, restore = upgrade[1]
     assert drain == "_drain('M1', ['@fake/m1'], 120)"
     assert configure == "DEBIAN_FRONTEND=noninteractive dpkg --configure -a"  # after a power cut mid-install
     assert "apt-get install -y -q --no-install-recommends --allow-downgrades --allow-change-held-packages" in install
     assert install.endswith("'docker.io=20.10.24*'")
+    assert restart == "systemctl restart docker.service"  # Debian's docker.io leaves the old engine running
     assert restore == "_restore('M1', ['@fake/m1'], 'active', 180)"
     assert commands(steps)[-1] == "apt-mark hold docker.io"
 

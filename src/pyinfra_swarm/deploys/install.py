@@ -163,8 +163,10 @@ def _install_apt(plan: ClusterPlan, source: str, remove: list[str], wanted: list
     ]
     member = window(plan, this)
     if member is not None:
-        # In the swarm: the engine restarts with the upgrade, so its node takes its turn, drained.
-        in_turn(f"Install Docker ({source})", commands, member, is_manager(host))
+        # In the swarm: the engine restarts with the upgrade, so its node takes its turn, drained. Debian's
+        # docker.io doesn't restart the engine on upgrade (the old one would go on running): restart it here.
+        restart = "systemctl restart docker.service"
+        in_turn(f"Install Docker ({source})", [*commands, restart], member, is_manager(host))
     else:
         server.shell(name=f"Install Docker ({source})", commands=commands)
 
