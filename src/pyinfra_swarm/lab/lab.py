@@ -153,18 +153,24 @@ def _ensure_network(api: docker.APIClient, spec: LabSpec, progress: Progress) ->
                 f"{spec.name}` first to move it to {spec.subnet}"
             )
         return subnet
-    subnet = spec.subnet or _free_subnet(api)
-    progress(f"creating network {spec.network} ({subnet})")
-    try:
-        api.create_network(
-            spec.network,
-            driver="bridge",
-            ipam=docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet=subnet)]),
-            labels={LABEL: spec.name},
-        )
-    except APIError as exc:
-        raise LabError(f"creating network {spec.network} with subnet {subnet} failed: {exc.explanation}") from None
-    return subnet
+    problem = ""
+    for _ in range(1 if spec.subnet else 5):  # another lab made at the same moment may take a free subnet first
+        subnet = spec.subnet or _free_subnet(api)
+        progress(f"creating network {spec.network} ({subnet})")
+        try:
+            api.create_network(
+                spec.network,
+                driver="bridge",
+                ipam=docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet=subnet)]),
+                labels={LABEL: spec.name},
+            )
+            return subnet
+        except APIError as exc:
+            problem = f"creating network {spec.network} with subnet {subnet} failed: {exc.explanation}"
+            if "overlaps" not in str(exc.explanation):
+                break
+            time.sleep(1)
+    raise LabError(problem)
 
 
 def _free_subnet(api: docker.APIClient) -> str:
