@@ -165,7 +165,7 @@ def test_demo_stack_on_the_cluster_registry(make_lab, tmp_path, docker_api):
     assert "Images | Build " + registry + "/demo-app:3 and push it" in pushed.changed, pushed
     running = lab.sh("manager1", "docker service ps demo_web --filter desired-state=running --format '{{.Image}}'")
     assert running.split() == [f"{registry}/demo-app:3"] * 3, running
-    assert lab.ssh("worker1", f"docker pull -q {registry}/demo-app:2").returncode == 0  # kept in the volume
+    assert lab.ssh("manager1", f"docker pull -q {registry}/demo-app:2").returncode == 0  # kept in the volume
 
     # The registry's certificate renewed on request (same CA): the registry rolls to it and pulls still work;
     # the same request again changes nothing.
@@ -181,7 +181,7 @@ def test_demo_stack_on_the_cluster_registry(make_lab, tmp_path, docker_api):
     assert cert_file.read_text() != old_cert
     assert set(lab.sh("manager1", tls_secret).split()) != set(old_secrets)
     wait_running(lab, "registry_registry")
-    assert lab.ssh("worker2", f"docker pull -q {registry}/demo-app:3").returncode == 0
+    assert lab.ssh("manager1", f"docker pull -q {registry}/demo-app:3").returncode == 0  # the new certificate trusted
     assert lab.deploy(group_data=version3).changed == []
 
     assert_no_secret_printed(lab, first_password, SECRET_VALUE)
