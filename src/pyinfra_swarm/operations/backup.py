@@ -13,12 +13,12 @@ from __future__ import annotations
 import shlex
 
 from pyinfra import host
-from pyinfra.api import StringCommand, operation
+from pyinfra.api import operation
 from pyinfra.api.command import FunctionCommand
 
 from pyinfra_swarm.facts import DockerSwarm, read
 from pyinfra_swarm.operations.credentials import unlock_now
-from pyinfra_swarm.operations.swarm import SWARM_PORT
+from pyinfra_swarm.operations.swarm import force_new_cluster_command
 
 STATE = "/var/lib/docker/swarm"
 BACK_WAIT = 180  # seconds for a manager to be back in the swarm, with a leader, after Docker started again
@@ -85,8 +85,5 @@ def restored(archive: str, advertise_addr: str, key_file: str):
     target = shlex.quote(archive)
     yield _with_docker_stopped(f"rm -rf {STATE} && tar -xzf {target} -C /var/lib/docker && rm -f {target}")
     yield FunctionCommand(unlock_now, (key_file,), {})
-    yield StringCommand(
-        "docker", "swarm", "init", "--force-new-cluster", "--advertise-addr", advertise_addr,
-        "--listen-addr", f"{advertise_addr}:{SWARM_PORT}", ">/dev/null",
-    )  # fmt: skip
+    yield force_new_cluster_command(advertise_addr)
     yield BACK_IN_THE_SWARM

@@ -122,7 +122,12 @@ def force_new_cluster(advertise_addr: str):
     info = read(DockerSwarm) or {}
     if not info.get("ControlAvailable"):
         raise OperationError("this host is not a manager of a swarm: there is nothing to recover here")
-    yield StringCommand(
+    yield force_new_cluster_command(advertise_addr)
+
+
+def force_new_cluster_command(advertise_addr: str) -> StringCommand:
+    """`docker swarm init --force-new-cluster` on this host's address (its output, with a join token, dropped)."""
+    return StringCommand(
         "docker", "swarm", "init", "--force-new-cluster", "--advertise-addr", advertise_addr,
         "--listen-addr", f"{advertise_addr}:{SWARM_PORT}", ">/dev/null",
     )  # fmt: skip
