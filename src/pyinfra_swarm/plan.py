@@ -156,7 +156,7 @@ class ClusterPlan:
     @property
     def acting_manager(self) -> Host | None:
         """The manager that runs cluster-wide changes (labels, roles, registry, stacks) this run; none while
-        the swarm is recovered from the loss of quorum."""
+        the swarm is brought back (`recovering`)."""
         return None if self.recovering else self.primary or self.init_host
 
     @property
