@@ -1,5 +1,6 @@
 """The swarm's credentials, on the manager acting for the cluster: autolock as data says (the unlock key kept in
-a file on the controller) and the rotations data requests (join tokens, root CA, unlock key), each once."""
+a file on the controller) and the rotations data requests (join tokens, root CA, unlock key, registry
+certificate), each once."""
 
 from __future__ import annotations
 
