@@ -128,6 +128,74 @@ class DockerDaemonConfig(FactBase[dict[str, Any] | None]):
             return {"__invalid__": text}
 
 
+# The engine's configuration on a node: daemon.json, a daemon.json staged for the node's next drained turn
+# (a change that needs a restart waits there, so an unplanned restart never applies it undrained), the one it
+# replaced (kept until the turn ends well) and the record of the last reload (`PID DIGEST`).
+DAEMON_JSON = "/etc/docker/daemon.json"
+STAGED_DAEMON_JSON = "/etc/pyinfra-swarm/daemon.json.next"
+PREVIOUS_DAEMON_JSON = "/etc/pyinfra-swarm/daemon.json.previous"
+RELOADED_DAEMON_JSON = "/etc/pyinfra-swarm/daemon.json.reloaded"
+
+
+def engine_pending(state: dict[str, Any]) -> list[str]:
+    """Why a node's engine must restart to run what is on disk (an EngineState), in words; [] when it runs it."""
+    pending = []
+    if state["staged"]:
+        pending.append("a new daemon.json waits for its turn")
+    if state["replaced"]:
+        pending.append("its engine was upgraded, the old one still runs")
+    if state["config_newer"]:
+        pending.append("daemon.json changed after the engine started")
+    return pending
+
+
+class EngineState(FactBase[dict[str, Any]]):
+    """The running engine against what is on disk: dockerd's PID and start time (epoch seconds), whether its
+    binary was replaced after it started (an upgrade not restarted yet: /proc/PID/exe is "(deleted)"),
+    daemon.json's change time and digest, the digest of a daemon.json staged for the node's turn, and the
+    last reload's record. `pending` lists why the engine must restart to run what is on disk (empty: it
+    runs it); a staged daemon.json is one reason."""
+
+    @staticmethod
+    def default() -> Any:
+        return {"pid": 0, "started": None, "replaced": False, "config_time": None, "config": "", "staged": "",
+                "reloaded": "", "config_newer": False, "pending": []}  # fmt: skip
+
+    def command(self) -> str:
+        return (
+            'pid=$(systemctl show -p MainPID --value docker.service 2>/dev/null); echo "pid=${pid:-0}"; '
+            'if [ "${pid:-0}" -gt 0 ] 2>/dev/null && [ -r "/proc/$pid/stat" ]; then '
+            'echo "exe=$(readlink "/proc/$pid/exe")"; '
+            'awk -v boot="$(awk \'/^btime/ {print $2}\' /proc/stat)" -v hz="$(getconf CLK_TCK)" '
+            '\'{printf "started=%.2f\\n", boot + $22 / hz}\' "/proc/$pid/stat"; fi; '
+            f'echo "config_time=$(stat -c %Y {DAEMON_JSON} 2>/dev/null)"; '
+            f"echo \"config=$(sha256sum < {DAEMON_JSON} 2>/dev/null | cut -d' ' -f1)\"; "
+            f"echo \"staged=$(sha256sum < {STAGED_DAEMON_JSON} 2>/dev/null | cut -d' ' -f1)\"; "
+            f'echo "reloaded=$(cat {RELOADED_DAEMON_JSON} 2>/dev/null)"'
+        )
+
+    def process(self, output: list[str]) -> dict[str, Any]:
+        values = dict(line.split("=", 1) for line in output if "=" in line)
+        pid = int(values["pid"]) if values.get("pid", "").isdigit() else 0
+        started = float(values["started"]) if values.get("started") else None
+        config_time = int(values["config_time"]) if values.get("config_time", "").isdigit() else None
+        config = values.get("config", "")
+        reloaded = values.get("reloaded", "").strip()
+        # daemon.json changed after the engine started, and no reload since then read it.
+        newer = started is not None and config_time is not None and config_time > int(started)
+        state = {
+            "pid": pid,
+            "started": started,
+            "replaced": values.get("exe", "").endswith("(deleted)"),
+            "config_time": config_time,
+            "config": config,
+            "staged": values.get("staged", ""),
+            "reloaded": reloaded,
+            "config_newer": newer and reloaded != f"{pid} {config}",
+        }
+        return {**state, "pending": engine_pending(state)}
+
+
 class KernelFeatures(FactBase[dict[str, bool | None]]):
     """Kernel options swarm relies on, from /proc/config.gz or /boot/config-*: True (built in or a module),
     False (not set), None (the kernel config can't be read). Also whether AppArmor is enabled."""
@@ -509,6 +577,46 @@ class SwarmStacks(FactBase[list[str]]):
     @staticmethod
     def default() -> list[str]:
         return []
+
+
+class StackServices(FactBase[dict[str, dict[str, dict[str, Any]]]]):
+    """Every stack's services as they run (on a manager): {stack: {service: {"running", "desired", "update"}}},
+    `update` being the service's update state (none, updating, paused, completed, rollback_started,
+    rollback_paused, rollback_completed)."""
+
+    NAMESPACE = "com.docker.stack.namespace"
+
+    def requires_command(self) -> str:
+        return "docker"
+
+    def command(self) -> str:
+        label = self.NAMESPACE
+        return (
+            f"docker service ls --filter label={label} --format 'replicas {{{{.Name}}}} {{{{.Replicas}}}}'; "
+            f'ids=$(docker service ls -q --filter label={label}); [ -z "$ids" ] || docker service inspect $ids '
+            f'--format \'service {{{{index .Spec.Labels "{label}"}}}} {{{{.Spec.Name}}}} '
+            "{{if .UpdateStatus}}{{.UpdateStatus.State}}{{else}}none{{end}}'; true"
+        )
+
+    def process(self, output: list[str]) -> dict[str, dict[str, dict[str, Any]]]:
+        replicas: dict[str, tuple[int, int]] = {}
+        stacks: dict[str, dict[str, dict[str, Any]]] = {}
+        for line in output:
+            kind, _, rest = line.strip().partition(" ")
+            if kind == "replicas":
+                name, _, counts = rest.partition(" ")
+                up, _, wanted = counts.split(" ")[0].partition("/")
+                if up.isdigit() and wanted.isdigit():
+                    replicas[name] = (int(up), int(wanted))
+            elif kind == "service" and len(rest.split(" ")) == 3:
+                stack, name, update = rest.split(" ")
+                running, desired = replicas.get(name, (0, 0))
+                stacks.setdefault(stack, {})[name] = {"running": running, "desired": desired, "update": update}
+        return stacks
+
+    @staticmethod
+    def default() -> dict[str, dict[str, dict[str, Any]]]:
+        return {}
 
 
 CONTEXT_LABEL = "pyinfra-swarm.context"  # image label: the sha256 of the build context it was built from

@@ -26,6 +26,7 @@ from pyinfra_swarm.facts import (
     DockerDaemonConfig,
     DockerPackages,
     DockerSwarm,
+    EngineState,
     FileHashes,
     FirewallTools,
     HostAddresses,
@@ -84,6 +85,7 @@ HOST_FACTS: Spec = {
     "packages": (DockerPackages, {"packages": PACKAGES}),
     "apt_source": (FileHashes, {"paths": [DOCKER_APT_SOURCE, DOCKER_APT_KEY]}),
     "services": (ServiceStates, {"services": ["docker.service", FIREWALL_UNIT]}),
+    "engine": (EngineState, {}),
 }
 # Managers also list the swarm's nodes in the same command (nothing when they aren't in one).
 MANAGER_FACTS: Spec = {**HOST_FACTS, "nodes": (SwarmNodes, {})}
@@ -188,6 +190,11 @@ class ClusterPlan:
         """The node entry with a host's advertise address: how an unreachable host is found in the swarm."""
         address = self.addresses.get(host)
         return next((n for n in self.nodes if address and n["addr"] == address), None)
+
+    def is_member(self, host: Host) -> bool:
+        """Whether a host is a node of this swarm with nothing to do to join it: its engine restarts only in its
+        node's turn (deploys/engine.py)."""
+        return self.steps.get(host) == "member" and self.node_of(host) is not None
 
     def in_this_swarm(self, host: Host) -> bool:
         return self.swarm_of(host).get("LocalNodeState") == "active" and self.node_of(host) is not None

@@ -73,10 +73,10 @@ def _valid_port(spec: str) -> bool:
     return 1 <= first <= last <= 65535
 
 
-def _port_number(low: int, high: int) -> Check:
+def _port_number(low: int, high: int, what: str = "a port number") -> Check:
     def check(value: Any) -> str | None:
         if isinstance(value, bool) or not low <= value <= high:
-            return f"must be a port number from {low} to {high}, not {value!r}"
+            return f"must be {what} from {low} to {high}, not {value!r}"
         return None
 
     return check
@@ -256,6 +256,16 @@ SCHEMA: tuple[Setting, ...] = (
             "or remove the last manager)", "swarm", choices=("present", "absent")),
     Setting("docker_purge", False, (bool,), "with `swarm_state: absent` (or teardown): also uninstall Docker and "
             "delete its data (`/var/lib/docker`, `/etc/docker`)", "swarm"),
+    Setting("swarm_drain_timeout", None, (int,), "seconds a node's tasks may take to stop when it is drained for "
+            "its turn (engine restarts, upgrades, removal); past it the node gets its availability back and the "
+            "turns stop", "swarm", check=_port_number(1, 86400, "a number of seconds"),
+            shown_default="its tasks' longest `stop_grace_period` + 60 s, at least 120"),
+    Setting("swarm_lock_wait", 600, (int,), "seconds a run waits for the cluster lock that another run holds "
+            "(see *One run at a time*), then stops naming the holder", "swarm", scope="cluster",
+            check=_port_number(0, 86400, "a number of seconds")),
+    Setting("swarm_pki_takeover", False, (bool,), "this controller's PKI directory replaces the one the swarm was "
+            "deployed with (a new registry CA, certificate and password, new object names): see *One run at a "
+            "time*", "swarm", scope="cluster"),
     Setting("swarm_bootstrap", False, (bool,), "start a new swarm although some managers of the inventory weren't "
             "reached (see *Never two swarms*)", "swarm", scope="cluster"),
     Setting("swarm_force_new_cluster", False, (bool,), "on the manager that survived the loss of quorum: a run "

@@ -24,6 +24,8 @@ KERNEL_FULL = ["CONFIG_VXLAN=m", "CONFIG_IP_VS=m", "CONFIG_INET_ESP=m", "CONFIG_
                "CONFIG_OVERLAY_FS=m", "CONFIG_BRIDGE_NETFILTER=m"]  # fmt: skip
 DEBIAN = ["/etc/os-release", "ID=debian", "VERSION_ID=12", "VERSION_CODENAME=bookworm", "---"]
 UBUNTU = ["/etc/os-release", "ID=ubuntu", "VERSION_ID=24.04", "VERSION_CODENAME=noble", "UBUNTU_CODENAME=noble", "---"]
+# EngineState of an engine that started after its daemon.json last changed, and runs its own binary.
+ENGINE_RUNNING = ["pid=100", "exe=/usr/sbin/dockerd", "started=1800000000.00", "config_time=1700000000"]
 ROCKY = ["/etc/os-release", "ID=rocky", "VERSION_ID=9.4", "---"]
 
 
@@ -45,12 +47,14 @@ def host(
     mtu: int = 1500,
     sshd_ports: tuple[int, ...] = (22,),
     apt_files: dict[str, str] | None = None,
+    engine: list[str] | None = None,
     extra: dict[Any, Any] | None = None,
     **data: Any,
 ) -> tuple[str, dict[str, Any]]:
     """An inventory entry for a fake host. `swarm` is the `docker info` Swarm JSON (None: Docker missing);
-    `apt_files` maps a path to its sha256 (those not given are missing); the other keywords shape what the
-    host's gathered facts (hostfacts.Bundle) say."""
+    `apt_files` maps a path to its sha256 (those not given are missing); `engine` is EngineState's output (by
+    default: a running engine that runs its daemon.json); the other keywords shape what the host's gathered
+    facts (hostfacts.Bundle) say."""
     installed = [f"{pkg} {version}" for pkg, version in {"curl": "7.88", **(packages or {})}.items()]
     release = dict(line.split("=", 1) for line in os_release if "=" in line)
     codename = release.get("UBUNTU_CODENAME") or release.get("VERSION_CODENAME", "")
@@ -73,6 +77,7 @@ def host(
         "mtus": [f"2: eth0: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu {mtu} qdisc noqueue state UP"],
         "clock": [f"{time.time():.3f}"],
         "sshd_ports": [f"port {port}" for port in sshd_ports],
+        "engine": engine if engine is not None else ENGINE_RUNNING if docker_running else ["pid=0"],
     }
     bundle: list[str] = []
     for fact_name in HOST_FACTS:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pyinfra_swarm.deploys.artifacts import build_images, load_image_archives
 from pyinfra_swarm.deploys.credentials import configure_credentials
 from pyinfra_swarm.deploys.daemon import configure_daemon
+from pyinfra_swarm.deploys.engine import give_back_drained, roll_engines
 from pyinfra_swarm.deploys.firewall import configure_firewall
 from pyinfra_swarm.deploys.install import install_docker
 from pyinfra_swarm.deploys.objects import configure_objects
@@ -23,9 +24,11 @@ def swarm_cluster(plan: ClusterPlan | None = None) -> None:
     plan = plan or plan_cluster()
     # The cluster.
     preflight(plan=plan)
+    give_back_drained(plan=plan)  # nodes an unfinished run left drained
     remove_nodes(plan=plan)  # hosts with swarm_state: absent, one at a time
     configure_daemon(plan=plan)
     install_docker(plan=plan)
+    roll_engines(plan=plan)  # engines that must restart, one node at a time
     configure_firewall(plan=plan)
     join_swarm(plan=plan)
     configure_nodes(plan=plan)

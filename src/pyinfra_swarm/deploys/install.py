@@ -6,13 +6,12 @@ import shlex
 from io import StringIO
 
 from pyinfra import host
-from pyinfra.api import deploy
+from pyinfra.api import Host, deploy
 from pyinfra.api.exceptions import DeployError
 from pyinfra.facts.server import LinuxDistribution
 from pyinfra.operations import apt, dnf, files, server, systemd
 
 from pyinfra_swarm.operations import packages
-from pyinfra_swarm.operations.maintenance import in_turn, window
 from pyinfra_swarm.plan import (
     APT_CONFLICTS,
     DNF_CONFLICTS,
@@ -23,7 +22,7 @@ from pyinfra_swarm.plan import (
     current_host,
     plan_cluster,
 )
-from pyinfra_swarm.settings import defaults, is_manager, setting
+from pyinfra_swarm.settings import defaults, setting
 
 DEBIAN_FAMILY = {"debian": "debian", "raspbian": "raspbian", "ubuntu": "ubuntu"}
 # Docker's dnf repositories by distribution; Rocky and Alma use the CentOS one.
@@ -95,12 +94,41 @@ def apt_swap_command(remove: list[str], wanted: list[str], version: str | None) 
     )
 
 
+def apt_work(plan: ClusterPlan, target: Host) -> tuple[list[str], list[str]]:
+    """(the apt transaction that installs the wanted engine packages, the apt-mark commands that hold or release
+    the pin) of an apt host; the transaction is [] when nothing is to install or remove."""
+    facts = plan.fact("packages", target)
+    source = setting(target, "docker_source")
+    installed = facts["packages"]
+    version = setting(target, "docker_version")
+    apparmor = bool(plan.fact("kernel", target).get("APPARMOR"))
+    remove, wanted, install = plan_packages("apt", source, installed, version, apparmor, facts.get("release", ""))
+    transaction = []
+    if install or remove:
+        transaction = [
+            "DEBIAN_FRONTEND=noninteractive dpkg --configure -a",  # finish what an interrupted run (a power cut) left
+            "DEBIAN_FRONTEND=noninteractive apt-get update -q",
+            apt_swap_command(remove, wanted, version),
+        ]
+    holds = hold_commands(wanted, installed, facts.get("held", []), version, installing=bool(transaction))
+    return transaction, holds
+
+
+def engine_transaction(plan: ClusterPlan, target: Host) -> list[str]:
+    """What a node of the swarm installs in its turn (deploys/engine.py): the apt transaction, then its holds;
+    [] when its packages are as data asks (or it isn't an apt host)."""
+    if plan.fact("packages", target)["manager"] != "apt":
+        return []
+    transaction, holds = apt_work(plan, target)
+    return [*transaction, *holds] if transaction else []
+
+
 @deploy("Install Docker", data_defaults=defaults("docker_source", "docker_version", "docker_ce_repo_url",
                                            "docker_ce_channel", "docker_users"))  # fmt: skip
 def install_docker(plan: ClusterPlan | None = None) -> None:
     """Install Docker from data's `docker_source`, remove conflicting packages, start and enable it. On a
-    node already in the swarm, an engine change (a new version, a source switch) runs one node at a time,
-    with the node drained (see operations/maintenance.py)."""
+    node already in the swarm, an engine change (a new version, a source switch) waits for the node's turn
+    (deploys/engine.py); Docker's repository is prepared here for it."""
     plan = plan or plan_cluster()
     this = current_host()
     if not plan.takes_part(this):
@@ -115,10 +143,7 @@ def install_docker(plan: ClusterPlan | None = None) -> None:
             f"host {this.name}: docker_source {source!r} needs Debian or Ubuntu; RHEL-family hosts ship podman: "
             "use docker_source: docker-ce"
         )
-    apparmor = bool(plan.fact("kernel").get("APPARMOR"))
     installed = facts["packages"]
-    version = setting(this, "docker_version")
-    remove, wanted, install = plan_packages(manager, source, installed, version, apparmor, facts.get("release", ""))
     if manager == "apt":
         # curl: joins go to Docker's API; ca-certificates: Docker's repository is fetched over HTTPS.
         tools = [
@@ -127,48 +152,29 @@ def install_docker(plan: ClusterPlan | None = None) -> None:
         if tools:
             apt.packages(name=f"Tools the deploy uses ({', '.join(tools)})", packages=tools, update=True,
                          no_recommends=True)  # fmt: skip
-        _install_apt(plan, source, remove, wanted, install)
+        if source == "docker-ce":
+            _docker_ce_apt_repository(plan, setting(this, "docker_version"))
+        transaction, holds = apt_work(plan, this)
+        in_turn = bool(transaction) and plan.is_member(this)  # then the node's turn installs, and holds after
+        if transaction and not in_turn:
+            server.shell(name=f"Install Docker ({source})", commands=transaction)
         stale = [path for path in (DOCKER_APT_SOURCE, DOCKER_APT_KEY) if plan.fact("apt_source").get(path)]
         if source == "distro" and stale:  # after the switch: a mirror that goes away can't break `apt-get update`
             server.shell(
                 name="Remove Docker's apt repository (docker_source: distro)",
                 commands=[shlex.join(["rm", "-f", *stale])],
             )
-        holds = hold_commands(wanted, installed, facts.get("held", []), version, installing=install or bool(remove))
-        if holds:
-            server.shell(name="Hold the pinned Docker packages" if version else "Release held Docker packages",
-                         commands=holds)  # fmt: skip
+        if holds and not in_turn:
+            server.shell(name="Hold the pinned Docker packages" if setting(this, "docker_version")
+                         else "Release held Docker packages", commands=holds)  # fmt: skip
     else:
+        remove, _, install = plan_packages(manager, source, installed, setting(this, "docker_version"), False)
         _install_dnf(remove, install)
     service = plan.fact("services").get("docker.service", {})
     if not (service.get("active") and service.get("enabled")):
         systemd.service(name="Docker is running and enabled", service="docker", running=True, enabled=True)
     for user in host.loop(setting(this, "docker_users")):
         server.user(name=f"{user} is in the docker group", user=user, groups=["docker"], append=True)
-
-
-def _install_apt(plan: ClusterPlan, source: str, remove: list[str], wanted: list[str], install: bool) -> None:
-    """Docker's repository first (proven before it is added), then one apt transaction that installs the
-    wanted packages and removes the conflicting ones: a failure at any point leaves the old engine."""
-    this = current_host()
-    version = setting(this, "docker_version")
-    if source == "docker-ce":
-        _docker_ce_apt_repository(plan, version)
-    if not (install or remove):
-        return
-    commands = [
-        "DEBIAN_FRONTEND=noninteractive dpkg --configure -a",  # finish what an interrupted run (a power cut) left
-        "DEBIAN_FRONTEND=noninteractive apt-get update -q",
-        apt_swap_command(remove, wanted, version),
-    ]
-    member = window(plan, this)
-    if member is not None:
-        # In the swarm: the engine restarts with the upgrade, so its node takes its turn, drained. Debian's
-        # docker.io doesn't restart the engine on upgrade (the old one would go on running): restart it here.
-        restart = "systemctl restart docker.service"
-        in_turn(f"Install Docker ({source})", [*commands, restart], member, is_manager(host))
-    else:
-        server.shell(name=f"Install Docker ({source})", commands=commands)
 
 
 def _docker_ce_apt_repository(plan: ClusterPlan, version: str | None) -> None:

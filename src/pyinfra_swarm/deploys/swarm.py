@@ -9,6 +9,7 @@ from pyinfra.api import deploy
 from pyinfra.operations import server
 
 from pyinfra_swarm.operations import credentials, maintenance, swarm
+from pyinfra_swarm.operations.swarm import RESTORE_LABEL
 from pyinfra_swarm.plan import ENGINE_PACKAGES, ClusterPlan, current_host, plan_cluster
 from pyinfra_swarm.settings import defaults, is_manager, setting, unlock_key_file
 
@@ -100,7 +101,7 @@ def configure_nodes(plan: ClusterPlan | None = None) -> None:
         )
 
 
-@deploy("Take hosts out of the swarm", data_defaults=defaults("swarm_state", "docker_purge"))
+@deploy("Take hosts out of the swarm", data_defaults=defaults("swarm_state", "docker_purge", "swarm_drain_timeout"))
 def remove_nodes(plan: ClusterPlan | None = None) -> None:
     """Hosts with `swarm_state: absent`, one at a time: drained, their tasks moved, demoted first if managers,
     made to leave, their node entries removed, services back at their replicas (the plan has refused a
@@ -117,7 +118,10 @@ def remove_nodes(plan: ClusterPlan | None = None) -> None:
         if plan.steps.get(this) == "remove" and entry is not None:
             staying = [m.name for m in plan.managers if plan.takes_part(m) and plan.in_this_swarm(m)]
             maintenance.removed(name="Take this host out of the swarm", node_id=entry["id"], managers=staying,
-                                demote=entry["role"] == "manager", purge=purge, _serial=True)  # fmt: skip
+                                demote=entry["role"] == "manager", purge=purge,
+                                drain_timeout=setting(this, "swarm_drain_timeout"),
+                                availability=entry["labels"].get(RESTORE_LABEL) or entry["availability"],
+                                _serial=True)  # fmt: skip
         elif purge:
             server.shell(name="Uninstall Docker and delete its data", commands=maintenance.purge_commands(purge))
         else:

@@ -44,6 +44,10 @@ from pyinfra_swarm.plan import plan_cluster
 
 SWARM_PORT = 2377
 MANAGED_LABELS = "pyinfra-swarm.managed-labels"  # node label listing the labels `node` manages
+AVAILABILITY_LABEL = "pyinfra-swarm.availability"  # node label: the pause or drain that `node` set (from data)
+DRAINED_LABEL = "pyinfra-swarm.drained"  # node label: which run drained the node for its turn, since when
+RESTORE_LABEL = "pyinfra-swarm.restore"  # node label: the availability the node gets back after its turn
+AVAILABLE = {"drain": 0, "pause": 1, "active": 2}  # how available each availability leaves a node
 RETRIES = 15  # transient errors (leader election) are retried for RETRIES * RETRY_DELAY seconds
 RETRY_DELAY = 2.0
 POLL = 2.0
@@ -200,7 +204,9 @@ def node(
     + labels: the labels this operation manages: missing or different ones are set, and labels it set
       before that `labels` no longer has are removed (it keeps their names in the node label
       `pyinfra-swarm.managed-labels`); labels set by others are left alone; None leaves labels alone
-    + availability: active, pause or drain; None leaves it
+    + availability: active, pause or drain; None leaves it. A node made less available by someone else (a
+      drain by hand) is left so, with a warning, and so is a node drained for a maintenance turn (the turn, or
+      the next run, gives it back)
     + present: False removes the node's entry from the swarm (demoted first if it is a manager)
     + joining: the node joins in this same run (not listed yet): `node` is its hostname, and it starts as a
       node with no labels, active; if it isn't in the swarm when this runs (its host failed), nothing happens
@@ -230,7 +236,7 @@ def node(
     commands = []
     if role and current["role"] != role:
         commands.append(f"docker node {'promote' if role == 'manager' else 'demote'} {target}")
-    update = _update_args(current, labels, availability)
+    update = _update_args(current, labels, _availability(node, current, availability))
     if update:
         commands.append(shlex.join(["docker", "node", "update", *update, target]))
     if not commands:
@@ -245,6 +251,23 @@ def node(
         yield f"if {listed}; then {' && '.join(commands)}; else echo {skipped}; fi"
         return
     yield from commands
+
+
+def _availability(node: str, current: dict[str, Any], wanted: str | None) -> str | None:
+    """The availability `node` may set: None (leave it) for a node in a maintenance turn's hands, and for one
+    that someone else made less available than data asks (never undone silently: a drain by hand may be
+    for work on the machine)."""
+    now = current["availability"]
+    if wanted is None or DRAINED_LABEL in current["labels"]:
+        return None
+    if AVAILABLE[wanted] > AVAILABLE.get(now, 2) and current["labels"].get(AVAILABILITY_LABEL) != now:
+        logger.warning(
+            f"{host.print_prefix}node {node} is {now}, not by this deploy (by hand?): left {now}. Set "
+            f"swarm_availability: {now} for it to keep it so, or `docker node update --availability {wanted}` "
+            "once its work is done"
+        )
+        return None
+    return wanted
 
 
 def _update_args(current: dict[str, Any], labels: dict[str, Any] | None, availability: str | None) -> list[str]:
@@ -264,6 +287,12 @@ def _update_args(current: dict[str, Any], labels: dict[str, Any] | None, availab
             args += ["--label-add", f"{MANAGED_LABELS}={marker}"] if marker else ["--label-rm", MANAGED_LABELS]
     if availability and availability != current["availability"]:
         args += ["--availability", availability]
+    if availability:  # a pause or drain this deploy sets is recorded, so a later run may undo it
+        recorded = current["labels"].get(AVAILABILITY_LABEL)
+        if availability != "active" and recorded != availability:
+            args += ["--label-add", f"{AVAILABILITY_LABEL}={availability}"]
+        elif availability == "active" and recorded:
+            args += ["--label-rm", AVAILABILITY_LABEL]
     return args
 
 
