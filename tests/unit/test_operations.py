@@ -22,6 +22,7 @@ class _Host:
     """Just what an operation touches of the host being deployed: its name and `noop`."""
 
     name = "@fake/test"
+    print_prefix = "[test] "
 
     def __init__(self) -> None:
         self.noops: list[str] = []

@@ -10,6 +10,8 @@ import logging
 import pytest
 from pyinfra.api.exceptions import DeployError, PyinfraError
 
+from pyinfra_swarm.deploys.daemon import render
+from pyinfra_swarm.deploys.engine import roll_engines
 from pyinfra_swarm.deploys.install import apt_swap_command, hold_commands, install_docker
 from pyinfra_swarm.deploys.registry import configure_registry, credentials, host_config
 from pyinfra_swarm.deploys.stacks import stale_versions
@@ -18,7 +20,7 @@ from pyinfra_swarm.facts import Bundle
 from pyinfra_swarm.operations.registry import login_digest
 from pyinfra_swarm.operations.swarm import converged, join_body, join_result, stack_progress
 from pyinfra_swarm.plan import _init_host, _warn_clock_skew, _warn_small_mtu
-from pyinfra_swarm.settings import validate_host_data
+from pyinfra_swarm.settings import DEFAULTS, validate_host_data
 from tests.unit.fakes import commands, host, plan
 from tests.unit.test_swarm import node, nodes, swarm
 
@@ -152,19 +154,23 @@ def test_init_with_a_data_path_address():
 
 def test_an_engine_upgrade_on_a_swarm_node_is_one_drained_transaction():
     installed = {"docker.io": "20.10.5"}
+    config = render(DEFAULTS["docker_daemon_config"])
     member = _member("m1", "10.1.0.1", "M1", True, docker_source="distro", docker_version="20.10.24*",
-                     packages=installed, docker_running=True)  # fmt: skip
-    steps = plan([install_docker], [member])["m1"]
+                     packages=installed, docker_running=True, daemon_config=config)  # fmt: skip
+    steps = plan([install_docker, roll_engines], [member])["m1"]
     upgrade = next(step for step in steps if "one at a time" in step[0])
     assert upgrade.serial and "(managers, one at a time)" in upgrade[0]
-    drain, configure, _, install, restart, restore = upgrade[1]
-    assert drain == "_drain('M1', ['@fake/m1'], 120)"
-    assert configure == "DEBIAN_FRONTEND=noninteractive dpkg --configure -a"  # after a power cut mid-install
-    assert "apt-get install -y -q --no-install-recommends --allow-downgrades --allow-change-held-packages" in install
-    assert install.endswith("'docker.io=20.10.24*'")
-    assert restart == "systemctl restart docker.service"  # Debian's docker.io leaves the old engine running
-    assert restore == "_restore('M1', ['@fake/m1'], 'active', 180)"
-    assert commands(steps)[-1] == "apt-mark hold docker.io"
+    assert len(steps) == 1  # the holds come after the install, in the turn
+    [call] = upgrade[1]
+    work = [
+        "DEBIAN_FRONTEND=noninteractive dpkg --configure -a",  # after a power cut mid-install
+        "DEBIAN_FRONTEND=noninteractive apt-get update -q",
+        apt_swap_command([], ["docker.io"], "20.10.24*"),
+        "apt-mark hold docker.io",
+        "systemctl restart docker.service",  # Debian's docker.io leaves the old engine running
+    ]
+    assert call.startswith(f"turn('M1', ['@fake/m1'], {work!r}, [], 'active', None, 180, ")
+    assert call.endswith("'an engine package change')")
 
 
 def test_a_new_node_installs_in_parallel_and_holds_its_pin():

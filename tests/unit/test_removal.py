@@ -53,7 +53,8 @@ def test_a_worker_is_drained_left_and_forgotten_one_at_a_time_and_nothing_else_r
     planned = plan(STEPS, managers, workers)
     removal = planned["w2"][0]
     managers_left = ["@fake/m1", "@fake/m2", "@fake/m3"]
-    assert removal.serial and removal[1][:3] == [f"_drain('W2', {managers_left}, 180)", "docker swarm leave --force",
+    assert removal.serial and removal[1][:3] == [f"_drain_to_leave('W2', {managers_left}, 'active', None)",
+                                                 "docker swarm leave --force",
                                                  f"_forget('W2', {managers_left}, 180)"]  # fmt: skip
     assert "DEBIAN_FRONTEND=noninteractive apt-get purge -y -q docker.io" in removal[1]
     assert len(planned["w2"]) == 1  # no firewall, no join, no daemon for a host on its way out

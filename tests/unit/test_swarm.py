@@ -53,7 +53,7 @@ def test_fresh_hosts_init_on_the_first_manager_and_join_the_rest():
         f"if docker node inspect {name} >/dev/null 2>&1; then {update}; else echo 'node {name} is not in the swarm "
         "(its host failed before joining): left for the next run'; fi"
         for name, update in [
-            ("m1", "docker node update --availability drain m1"),
+            ("m1", "docker node update --availability drain --label-add pyinfra-swarm.availability=drain m1"),
             ("w1", "docker node update --label-add ssd=true --label-add zone=a "
                    "--label-add pyinfra-swarm.managed-labels=ssd,zone w1"),
         ]
