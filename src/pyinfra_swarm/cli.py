@@ -1,4 +1,4 @@
-"""The `pyinfra-swarm` command: the swarm's status, and the local lab of VM-like nodes."""
+"""The `pyinfra-swarm` command: the swarm's status, its cluster lock, and the local lab of VM-like nodes."""
 
 from __future__ import annotations
 
@@ -24,6 +24,11 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("inventory", help="a pyinfra inventory, e.g. inventory/lab.py")
     status.add_argument("--json", action="store_true", help="print the report as JSON (schema: pyinfra-swarm.status/1)")
     status.add_argument("--watch", action="store_true", help="refresh every 2 s until interrupted")
+    lock = commands.add_parser("lock", help="who holds the cluster lock (exit 0 free, 1 held, 2 none of the managers "
+                               "answered), or break it")  # fmt: skip
+    lock.add_argument("inventory", help="a pyinfra inventory, e.g. inventory/lab.py")
+    lock.add_argument("--break", dest="breaking", action="store_true",
+                      help="remove the lock whoever holds it (a killed run's: make sure it is gone first)")  # fmt: skip
     lab_parser = commands.add_parser("lab", help="the local lab: VM-like nodes as containers on one Docker host")
     actions = lab_parser.add_subparsers(dest="action", required=True)
 
@@ -67,6 +72,10 @@ def main(argv: list[str] | None = None) -> int:
         from pyinfra_swarm import status
 
         return status.main(args.inventory, args.json, args.watch)
+    if args.command == "lock":
+        from pyinfra_swarm import status
+
+        return status.lock_main(args.inventory, args.breaking)
     try:
         from docker.errors import APIError
     except ImportError:

@@ -1,11 +1,16 @@
-"""A small certificate authority on the controller for the cluster's registry: a CA (kept in the project's
-state directory, never in git) and a server certificate for the registry's address."""
+"""The controller's PKI directory: a small certificate authority for the cluster's registry (a CA, kept in the
+project's state directory, never in git, and a server certificate for the registry's address), and the key
+that names secret and config versions (`object_key`). The swarm records which directory it was deployed
+with (`identity`): another controller's directory is refused before it replaces anything."""
 
 from __future__ import annotations
 
 import datetime
+import hashlib
+import hmac
 import ipaddress
 import os
+import secrets
 from pathlib import Path
 
 from cryptography import x509
@@ -39,6 +44,36 @@ def write_private(path: Path, content: str | bytes) -> None:
         path.write_bytes(content)
     else:
         path.write_text(content)
+
+
+def object_key(create: bool = True) -> bytes | None:
+    """The key that names versions of secrets and configs (an HMAC key, so a name tells nothing about a
+    value): made once in the PKI directory, None when it isn't there and `create` is False."""
+    path = pki_dir() / "object-key"
+    if not path.exists():
+        if not create:
+            return None
+        write_private(path, secrets.token_hex(32) + "\n")
+    return bytes.fromhex(path.read_text().strip())
+
+
+def keyed_digest(content: str, length: int = 10) -> str:
+    """The first `length` hex digits of HMAC-SHA256(object key, content)."""
+    key = object_key()
+    assert key is not None
+    return hmac.new(key, content.encode(), hashlib.sha256).hexdigest()[:length]
+
+
+def identity() -> str | None:
+    """This PKI directory's fingerprint (of its object key), as the swarm records it; None before it has one."""
+    key = object_key(create=False)
+    return hashlib.sha256(b"pyinfra-swarm pki\n" + key).hexdigest()[:16] if key else None
+
+
+def ca_digest() -> str | None:
+    """The sha256 of the registry CA's certificate file (what nodes hold as ca.crt); None without a CA."""
+    path = pki_dir() / "ca.crt"
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
 
 
 def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:

@@ -20,6 +20,7 @@ from pyinfra.api.exceptions import DeployError
 from pyinfra.context import ctx_host, ctx_state
 from pyinfra.facts.server import Hostname
 
+from pyinfra_swarm import pki
 from pyinfra_swarm.facts import (
     Bundle,
     Clock,
@@ -42,6 +43,8 @@ from pyinfra_swarm.facts import (
     SwarmStacks,
     remember,
 )
+from pyinfra_swarm.lock import PKI_RECORD, ClusterLock, record_pki
+from pyinfra_swarm.lock import take as take_lock
 from pyinfra_swarm.operations.firewall import UNIT as FIREWALL_UNIT
 from pyinfra_swarm.operations.firewall import UNIT_FILE as FIREWALL_UNIT_FILE
 from pyinfra_swarm.operations.packages import source_paths
@@ -141,6 +144,7 @@ class ClusterPlan:
     registry: Registry | None = None
     planned: dict[Host, dict[str, Any]] = field(default_factory=dict)  # facts that depend on the plan
     run: dict[str, Any] = field(default_factory=dict)  # what steps and callbacks keep for the rest of the run
+    lock: ClusterLock | None = None  # this run's cluster lock (none while there is no swarm, or no leader)
 
     def swarm_of(self, host: Host) -> dict[str, Any]:
         """The DockerSwarm fact of a reachable host ({} for others, and where Docker isn't installed)."""
@@ -215,13 +219,84 @@ def current_host() -> Host:
 
 def plan_cluster(state: State | None = None, build: bool = True) -> ClusterPlan:
     """The plan of this run: made by the first host's deploy code (checking the inventory and all data
-    first), the same object for every host after that. `build=False` (teardown) plans no `swarm init`."""
+    first), the same object for every host after that. `build=False` (teardown) plans no `swarm init`.
+    The cluster lock is taken before the plan is final (see lock.py): a run that waited for another one
+    plans again, from what that one left."""
     state = state or ctx_state.get()
     with _PLAN_LOCK:  # every host's deploy code runs in its own greenlet: plan only once
         if state not in _PLANS:
             validate_inventory(state)
-            _PLANS[state] = _build(state, build)
+            plan = _build(state, build)
+            hold = _take_lock(state, plan)
+            if hold is not None and hold[1]:
+                plan = _build(state, build)
+            plan.lock = hold[0] if hold else None
+            _check_pki(plan)
+            _PLANS[state] = plan
         return _PLANS[state]
+
+
+def _take_lock(state: State, plan: ClusterPlan) -> tuple[ClusterLock, bool] | None:
+    """The cluster lock, through the swarm's managers (None: there is no swarm yet, or no leader to keep it)."""
+    if plan.primary is None or plan.recover is not None:
+        if plan.recover is not None:
+            logger.warning("the swarm has no leader: this run takes no cluster lock")
+        return None
+    managers = [plan.primary, *(m for m in plan.managers if m is not plan.primary and plan.in_this_swarm(m))]
+    return take_lock(state, managers, setting(plan.hosts[0], "swarm_lock_wait"))
+
+
+def uses_pki(first: Host) -> bool:
+    """Whether data puts anything of the controller's PKI directory into the swarm: the registry's CA,
+    certificate and password, versioned secret and config names, the unlock key."""
+    keys = ("registry_mode", "swarm_secrets", "swarm_configs", "swarm_autolock")
+    return any(setting(first, key) for key in keys)
+
+
+def _check_pki(plan: ClusterPlan) -> None:
+    """Stop, before any change, a controller whose PKI directory is not the one the swarm was deployed with
+    (it would replace the registry's CA and password, and rename every secret and config version): the
+    swarm's record of it, and the registry CA the nodes trust, must match this directory's, unless
+    `swarm_pki_takeover`. A swarm without a record gets this directory's."""
+    first = plan.hosts[0]
+    if not uses_pki(first):
+        return
+    takeover = setting(first, "swarm_pki_takeover")
+    problems = []
+    if plan.lock is not None:
+        ours = pki.identity()
+        recorded = [r.removeprefix(PKI_RECORD) for r in plan.lock.pki_records]
+        if recorded and ours not in recorded:
+            problems.append(f"the swarm was deployed with PKI directory {recorded[0]}, this one is "
+                            f"{ours or 'new (no key yet)'}")  # fmt: skip
+    if plan.registry is not None and plan.registry.tls:
+        ca = pki.ca_digest()
+        trusting = sorted(h.name for h in plan.reachable if _other_ca(plan, h, ca))
+        if trusting:
+            problems.append(f"{', '.join(trusting)} trust{'s' if len(trusting) == 1 else ''} another registry CA than "
+                            f"this directory's{'' if ca else ' (it has none yet)'}")  # fmt: skip
+    if problems and not takeover:
+        raise DeployError(
+            f"this controller's PKI directory ({pki.pki_dir()}) is not the one this swarm was deployed with: "
+            + "; ".join(problems) + ". Going on would replace the registry's CA, certificate and password and "
+            "rename every secret and config version. Copy the PKI directory of the controller that deployed it here "
+            "(or point PYINFRA_SWARM_PKI_DIR at a copy), or set swarm_pki_takeover: true to make this one the swarm's"
+        )  # fmt: skip
+    if problems:
+        logger.warning(f"swarm_pki_takeover: this controller's PKI directory ({pki.pki_dir()}) becomes the swarm's: "
+                       + "; ".join(problems))  # fmt: skip
+    if plan.lock is not None and (problems or not plan.lock.pki_records):
+        pki.object_key()
+        identity = pki.identity()
+        assert identity is not None
+        record_pki(plan.lock, identity)
+
+
+def _other_ca(plan: ClusterPlan, target: Host, ca: str | None) -> bool:
+    """Whether a host trusts a registry CA (its ca.crt for the registry) that is not `ca`."""
+    assert plan.registry is not None
+    held = plan.planned.get(target, {}).get("registry_ca", {}).get(ca_path(plan.registry.address))
+    return held is not None and held != ca
 
 
 def _gather(state: State, specs: dict[Host, Spec]) -> dict[Host, dict[str, Any]]:

@@ -1,20 +1,29 @@
 """`pyinfra-swarm status INVENTORY`: the swarm's health, read only, through the first manager of the inventory
-that answers, in one command: nodes, quorum, services, what differs between the inventory and the swarm, and
-what expires. A table for people, `--json` for machines (schema below), an exit status for scripts.
+that answers, in one command: nodes, quorum, services, what differs between the inventory and the swarm, what
+expires, and who holds the cluster lock; and, from every host of the inventory at once (one command each), what
+its engine still has to do (facts.EngineState). A table for people, `--json` for machines (schema below), an
+exit status for scripts.
 
-JSON schema `pyinfra-swarm.status/1`::
+JSON schema `pyinfra-swarm.status/2` (/1 lacked `lock`, `maintenance`, `pending` and `taken_out`)::
 
-    {"schema": "pyinfra-swarm.status/1", "through": str, "healthy": bool, "problems": [str], "warnings": [str],
+    {"schema": "pyinfra-swarm.status/2", "through": str, "healthy": bool, "problems": [str], "warnings": [str],
      "nodes": [{"hostname": str, "inventory_host": str|null, "role": "manager"|"worker", "leader": bool,
                 "reachability": str|null, "availability": str, "state": str, "engine": str, "addr": str,
-                "labels": {str: str}}],
+                "labels": {str: str},
+                "maintenance": str|null,     # drained for a turn by this run: "USER@HOST (pid N) since TIME"
+                "pending": [str]|null}],     # why its engine must restart; null: its host did not answer
      "quorum": {"managers": int, "reachable": int, "needed": int, "tolerates": int},
      "services": [{"name": str, "stack": str|null, "mode": "replicated"|"global", "running": int, "desired": int,
                    "image": str, "ports": [str], "last_error": str|null}],
-     "drift": {"not_in_swarm": [str], "not_in_inventory": [str], "down": [str]},
-     "expiry": {"node_certificate_days": int|null, "registry_certificate_days": int|null}}
+     "drift": {"not_in_swarm": [str], "not_in_inventory": [str], "down": [str], "taken_out": [str]},
+     "expiry": {"node_certificate_days": int|null, "registry_certificate_days": int|null},
+     "lock": {"who": str, "what": str, "since": str, "silent": int}|null}
 
-Exit status: 0 healthy (warnings allowed), 1 problems (each named), 2 no manager answered or bad usage.
+A node left drained by a run that never ended its turn, an engine restart pending, and a lock with no heartbeat
+for longer than lock.EXPIRY are problems; a lock held by a live run, and a drain or pause that data doesn't ask
+for (by hand), are warnings. Hosts with `swarm_state: absent` are not drift (`taken_out` lists those still in
+the swarm). Exit status: 0 healthy (warnings allowed), 1 problems (each named), 2 no manager answered or bad
+usage.
 """
 
 from __future__ import annotations
@@ -26,24 +35,29 @@ import sys
 import time
 from typing import Any
 
+import gevent
 from cryptography import x509
 from pyinfra.api import Config, Host, State, StringCommand
 
-from pyinfra_swarm.operations.swarm import connector_args
+from pyinfra_swarm import lock as cluster_lock
+from pyinfra_swarm.facts import EngineState
+from pyinfra_swarm.lock import EXPIRY, INSPECT, holder_of
+from pyinfra_swarm.operations.swarm import AVAILABILITY_LABEL, DRAINED_LABEL, connector_args
 from pyinfra_swarm.pki import pki_dir
-from pyinfra_swarm.settings import MANAGERS, is_ip, swarm_hosts
+from pyinfra_swarm.settings import MANAGERS, is_ip, setting, swarm_hosts
 
-SCHEMA = "pyinfra-swarm.status/1"
+SCHEMA = "pyinfra-swarm.status/2"
 HEALTHY, PROBLEMS, UNREACHABLE = 0, 1, 2
 CERT_WARNING_DAYS = 30
-SECTIONS = ("nodes", "services", "replicas", "tasks", "cert")
+SECTIONS = ("nodes", "services", "replicas", "tasks", "cert", "lock")
 COMMAND = (
     "docker node inspect $(docker node ls -q) || exit 3; echo '##services##'; "
     "ids=$(docker service ls -q); [ -z \"$ids\" ] || docker service inspect $ids; echo '##replicas##'; "
     "docker service ls --format '{{.Name}} {{.Replicas}}'; echo '##tasks##'; "
     '[ -z "$ids" ] || docker service ps $ids --no-trunc --format '
     "'{{.ID}}\t{{.Name}}\t{{.Node}}\t{{.DesiredState}}\t{{.CurrentState}}\t{{.Error}}'; echo '##cert##'; "
-    "cat /var/lib/docker/swarm/certificates/swarm-node.crt 2>/dev/null; true"
+    "cat /var/lib/docker/swarm/certificates/swarm-node.crt 2>/dev/null; echo '##lock##'; "
+    f"{INSPECT}; true"
 )
 
 
@@ -81,6 +95,25 @@ def read_swarm(state: State) -> tuple[Host, list[str]]:
     raise LookupError("no manager of the inventory answered: " + "; ".join(problems or ["there are none"]))
 
 
+def read_engines(state: State) -> dict[str, dict[str, Any] | None]:
+    """Every swarm host's EngineState (None where it doesn't answer), one command each, all at once."""
+    fact = EngineState()
+
+    def engine(host: Host) -> dict[str, Any] | None:
+        if not host.connected:
+            host.connect(show_errors=False)
+        if not host.connected:
+            return None
+        status, output = host.run_shell_command(StringCommand(fact.command()), print_output=False,
+                                                **connector_args(state, host))  # fmt: skip
+        return fact.process(output.stdout_lines) if status else None
+
+    hosts = [h for h in swarm_hosts(state) if setting(h, "swarm_state") != "absent"]
+    greenlets = {host.name: gevent.spawn(engine, host) for host in hosts}
+    gevent.joinall(list(greenlets.values()))
+    return {name: greenlet.value for name, greenlet in greenlets.items()}
+
+
 def _sections(lines: list[str]) -> dict[str, list[str]]:
     sections: dict[str, list[str]] = {name: [] for name in SECTIONS}
     current = "nodes"
@@ -107,12 +140,16 @@ def _registry_days(now: datetime.datetime) -> int | None:
     return min(days) if days else None
 
 
-def report(state: State, through: Host, lines: list[str], now: datetime.datetime | None = None) -> dict[str, Any]:
-    """The status report (see the module docstring) from the manager's output."""
+def report(state: State, through: Host, lines: list[str], now: datetime.datetime | None = None,
+           engines: dict[str, dict[str, Any] | None] | None = None) -> dict[str, Any]:  # fmt: skip
+    """The status report (see the module docstring) from the manager's output and the hosts' engine states."""
     now = now or datetime.datetime.now(datetime.timezone.utc)
+    engines = engines or {}
     sections = _sections(lines)
     raw_nodes = json.loads("\n".join(sections["nodes"]) or "[]")
-    by_address = {h.data.get("swarm_advertise_addr"): h.name for h in swarm_hosts(state)}
+    hosts = swarm_hosts(state)
+    by_address = {h.data.get("swarm_advertise_addr"): h.name for h in hosts}
+    absent = {h.name for h in hosts if setting(h, "swarm_state") == "absent"}
     nodes = []
     for node in raw_nodes:
         manager = node.get("ManagerStatus") or {}
@@ -128,6 +165,8 @@ def report(state: State, through: Host, lines: list[str], now: datetime.datetime
             "engine": node["Description"].get("Engine", {}).get("EngineVersion", ""),
             "addr": addr,
             "labels": node["Spec"].get("Labels") or {},
+            "maintenance": (node["Spec"].get("Labels") or {}).get(DRAINED_LABEL),
+            "pending": (engines.get(by_address.get(addr) or "") or {}).get("pending"),
         })  # fmt: skip
     managers = [n for n in nodes if n["role"] == "manager"]
     reachable = sum(1 for n in managers if n["reachability"] == "reachable")
@@ -142,16 +181,47 @@ def report(state: State, through: Host, lines: list[str], now: datetime.datetime
     inventory_addresses = {a: n for a, n in by_address.items() if isinstance(a, str) and is_ip(a)}
     swarm_addresses = {n["addr"] for n in nodes}
     drift = {
-        "not_in_swarm": sorted(name for addr, name in inventory_addresses.items() if addr not in swarm_addresses),
+        "not_in_swarm": sorted(name for addr, name in inventory_addresses.items()
+                               if addr not in swarm_addresses and name not in absent),
         "not_in_inventory": sorted(n["hostname"] for n in nodes if n["inventory_host"] is None),
         "down": sorted(n["hostname"] for n in nodes if n["state"] != "ready"),
-    }
+        "taken_out": sorted(n["inventory_host"] for n in nodes if n["inventory_host"] in absent),
+    }  # fmt: skip
     expiry = {"node_certificate_days": _days_left("\n".join(sections["cert"]), now) if sections["cert"] else None,
               "registry_certificate_days": _registry_days(now)}  # fmt: skip
+    holder = holder_of(sections["lock"])
+    lock = {"who": holder.who, "what": holder.what, "since": holder.since, "silent": holder.silent} if holder else None
+    wanted = {h.name: setting(h, "swarm_availability") for h in hosts}
     problems, warnings = _judge(nodes, quorum, services, drift, expiry)
+    problems, warnings = _judge_day2(nodes, lock, wanted, problems, warnings)
     return {"schema": SCHEMA, "through": through.name, "healthy": not problems, "problems": problems,
             "warnings": warnings, "nodes": nodes, "quorum": quorum, "services": services, "drift": drift,
-            "expiry": expiry}  # fmt: skip
+            "expiry": expiry, "lock": lock}  # fmt: skip
+
+
+def _judge_day2(nodes: list, lock: dict | None, wanted: dict[str, str], problems: list[str],
+                warnings: list[str]) -> tuple[list[str], list[str]]:  # fmt: skip
+    """What runs of the deploy left behind or are doing: nodes left drained, engine restarts pending, the lock."""
+    problems, warnings = list(problems), list(warnings)
+    for node in nodes:
+        name = node["hostname"]
+        if node["maintenance"]:
+            problems.append(f"node {name} was left drained by a run that did not end its turn ({node['maintenance']}): "
+                            "the next deploy gives it back")  # fmt: skip
+        elif node["availability"] not in ("active", wanted.get(node["inventory_host"] or "")) and (
+            node["labels"].get(AVAILABILITY_LABEL) != node["availability"]
+        ):
+            warnings.append(f"node {name} is {node['availability']}, not by the deploy (by hand?): the deploy "
+                                "leaves it so")  # fmt: skip
+        if node["pending"]:
+            problems.append(f"node {name}: its engine must restart ({'; '.join(node['pending'])}): the next deploy "
+                            "does it, in the node's turn")  # fmt: skip
+    if lock is not None and lock["silent"] > EXPIRY:
+        problems.append(f"the cluster lock of {lock['who']} (`{lock['what']}` since {lock['since']}) has had no "
+                        f"heartbeat for {lock['silent']} s: a run that was killed; the next run breaks it")  # fmt: skip
+    elif lock is not None:
+        warnings.append(f"a run holds the cluster lock: {lock['who']}, `{lock['what']}` since {lock['since']}")
+    return problems, warnings
 
 
 def _services(sections: dict[str, list[str]], down: set[str]) -> list[dict[str, Any]]:
@@ -217,6 +287,9 @@ def _judge(nodes: list, quorum: dict, services: list, drift: dict, expiry: dict)
         problems.append(f"in the inventory but not in the swarm: {', '.join(drift['not_in_swarm'])}")
     if drift["not_in_inventory"]:
         problems.append(f"in the swarm but not in the inventory: {', '.join(drift['not_in_inventory'])}")
+    if drift["taken_out"]:
+        warnings.append(f"still in the swarm, though data takes them out (swarm_state: absent): "
+                        f"{', '.join(drift['taken_out'])}: the next deploy does")  # fmt: skip
     for name, days in expiry.items():
         if days is not None and days < CERT_WARNING_DAYS:
             warnings.append(f"{name.replace('_days', '').replace('_', ' ')} expires in {days} days")
@@ -256,28 +329,66 @@ def render(status: dict[str, Any], colour: bool) -> str:
               + ", registry certificate in "
               + (f"{expiry['registry_certificate_days']} days" if expiry["registry_certificate_days"] is not None
                  else "- (none on this machine)")]  # fmt: skip
+    lock = status["lock"]
+    lines.append("cluster lock: " + (f"held by {lock['who']}, `{lock['what']}` since {lock['since']} (last heartbeat "
+                                     f"{lock['silent']} s ago)" if lock else "free"))  # fmt: skip
     lines += [paint(f"problem: {p}", "31") for p in status["problems"]]
     lines += [paint(f"warning: {w}", "33") for w in status["warnings"]]
     return "\n".join(lines)
 
 
-def main(inventory: str, as_json: bool, watch: bool, interval: float = 2.0) -> int:
-    """Print the status once, or again every `interval` seconds until interrupted; the exit status."""
+def _load_or_say(inventory: str) -> State | None:
     try:
-        state = load(inventory)
+        return load(inventory)
     except Exception as exc:  # pyinfra's CLI errors wrap what the inventory file raised
         cause = getattr(exc, "e", None) or exc.__context__ or exc
         print(f"pyinfra-swarm: error: can't load inventory {inventory}: {cause}", file=sys.stderr)
+        return None
+
+
+def lock_main(inventory: str, breaking: bool) -> int:
+    """`pyinfra-swarm lock INVENTORY [--break]`: who holds the cluster lock (exit 0 free, 1 held), or break it
+    (exit 0); 2 when no manager answered."""
+    state = _load_or_say(inventory)
+    if state is None:
+        return UNREACHABLE
+    problems = []
+    for manager in state.inventory.get_group(MANAGERS, []):
+        if not manager.connected:
+            manager.connect(show_errors=False)
+        if not manager.connected:
+            problems.append(f"{manager.name}: unreachable")
+            continue
+        try:
+            holder = (cluster_lock.force_break if breaking else cluster_lock.read)(state, manager)
+        except LookupError as exc:
+            problems.append(f"{manager.name}: {exc}")
+            continue
+        if breaking:
+            print(f"the cluster lock of {holder} is broken" if holder else "the cluster lock was free")
+            return HEALTHY
+        print(f"the cluster lock is held by {holder}" if holder else "the cluster lock is free")
+        return PROBLEMS if holder else HEALTHY
+    print("pyinfra-swarm: error: no manager of the inventory answered: " + "; ".join(problems or ["there are none"]),
+          file=sys.stderr)  # fmt: skip
+    return UNREACHABLE
+
+
+def main(inventory: str, as_json: bool, watch: bool, interval: float = 2.0) -> int:
+    """Print the status once, or again every `interval` seconds until interrupted; the exit status."""
+    state = _load_or_say(inventory)
+    if state is None:
         return UNREACHABLE
     code = HEALTHY
     while True:
+        engines = gevent.spawn(read_engines, state)
         try:
             manager, lines = read_swarm(state)
         except LookupError as exc:
             print(f"pyinfra-swarm: error: {exc}", file=sys.stderr)
             code = UNREACHABLE
         else:
-            status = report(state, manager, lines)
+            status = report(state, manager, lines, engines=engines.get())
             code = HEALTHY if status["healthy"] else PROBLEMS
             if as_json:
                 print(json.dumps(status, indent=2, sort_keys=True))

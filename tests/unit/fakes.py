@@ -18,6 +18,7 @@ from pyinfra.api.state import StateStage
 from pyinfra.context import ctx_host, ctx_state
 
 from pyinfra_swarm.facts import Bundle
+from pyinfra_swarm.lock import release_all
 from pyinfra_swarm.plan import HOST_FACTS
 
 KERNEL_FULL = ["CONFIG_VXLAN=m", "CONFIG_IP_VS=m", "CONFIG_INET_ESP=m", "CONFIG_CRYPTO_GCM=y", "CONFIG_XFRM_USER=m",
@@ -84,6 +85,7 @@ def host(
         bundle += [*sections[fact_name], Bundle.SEPARATOR]
     responses: dict[Any, Any] = {
         "echo apparmor=": bundle[:-1],  # the Bundle of registered facts (planned ones answer nothing)
+        "config create --label pyinfra-swarm.lock.run": ["locked"],  # the cluster lock is free
         "-release": os_release,
         "dpkg --print-architecture": ["amd64"],
         "dpkg -l": [f"ii  {pkg}  {version}  amd64  package" for pkg, version in (packages or {}).items()],
@@ -146,6 +148,7 @@ def plan(deploys: list, managers: list, workers: list | None = None, limit: list
                         deploy()
     finally:
         pyinfra.is_cli = False
+        release_all()  # a real run releases the cluster lock after its last operation
     planned: dict[str, Any] = {}
     for inventory_host in inventory:
         if inventory_host in state.failed_hosts or not state.is_host_in_limit(inventory_host):

@@ -37,7 +37,7 @@ def _member(name: str, address: str, node_id: str, manager: bool, **data):
 def test_limit_to_a_new_manager_joins_the_swarm_of_the_managers_outside_the_limit():
     planned = plan([join_swarm, configure_nodes], [_member("m1", "10.1.0.1", "M1", True), host("m2", "10.1.0.2")],
                    [_member("w1", "10.1.0.3", "W1", False)], limit=["m2"])  # fmt: skip
-    assert commands(planned["m2"]) == ["_join('manager', '10.1.0.2', ['@fake/m1', '@fake/m2'], None)"]
+    assert commands(planned["m2"]) == ["_join('manager', '10.1.0.2', {'@fake/m1': '10.1.0.1'}, None)"]
     assert planned["m1"] is None and planned["w1"] is None  # read, never changed
 
 

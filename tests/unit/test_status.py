@@ -64,7 +64,7 @@ def test_a_healthy_three_plus_two_swarm():
     web = status["services"][0]
     assert (web["stack"], web["running"], web["desired"], web["image"]) == ("demo", 2, 2, "10.1.0.1:5000/demo-app:1")
     assert web["ports"] == ["8080:8080/tcp (host)"] and web["last_error"] is None
-    assert status["drift"] == {"not_in_swarm": [], "not_in_inventory": [], "down": []}
+    assert status["drift"] == {"not_in_swarm": [], "not_in_inventory": [], "down": [], "taken_out": []}
 
 
 def test_a_lost_manager_puts_quorum_at_risk():
@@ -115,3 +115,50 @@ def test_a_task_still_running_on_a_down_node_does_not_count():
     status = report(state, state.inventory.get_host("m1"), _output(nodes, [_service("S1", "pinned", 1)], ["pinned 1/1"],
                     tasks), NOW)  # fmt: skip
     assert 'service pinned runs 0/1: "no suitable node (1 node not available)"' in status["problems"]
+
+
+def test_a_host_that_data_takes_out_is_not_drift():
+    state = _state(*HOSTS)
+    state.inventory.get_host("w2").data.swarm_state = "absent"
+    gone = report(state, state.inventory.get_host("m1"), _output(_healthy_nodes()[:4]), NOW)
+    assert gone["healthy"] and gone["drift"]["not_in_swarm"] == []
+    leaving = report(state, state.inventory.get_host("m1"), _output(_healthy_nodes()), NOW)
+    assert leaving["healthy"] and leaving["drift"]["taken_out"] == ["w2"]
+    assert "still in the swarm, though data takes them out (swarm_state: absent): w2" in leaving["warnings"][0]
+
+
+def _lock_output(silent: int) -> list[str]:
+    labels = {"pyinfra-swarm.lock.who": "ci@runner (pid 7)", "pyinfra-swarm.lock.what": "pyinfra inv.py deploy.py",
+              "pyinfra-swarm.lock.since": "2026-11-29T00:00:00Z", "pyinfra-swarm.lock.run": "r1"}  # fmt: skip
+    return ["##lock##", f"holder {json.dumps(labels)} 1000", f"now {1000 + silent}"]
+
+
+def test_what_an_unfinished_run_left_and_the_lock_are_reported():
+    nodes = _healthy_nodes()
+    nodes[3]["Spec"].update(Availability="drain", Labels={"pyinfra-swarm.drained": "ci@runner (pid 7) since T",
+                                                          "pyinfra-swarm.restore": "active"})  # fmt: skip
+    nodes[4]["Spec"]["Availability"] = "pause"
+    engines = {"m1": {"pending": []}, "m2": {"pending": ["a new daemon.json waits for its turn"]}, "m3": None}
+    state = _state(*HOSTS)
+    status = report(state, state.inventory.get_host("m1"), _output(nodes) + _lock_output(30), NOW, engines)
+    assert not status["healthy"]
+    assert status["problems"] == [
+        "node lab-m2: its engine must restart (a new daemon.json waits for its turn): the next deploy does it, in the "
+        "node's turn",
+        "node lab-w1 was left drained by a run that did not end its turn (ci@runner (pid 7) since T): the next "
+        "deploy gives it back",
+    ]
+    assert "node lab-w2 is pause, not by the deploy (by hand?): the deploy leaves it so" in status["warnings"]
+    assert ("a run holds the cluster lock: ci@runner (pid 7), `pyinfra inv.py deploy.py` since 2026-11-29T00:00:00Z"
+            in status["warnings"])  # fmt: skip
+    assert status["lock"]["silent"] == 30 and [n["pending"] for n in status["nodes"]][:3] == [
+        [],
+        ["a new daemon.json waits for its turn"],
+        None,
+    ]
+
+
+def test_a_lock_without_heartbeat_is_a_killed_runs():
+    state = _state(*HOSTS)
+    status = report(state, state.inventory.get_host("m1"), _output(_healthy_nodes()) + _lock_output(700), NOW)
+    assert not status["healthy"] and "has had no heartbeat for 700 s: a run that was killed" in status["problems"][0]

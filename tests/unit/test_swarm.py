@@ -46,8 +46,8 @@ def test_fresh_hosts_init_on_the_first_manager_and_join_the_rest():
         "docker swarm init --advertise-addr 10.1.0.1 --listen-addr 10.1.0.1:2377 --default-addr-pool 10.20.0.0/16 "
         "--default-addr-pool-mask-length 24 --data-path-port 4790 --availability drain >/dev/null"
     )
-    assert commands(planned["m2"]) == ["_join('manager', '10.1.0.2', ['@fake/m1', '@fake/m2'], None)"]
-    assert commands(planned["w1"]) == ["_join('worker', '10.1.0.3', ['@fake/m1', '@fake/m2'], None)"]
+    assert commands(planned["m2"]) == ["_join('manager', '10.1.0.2', {'@fake/m1': '10.1.0.1'}, None)"]
+    assert commands(planned["w1"]) == ["_join('worker', '10.1.0.3', {'@fake/m1': '10.1.0.1'}, None)"]
     # Nodes that join in this run: changed only if they are in the swarm by then (their host may have failed).
     assert commands(planned["m1"])[1:] == [
         f"if docker node inspect {name} >/dev/null 2>&1; then {update}; else echo 'node {name} is not in the swarm "
@@ -73,7 +73,7 @@ def test_any_reachable_manager_in_the_swarm_acts_when_the_first_is_fresh():
         [host("m1", "10.1.0.1"), host("m2", "10.1.0.2", swarm=swarm("M2", True), nodes=listing)],
         [host("w1", "10.1.0.3", swarm=swarm("W1", False))],
     )
-    assert commands(planned["m1"]) == ["_join('manager', '10.1.0.1', ['@fake/m2', '@fake/m1'], None)"]
+    assert commands(planned["m1"]) == ["_join('manager', '10.1.0.1', {'@fake/m2': '10.1.0.2'}, None)"]
     assert commands(planned["m2"]) == []  # no init: a manager is already in the swarm
 
 
@@ -103,7 +103,7 @@ def test_a_rejoining_host_has_its_stale_entry_removed():
     listing = nodes(node("M1", "m1", "manager"), node("OLD", "w1", state="down"))
     planned = _plan([host("m1", "10.1.0.1", swarm=swarm("M1", True), nodes=listing)],
                     [host("w1", "10.1.0.2", swarm=swarm("", False, state="inactive"))])  # fmt: skip
-    assert commands(planned["w1"]) == ["_join('worker', '10.1.0.2', ['@fake/m1'], None)"]
+    assert commands(planned["w1"]) == ["_join('worker', '10.1.0.2', {'@fake/m1': '10.1.0.1'}, None)"]
     assert commands(planned["m1"]) == ["docker node rm --force OLD"]
 
 
@@ -117,7 +117,7 @@ def test_a_host_in_another_swarm_is_stopped_unless_force_rejoin():
     forced = _plan(managers, [host("w1", "10.1.0.2", swarm=swarm("W1", False)), forced_w2])
     assert commands(forced["w2"]) == [
         "docker swarm leave --force",
-        "_join('worker', '10.1.0.3', ['@fake/m1'], None)",
+        "_join('worker', '10.1.0.3', {'@fake/m1': '10.1.0.1'}, None)",
     ]
 
 

@@ -68,10 +68,12 @@ def join_swarm(plan: ClusterPlan | None = None) -> None:
         if step == "rejoin":
             swarm.leave(name="Leave the other swarm (swarm_force_rejoin)")
         role = "manager" if is_manager(this) else "worker"
-        through = [m.name for m in [plan.acting_manager, *plan.managers] if m is not None]
+        # Through the acting manager (which may initialise the swarm in this run), or another in the swarm.
+        acting = [plan.acting_manager] if plan.acting_manager is not None else []
+        through = [*acting, *(m for m in plan.managers if plan.in_this_swarm(m))]
         swarm.join(name=f"Join the swarm as a {role}", role=role, advertise_addr=address,
-                   managers=list(dict.fromkeys(through)), data_path_addr=data_path_addr,
-                   after_leave=step == "rejoin")  # fmt: skip
+                   managers={m.name: plan.addresses[m] for m in through},
+                   data_path_addr=data_path_addr, after_leave=step == "rejoin")  # fmt: skip
 
 
 @deploy("Swarm node roles, labels and availability", data_defaults=defaults("swarm_labels", "swarm_availability"))

@@ -19,6 +19,8 @@ import hashlib
 import json
 import shlex
 import time
+import weakref
+from dataclasses import dataclass, field
 from io import StringIO
 from typing import Any
 
@@ -40,7 +42,6 @@ from pyinfra_swarm.facts import (
     read,
     sha256_text,
 )
-from pyinfra_swarm.plan import plan_cluster
 
 SWARM_PORT = 2377
 MANAGED_LABELS = "pyinfra-swarm.managed-labels"  # node label listing the labels `node` manages
@@ -138,7 +139,7 @@ def force_new_cluster_command(advertise_addr: str) -> StringCommand:
 
 
 @operation()
-def join(role: str, advertise_addr: str, managers: list[str], data_path_addr: str | None = None,
+def join(role: str, advertise_addr: str, managers: dict[str, str], data_path_addr: str | None = None,
          after_leave: bool = False):  # fmt: skip
     """Join this host to the swarm as `role`, through the first of `managers` that answers, with a token
     read from a manager when the join runs. The token goes to Docker's API on stdin, never on a command
@@ -146,7 +147,8 @@ def join(role: str, advertise_addr: str, managers: list[str], data_path_addr: st
 
     + role: manager or worker
     + advertise_addr: the address (or interface) other nodes reach this host on
-    + managers: inventory names of the swarm's managers (the first reachable one gives the token)
+    + managers: the swarm's managers (inventory name: advertise address), in order: the first that answers gives
+      the token, and the join goes through it, or the next
     + data_path_addr: the address (or interface) for overlay traffic
     + after_leave: a `leave` of another swarm is planned before this: join although the host is in one now
 
@@ -154,7 +156,7 @@ def join(role: str, advertise_addr: str, managers: list[str], data_path_addr: st
 
     .. code:: python
 
-        swarm.join(name="Join", role="worker", advertise_addr="10.0.0.21", managers=["manager1"])
+        swarm.join(name="Join", role="worker", advertise_addr="10.0.0.21", managers={"manager1": "10.0.0.11"})
     """
     state = _in_a_swarm()
     if state and not after_leave:
@@ -463,22 +465,31 @@ def retrying(command: str) -> str:
     )
 
 
-def join_info(state: State, role: str, managers: list[str]) -> tuple[str, list[str]]:
+@dataclass
+class _Joins:
+    """What the joins of one run share: each role's token and the managers' addresses, read once."""
+
+    lock: BoundedSemaphore = field(default_factory=BoundedSemaphore)
+    info: dict[str, tuple[str, list[str]]] = field(default_factory=dict)
+
+
+_JOINS: weakref.WeakKeyDictionary[State, _Joins] = weakref.WeakKeyDictionary()
+
+
+def join_info(state: State, role: str, managers: dict[str, str]) -> tuple[str, list[str]]:
     """(token, manager addresses to join through) for `role`, read once per run from the first manager that
     answers: every joining host shares it, so a manager never gets more concurrent SSH sessions than sshd
     allows (MaxSessions)."""
-    run = plan_cluster(state).run
-    with run.setdefault("join_lock", BoundedSemaphore()):
-        cache = run.setdefault("join_info", {})
-        if role not in cache:
-            cache[role] = _fetch_join_info(state, role, managers)
-        return cache[role]
+    joins = _JOINS.setdefault(state, _Joins())
+    with joins.lock:
+        if role not in joins.info:
+            joins.info[role] = _fetch_join_info(state, role, managers)
+        return joins.info[role]
 
 
-def _fetch_join_info(state: State, role: str, managers: list[str]) -> tuple[str, list[str]]:
-    plan = plan_cluster(state)
+def _fetch_join_info(state: State, role: str, managers: dict[str, str]) -> tuple[str, list[str]]:
     candidates = [state.inventory.get_host(name) for name in managers]
-    candidates = [m for m in candidates if m in plan.reachable and m not in state.failed_hosts]
+    candidates = [m for m in candidates if m.connected and m not in state.failed_hosts]
     problems = []
     for manager in candidates:
         for _ in range(RETRIES):
@@ -488,8 +499,8 @@ def _fetch_join_info(state: State, role: str, managers: list[str]) -> tuple[str,
             )  # fmt: skip
             token = output.stdout.strip()
             if status and token:
-                in_swarm = [m for m in candidates if m is manager or plan.in_this_swarm(m)]
-                return token, [plan.addresses[m] for m in in_swarm]
+                first = managers[manager.name]
+                return token, [first, *(a for name, a in managers.items() if a != first)]
             if not transient(output.stderr):
                 break
             gevent.sleep(RETRY_DELAY)
@@ -497,7 +508,7 @@ def _fetch_join_info(state: State, role: str, managers: list[str]) -> tuple[str,
     raise OperationError(f"no manager gave a {role} join token ({'; '.join(problems) or 'none reachable'})")
 
 
-def _join(state: State, host: Host, role: str, advertise_addr: str, managers: list[str],
+def _join(state: State, host: Host, role: str, advertise_addr: str, managers: dict[str, str],
           data_path_addr: str | None) -> None:  # fmt: skip
     token, addresses = join_info(state, role, managers)
     args = connector_args(state, host)
