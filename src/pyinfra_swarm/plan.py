@@ -38,6 +38,7 @@ from pyinfra_swarm.facts import (
     ServiceStates,
     Spec,
     SshdPorts,
+    StackServices,
     SwarmNodes,
     SwarmObjects,
     SwarmStacks,
@@ -499,6 +500,8 @@ def _planned_facts(plan: ClusterPlan, target: Host) -> Spec:
         stacks.append("registry")
     for name in stacks:  # one section each: what `swarm.stack` reads
         spec[f"stack_file:{name}"] = (FileHashes, {"paths": [stack_path(name)]})
+    if stacks:
+        spec["stack_services"] = (StackServices, {})
     objects = ("swarm_networks", "swarm_secrets", "swarm_configs", "swarm_rotate")
     if registry is not None or stacks or any(setting(target, k) for k in objects):
         spec["swarm_stacks"] = (SwarmStacks, {})

@@ -189,6 +189,8 @@ def _stacks(value: Any) -> str | None:
             return f"[{index}] needs a name and a template"
         if stack.get("state", "present") not in ("present", "absent"):
             return f"[{index}] ({stack['name']}): state must be present or absent"
+        if stack.get("on_failure", "rollback") not in ("rollback", "pause"):
+            return f"[{index}] ({stack['name']}): on_failure must be rollback or pause"
     return None
 
 
@@ -313,7 +315,9 @@ SCHEMA: tuple[Setting, ...] = (
     Setting("swarm_secrets", {}, (dict,), "`{name: {'file': PATH} or {'value': ...}}`", "workloads",
             scope="cluster", check=_sources),
     Setting("swarm_configs", {}, (dict,), "same as secrets", "workloads", scope="cluster", check=_sources),
-    Setting("swarm_stacks", [], (list,), "`[{'name', 'template', 'state': 'present', 'vars': {}, 'timeout': 180}]`",
+    Setting("swarm_stacks", [], (list,), "`[{'name', 'template', 'state': 'present', 'vars': {}, 'timeout': 180, "
+            "'on_failure': 'rollback'}]`; a failed update rolls back to the previous spec, or stays paused "
+            "(`'pause'`)",
             "workloads", scope="cluster", check=_stacks),
     Setting("swarm_stacks_dir", "templates/stacks", (str,), "where stack templates live", "workloads",
             scope="cluster"),

@@ -60,6 +60,7 @@ def test_every_operation_has_cases() -> None:
     import pyinfra_swarm.operations.firewall
     import pyinfra_swarm.operations.maintenance
     import pyinfra_swarm.operations.packages
+    import pyinfra_swarm.operations.private
     import pyinfra_swarm.operations.registry
     import pyinfra_swarm.operations.swarm
 
@@ -67,7 +68,7 @@ def test_every_operation_has_cases() -> None:
     for module in (pyinfra_swarm.operations.swarm, pyinfra_swarm.operations.registry,
                    pyinfra_swarm.operations.firewall, pyinfra_swarm.operations.maintenance,
                    pyinfra_swarm.operations.packages, pyinfra_swarm.operations.credentials,
-                   pyinfra_swarm.operations.backup):  # fmt: skip
+                   pyinfra_swarm.operations.backup, pyinfra_swarm.operations.private):  # fmt: skip
         short = module.__name__.rsplit(".", 1)[1]
         for name, value in vars(module).items():
             if hasattr(value, "_inner") and getattr(value, "__module__", "") == module.__name__ and name != "barrier":

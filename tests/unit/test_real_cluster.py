@@ -212,9 +212,9 @@ def _registry_plan(logins: dict[str, str], labels_on: str = "M1"):
     data = {"registry_mode": "service", "registry_node": "@fake/m1", "registry_users": {"ci": "pw"}}
     config = json.dumps({"auths": {registry: {"auth": ""} for registry in logins}})
     marker = [f"{registry} {digest}" for registry, digest in logins.items()]
-    # The planned facts' Bundle on m1: CA file, the registry's stack file, stacks, objects, logins.
-    planned = ["", Bundle.SEPARATOR, "", Bundle.SEPARATOR, Bundle.SEPARATOR, Bundle.SEPARATOR, config, "##logins##",
-               *marker]  # fmt: skip
+    # The planned facts' Bundle on m1: CA file, the registry's stack file, its services, stacks, objects, logins.
+    planned = ["", Bundle.SEPARATOR, "", Bundle.SEPARATOR, Bundle.SEPARATOR, Bundle.SEPARATOR, Bundle.SEPARATOR,
+               config, "##logins##", *marker]  # fmt: skip
     managers = [host("m1", "10.1.0.1", swarm=swarm("M1", True), nodes=listing, extra={"##logins##": planned},
                      **data),
                 host("m2", "10.1.0.2", swarm=swarm("M2", True), **data)]  # fmt: skip
@@ -254,7 +254,8 @@ def test_host_mode_registry_listens_on_its_port():
 
 
 def _progress(template: dict, tasks: list[tuple[str, dict]], update: str = "none", replicas: str = "1/1"):
-    lines = [f"replicas demo_web {replicas}", f"service S1 demo_web {update} {json.dumps(template)}"]
+    status = json.dumps({"State": update, "StartedAt": "2026-11-29T00:00:00Z"} if update != "none" else None)
+    lines = [f"replicas demo_web {replicas}", f"service\tS1\tdemo_web\t{status}\t{json.dumps(template)}"]
     lines += [f"task S1 {state} {json.dumps(spec)}" for state, spec in tasks]
     return stack_progress(lines)
 
@@ -265,7 +266,8 @@ def test_old_tasks_still_running_before_the_update_starts_are_not_convergence():
     early = _progress(new, [("running", old)])
     assert early["demo_web"]["stale"] == 1 and not converged(early)
     done = _progress(new, [("running", {"ContainerSpec": {"Image": "r/app:1", "Env": ["GREETING=hi"]}})])
-    assert done["demo_web"] == {"running": 1, "desired": 1, "update": "none", "current": 1, "stale": 0}
+    assert done["demo_web"] == {"running": 1, "desired": 1, "update": "none", "started": None, "current": 1,
+                                "stale": 0}  # fmt: skip
     assert converged(done)
     assert not converged(_progress(new, [("running", new["ContainerSpec"] and new)], update="updating"))
     assert not converged({})

@@ -188,7 +188,8 @@ def _service(plan: ClusterPlan, target: Registry, cert: str, key: str, auth: str
         commands.append(f"docker node update --label-add {NODE_LABEL}=true {node}")
     if commands:  # registry_node moved: the old node loses the label, so the replica moves with it
         server.shell(name="Label the registry's node", commands=commands)
-    swarm.stack(name=f"Deploy stack {STACK}", stack_name=STACK, path=stack_path(STACK), text=text, timeout=120)
+    swarm.stack(name=f"Deploy stack {STACK}", stack_name=STACK, path=stack_path(STACK), text=text, timeout=120,
+                services=["registry"])  # fmt: skip
 
 
 def _host_service(target: Registry, cert: str, key: str, auth: str) -> None:

@@ -6,6 +6,7 @@ Afterwards, old versions of secrets and configs that no stack uses any more are 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,18 +36,29 @@ def stack_context(data: Any, stack: dict[str, Any], registry: str) -> dict[str, 
     }
 
 
-def render_stacks(data: Any, registry: str) -> list[tuple[dict[str, Any], str, list[str]]]:
-    """(stack, rendered text, images) of every stack in data; any problem is a DeployError naming the file."""
+@dataclass
+class Rendered:
+    """A stack of data, rendered and checked (nothing for one with `state: absent`)."""
+
+    stack: dict[str, Any]
+    text: str = ""
+    images: list[str] = field(default_factory=list)
+    services: list[str] = field(default_factory=list)
+
+
+def render_stacks(data: Any, registry: str) -> list[Rendered]:
+    """Every stack in data, rendered and checked; any problem is a DeployError naming the file."""
     directory = Path(data.get("swarm_stacks_dir") or defaults("swarm_stacks_dir")["swarm_stacks_dir"])
-    rendered: list[tuple[dict[str, Any], str, list[str]]] = []
+    rendered: list[Rendered] = []
     for stack in data.get("swarm_stacks") or []:
         template = directory / stack["template"]
         try:
             if stack.get("state", "present") == "absent":
-                rendered.append((stack, "", []))
+                rendered.append(Rendered(stack))
                 continue
             text = render(template, stack_context(data, stack, registry))
-            rendered.append((stack, text, stack_images(check(text, f"{template} (rendered)"))))
+            parsed = check(text, f"{template} (rendered)")
+            rendered.append(Rendered(stack, text, stack_images(parsed), sorted(parsed["services"])))
         except StackError as exc:
             raise DeployError(f"stack {stack['name']}: {exc}") from None
     return rendered
@@ -61,13 +73,14 @@ def deploy_stacks(plan: ClusterPlan | None = None) -> None:
         return
     rendered = render_stacks(this.data, plan.registry_address)
     rebuilt = built_this_run(plan)
-    for stack, text, images in host.loop(rendered):
-        name = stack["name"]
+    for entry in host.loop(rendered):
+        stack, name = entry.stack, entry.stack["name"]
         if stack.get("state", "present") == "absent":
             swarm.stack(name=f"Remove stack {name}", stack_name=name, path=stack_path(name), present=False)
             continue
-        swarm.stack(name=f"Deploy stack {name}", stack_name=name, path=stack_path(name), text=text,
-                    timeout=int(stack.get("timeout", 180)), force=bool(set(images) & rebuilt))  # fmt: skip
+        swarm.stack(name=f"Deploy stack {name}", stack_name=name, path=stack_path(name), text=entry.text,
+                    timeout=int(stack.get("timeout", 180)), force=bool(set(entry.images) & rebuilt),
+                    services=entry.services, on_failure=stack.get("on_failure", "rollback"))  # fmt: skip
 
 
 def stale_versions(existing: list[str], current: dict[str, str]) -> list[str]:

@@ -24,6 +24,7 @@ from pyinfra.api.command import FunctionCommand
 from pyinfra.api.exceptions import OperationError
 
 from pyinfra_swarm.facts import DockerSwarm, SwarmObjects, read
+from pyinfra_swarm.operations.callbacks import expected_failures
 from pyinfra_swarm.operations.swarm import connector_args
 
 ROTATIONS = {
@@ -64,6 +65,7 @@ def save_key(path: Path, key: str) -> None:
     path.chmod(0o600)
 
 
+@expected_failures
 def _fetch_key(state: State, host: Host, key_file: str, command: str) -> None:
     """Run `command` (which prints the unlock key and nothing else) without printing, and keep its output."""
     status, output = host.run_shell_command(StringCommand(command), print_output=False, **connector_args(state, host))
@@ -135,8 +137,8 @@ def autolock(enabled: bool, key_file: str):
         yield FunctionCommand(_fetch_key, (key_file, "docker swarm unlock-key -q"), {})
 
 
-def unlock_now(state: State, host: Host, key_file: str) -> None:
-    """Callback: unlock this host's Docker with the key in `key_file` (or its .previous) if it is locked now."""
+def unlock_locked(state: State, host: Host, key_file: str) -> None:
+    """Unlock this host's Docker with the key in `key_file` (or its .previous) if it is locked now."""
     args = connector_args(state, host)
     status, output = host.run_shell_command(
         StringCommand("docker info --format '{{.Swarm.LocalNodeState}}'"), print_output=False, **args
@@ -160,6 +162,12 @@ def unlock_now(state: State, host: Host, key_file: str) -> None:
             return
         errors.append(" ".join(output.stdout_lines[:-1]) or output.stderr.strip())
     raise OperationError(f"unlocking with the key in {key_file} failed: {'; '.join(errors) or 'no key'}")
+
+
+@expected_failures
+def unlock_now(state: State, host: Host, key_file: str) -> None:
+    """Callback: `unlock_locked`, a failure being the operation's on that host."""
+    unlock_locked(state, host, key_file)
 
 
 @operation()

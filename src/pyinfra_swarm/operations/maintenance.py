@@ -12,13 +12,11 @@ daemon.json undone); a node that doesn't come back stays drained, and marked."""
 
 from __future__ import annotations
 
-import functools
 import shlex
 import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import gevent
 from pyinfra import logger
@@ -27,7 +25,8 @@ from pyinfra.api.command import FunctionCommand
 from pyinfra.api.exceptions import OperationError
 
 from pyinfra_swarm import controller
-from pyinfra_swarm.operations.credentials import unlock_now
+from pyinfra_swarm.operations.callbacks import expected_failures
+from pyinfra_swarm.operations.credentials import unlock_locked
 from pyinfra_swarm.operations.swarm import DRAINED_LABEL, RESTORE_LABEL, connector_args, replica_counts
 
 POLL = 2.0
@@ -50,22 +49,6 @@ _RUNS: weakref.WeakKeyDictionary[State, _Turns] = weakref.WeakKeyDictionary()
 
 def _turns(state: State) -> _Turns:
     return _RUNS.setdefault(state, _Turns())
-
-
-def expected_failures(function: Callable[..., None]) -> Callable[..., bool]:
-    """A callback whose OperationError is an expected failure: the host's error is printed as one line (no
-    traceback) and the operation fails on that host."""
-
-    @functools.wraps(function)
-    def callback(state: State, host: Host, *args: Any, **kwargs: Any) -> bool:
-        try:
-            function(state, host, *args, **kwargs)
-        except OperationError as error:
-            host.log_styled(str(error), fg="red", log_func=logger.error)
-            return False
-        return True
-
-    return callback
 
 
 @operation(is_idempotent=False)
@@ -278,7 +261,7 @@ def _unlock_if_locked(state: State, host: Host, key_file: str) -> None:
         return "" if local in ("active", "locked", "inactive", "error") else f"swarm state {local or 'unknown'}"
 
     _wait("waiting for Docker to be back", host, 60, settling)
-    unlock_now(state, host, key_file)
+    unlock_locked(state, host, key_file)
 
 
 def _unhealthy_after(state: State, host: Host, node_id: str, managers: list[str], timeout: int) -> str:

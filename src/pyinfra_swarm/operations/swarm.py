@@ -21,7 +21,6 @@ import shlex
 import time
 import weakref
 from dataclasses import dataclass, field
-from io import StringIO
 from typing import Any
 
 import gevent
@@ -31,17 +30,19 @@ from pyinfra.api import Host, State, StringCommand, operation
 from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS, pop_global_arguments
 from pyinfra.api.command import FunctionCommand
 from pyinfra.api.exceptions import OperationError
-from pyinfra.operations import files
 
 from pyinfra_swarm.facts import (
     DockerSwarm,
     FileHashes,
+    StackServices,
     SwarmNodes,
     SwarmObjects,
     SwarmStacks,
     read,
     sha256_text,
 )
+from pyinfra_swarm.operations.callbacks import expected_failures
+from pyinfra_swarm.operations.private import write_command
 
 SWARM_PORT = 2377
 MANAGED_LABELS = "pyinfra-swarm.managed-labels"  # node label listing the labels `node` manages
@@ -374,19 +375,45 @@ def _object(kind: str, name: str, value: str):
     yield StringCommand("docker", kind, "create", name, "-", _stdin=value)
 
 
+STACK_FAILURE = ("rollback", "pause")  # what a failed stack update leaves: the previous spec, or Docker's pause
+STUCK = ("paused", "rollback_started", "rollback_completed", "rollback_paused")
+
+
+def stack_problems(services: dict[str, dict[str, Any]], stack: str, expected: list[str] | None) -> list[str]:
+    """What keeps a deployed stack from running as its file says (StackServices of the stack), in words:
+    an update under way, paused or rolled back, a service below its replicas, a service of the file missing."""
+    problems = []
+    for name, service in sorted(services.items()):
+        if service["update"] in ("updating", "paused", "rollback_started", "rollback_paused"):
+            problems.append(f"{name}: update {service['update']}")
+        if service["running"] < service["desired"]:
+            problems.append(f"{name}: {service['running']}/{service['desired']} running")
+    missing = sorted(f"{stack}_{name}" for name in expected or [] if f"{stack}_{name}" not in services)
+    if missing:
+        problems.append(f"missing service(s) {', '.join(missing)}")
+    return problems
+
+
 @operation()
 def stack(stack_name: str, path: str, text: str | None = None, timeout: int = 180, force: bool = False,
-          present: bool = True):  # fmt: skip
-    """A stack (on a manager): the file at `path` (uploaded from `text`) deployed with `docker stack deploy
-    --with-registry-auth --prune` when it differs from what was deployed, then waited for until every
-    service runs its replicas of its present spec (or failed with the tasks' errors after `timeout`).
+          present: bool = True, services: list[str] | None = None, on_failure: str = "rollback"):  # fmt: skip
+    """A stack (on a manager), deployed with `docker stack deploy --with-registry-auth --prune` when its file
+    differs from the one last deployed *well*, or when the stack doesn't run as that file says (an update
+    under way, paused or rolled back, a service below its replicas or missing): a failed update never passes
+    for "up to date" on the next run. Then waited for until every service runs its replicas of its present
+    spec; the new file takes the old one's place only then. A failed update (paused, rolled back by Docker, or
+    not converged in time) fails the operation with the failing tasks' errors, after rolling the services this
+    deploy changed back to the spec they had before it (`docker service rollback`), or leaving them as Docker
+    paused them (`on_failure: pause`).
 
     + stack_name: the stack's name
-    + path: where its file goes on this host
+    + path: where its file goes on this host (readable by root only; the new one waits beside it as PATH.next)
     + text: the file's content (a rendered compose file); None: the file is there already
     + timeout: seconds to wait for convergence
     + force: deploy even when the file is the same (an image it uses was rebuilt)
     + present: False removes the stack
+    + services: the names of the file's services (without the stack's prefix): one that is missing is deployed
+    + on_failure: rollback (the services this deploy changed go back to their previous spec) or pause
 
     **Example:**
 
@@ -394,6 +421,8 @@ def stack(stack_name: str, path: str, text: str | None = None, timeout: int = 18
 
         swarm.stack(name="Deploy app", stack_name="app", path="/etc/app/app.yml", text=rendered, timeout=120)
     """
+    if on_failure not in STACK_FAILURE:
+        raise OperationError(f"on_failure {on_failure!r}: use {' or '.join(STACK_FAILURE)}")
     deployed = stack_name in read(SwarmStacks)
     if not present:
         if deployed:
@@ -402,14 +431,21 @@ def stack(stack_name: str, path: str, text: str | None = None, timeout: int = 18
             host.noop(f"stack {stack_name} is not deployed")
         return
     same = text is None or read(FileHashes, paths=[path]).get(path) == sha256_text(text)
-    if same and deployed and not force:
+    problems = stack_problems(read(StackServices).get(stack_name, {}), stack_name, services) if deployed else []
+    if same and deployed and not force and not problems:
         host.noop(f"stack {stack_name} is up to date")
         return
+    if same and deployed and problems and not force:
+        logger.warning(f"{host.print_prefix}stack {stack_name}: {'; '.join(problems)}: deployed again")
+    source = path if text is None else f"{path}.next"
     if text is not None:
-        yield from files.put._inner(src=StringIO(text), dest=path, mode="0600")
-    deploy = shlex.join(["docker", "stack", "deploy", "--with-registry-auth", "--prune", "-c", path, stack_name])
+        yield write_command(source, text)
+    yield FunctionCommand(_before_deploy, (stack_name,), {})
+    deploy = shlex.join(["docker", "stack", "deploy", "--with-registry-auth", "--prune", "-c", source, stack_name])
     yield retrying(deploy)  # a manager joining or leaving can make the leader step down for a moment
-    yield FunctionCommand(wait_converged, (stack_name, timeout), {})
+    yield FunctionCommand(converge, (stack_name, timeout, on_failure, source if text is not None else None), {})
+    if text is not None:
+        yield shlex.join(["mv", source, path])
 
 
 # Joins: the token exists only at execution time, read from a manager once per run.
@@ -508,6 +544,7 @@ def _fetch_join_info(state: State, role: str, managers: dict[str, str]) -> tuple
     raise OperationError(f"no manager gave a {role} join token ({'; '.join(problems) or 'none reachable'})")
 
 
+@expected_failures
 def _join(state: State, host: Host, role: str, advertise_addr: str, managers: dict[str, str],
           data_path_addr: str | None) -> None:  # fmt: skip
     token, addresses = join_info(state, role, managers)
@@ -557,14 +594,14 @@ def replica_counts(output: list[str]) -> dict[str, tuple[int, int]]:
 
 
 def progress_command(stack: str) -> str:
-    """One command that prints where a stack stands: `replicas NAME R/D` per service, `service ID NAME
-    UPDATE-STATE TEMPLATE-JSON` per service and `task SERVICE-ID STATE SPEC-JSON` per task meant to run."""
+    """One command that prints where a stack stands: `replicas NAME R/D` per service, `service<TAB>ID<TAB>NAME
+    <TAB>UPDATE-STATUS-JSON<TAB>TEMPLATE-JSON` per service and `task SERVICE-ID STATE SPEC-JSON` per task meant
+    to run."""
     name = shlex.quote(stack)
     return (
         f"docker stack services {name} --format 'replicas {{{{.Name}}}} {{{{.Replicas}}}}'; "
         f'ids=$(docker stack services -q {name}); [ -z "$ids" ] || docker service inspect $ids --format '
-        "'service {{.ID}} {{.Spec.Name}} {{if .UpdateStatus}}{{.UpdateStatus.State}}{{else}}none{{end}} "
-        "{{json .Spec.TaskTemplate}}'; "
+        "'service\t{{.ID}}\t{{.Spec.Name}}\t{{json .UpdateStatus}}\t{{json .Spec.TaskTemplate}}'; "
         f"tasks=$(docker stack ps -q --filter desired-state=running {name} 2>/dev/null); "
         '[ -z "$tasks" ] || docker inspect $tasks --format '
         "'task {{.ServiceID}} {{.Status.State}} {{json .Spec}}'; true"
@@ -583,7 +620,8 @@ def _what_restarts(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def stack_progress(output: list[str]) -> dict[str, dict[str, Any]]:
-    """{service: {"running", "desired", "update", "current", "stale"}} from `progress_command`'s output.
+    """{service: {"running", "desired", "update", "started", "current", "stale"}} from `progress_command`'s output
+    (`started`: when its last update started).
     `current`: tasks running the service's present spec; `stale`: tasks meant to run an older spec (after
     `docker stack deploy` the old tasks keep running until the update starts, with no update status yet)."""
     services: dict[str, dict[str, Any]] = {}
@@ -595,11 +633,13 @@ def stack_progress(output: list[str]) -> dict[str, dict[str, Any]]:
             service, _, replicas = rest.partition(" ")
             for name, (running, desired) in replica_counts([f"{service} {replicas}"]).items():
                 services[name] = {"running": running, "desired": desired, "update": "none", "current": 0, "stale": 0}
-        elif kind == "service":
-            service_id, name, update, template = rest.split(" ", 3)
+        elif line.startswith("service\t"):
+            _, service_id, name, status, template = line.strip().split("\t", 4)
             templates[service_id] = (name, json.loads(template))
+            update = json.loads(status) or {}
             services.setdefault(name, {"running": 0, "desired": 0, "update": "none", "current": 0, "stale": 0})
-            services[name]["update"] = update
+            services[name]["update"] = update.get("State") or "none"
+            services[name]["started"] = update.get("StartedAt")
         elif kind == "task":
             service_id, task_state, spec = rest.split(" ", 2)
             tasks.append((service_id, task_state, json.loads(spec)))
@@ -622,10 +662,59 @@ def converged(services: dict[str, dict[str, Any]]) -> bool:
     )
 
 
-def wait_converged(state: State, host: Host, stack: str, timeout: int) -> None:
+@dataclass
+class _Deploys:
+    """What a stack's deploy keeps for its convergence: each service's spec and update start before it."""
+
+    before: dict[tuple[str, str], dict[str, tuple[str, Any]]] = field(default_factory=dict)
+
+
+_DEPLOYS: weakref.WeakKeyDictionary[State, _Deploys] = weakref.WeakKeyDictionary()
+
+
+def _specs(state: State, host: Host, stack: str) -> dict[str, tuple[str, Any]]:
+    """{service: (its spec as JSON, when its last update started)} of a stack now."""
+    name = shlex.quote(stack)
+    command = (
+        f'ids=$(docker stack services -q {name}); [ -z "$ids" ] || docker service inspect $ids --format '
+        "'{{.Spec.Name}}\t{{json .UpdateStatus}}\t{{json .Spec}}'"
+    )
+    status, output = host.run_shell_command(StringCommand(command), print_output=False, **connector_args(state, host))
+    if not status:
+        raise OperationError(f"stack {stack}: reading its services failed: {output.stderr.strip()}")
+    specs = {}
+    for line in output.stdout_lines:
+        service, update, spec = line.strip().split("\t", 2)
+        specs[service] = (spec, (json.loads(update) or {}).get("StartedAt"))
+    return specs
+
+
+@expected_failures
+def _before_deploy(state: State, host: Host, stack: str) -> None:
+    _DEPLOYS.setdefault(state, _Deploys()).before[host.name, stack] = _specs(state, host, stack)
+
+
+@expected_failures
+def converge(state: State, host: Host, stack: str, timeout: int, on_failure: str, staged: str | None) -> None:
     """Poll until every service of the stack runs its desired replicas of its present spec and no rolling
     update is under way, seen twice in a row; fail with the tasks' errors after `timeout` seconds, or at once
-    when an update paused or rolled back."""
+    when an update that this deploy started paused or rolled back, having rolled back (`on_failure`) the
+    services this deploy changed, and removed the staged file."""
+    before = _DEPLOYS.setdefault(state, _Deploys()).before.get((host.name, stack), {})
+    try:
+        _wait_converged(state, host, stack, timeout, before)
+    except OperationError as error:
+        message = str(error)
+        if on_failure == "rollback":
+            message += "; " + _roll_back(state, host, stack, timeout, before)
+        else:
+            message += "; left as Docker paused it (on_failure: pause)"
+        if staged:
+            host.run_shell_command(StringCommand("rm", "-f", staged), print_output=False, **connector_args(state, host))
+        raise OperationError(message) from None
+
+
+def _wait_converged(state: State, host: Host, stack: str, timeout: int, before: dict[str, tuple[str, Any]]) -> None:
     args = connector_args(state, host)
     command = StringCommand(progress_command(stack))
     deadline = time.monotonic() + timeout
@@ -634,8 +723,10 @@ def wait_converged(state: State, host: Host, stack: str, timeout: int) -> None:
     while True:
         status, output = host.run_shell_command(command, print_output=False, **args)
         services = stack_progress(output.stdout_lines) if status else {}
-        stuck = {n: s["update"] for n, s in services.items()
-                 if s["update"] in ("paused", "rollback_completed", "rollback_paused")}  # fmt: skip
+        for name, service in services.items():  # an update status from before this deploy is not this one's
+            if name in before and service.get("started") == before[name][1]:
+                service["update"] = "none"
+        stuck = {n: s["update"] for n, s in services.items() if s["update"] in STUCK}
         if stuck:
             _fail(host, args, stack, f"stack {stack}: update {', '.join(f'{n} {u}' for n, u in stuck.items())}")
         if converged(services):
@@ -657,6 +748,44 @@ def wait_converged(state: State, host: Host, stack: str, timeout: int) -> None:
             logger.info(f"{host.print_prefix}stack {stack}: waiting ({progress or 'no services yet'})")
             last_report = now
         gevent.sleep(POLL)
+
+
+def _roll_back(state: State, host: Host, stack: str, timeout: int, before: dict[str, tuple[str, Any]]) -> str:
+    """Roll the services whose spec this deploy changed back to the spec they had (`docker service rollback`),
+    and wait for it; what was done, in words."""
+    args = connector_args(state, host)
+    now = _specs(state, host, stack)
+    changed = sorted(name for name, (spec, _) in now.items() if name in before and spec != before[name][0])
+    new = sorted(name for name in now if name not in before)
+    left = f"; new service(s) left as they are: {', '.join(new)}" if new else ""
+    if not changed:
+        return "nothing to roll back" + left
+    for name in changed:
+        rollback = StringCommand("docker", "service", "rollback", "-d", name, ">/dev/null")
+        status, output = host.run_shell_command(rollback, print_output=False, **args)
+        if not status:
+            return f"rolling {name} back failed: {output.stderr.strip()}" + left
+    deadline = time.monotonic() + timeout
+    while True:
+        states = {name: _update_state(state, host, name) for name in changed}
+        unfinished = [name for name, value in states.items() if value != "rollback_completed"]
+        if not unfinished or time.monotonic() > deadline or "rollback_paused" in states.values():
+            break
+        gevent.sleep(POLL)
+    if unfinished:
+        return (
+            f"rolling back {', '.join(unfinished)} did not finish ({', '.join(states[n] for n in unfinished)})" + left
+        )
+    return f"rolled back to the spec before this deploy: {', '.join(changed)} (on_failure: rollback)" + left
+
+
+def _update_state(state: State, host: Host, service: str) -> str:
+    status, output = host.run_shell_command(
+        StringCommand("docker", "service", "inspect", service, "--format",
+                      "'{{if .UpdateStatus}}{{.UpdateStatus.State}}{{end}}'"),
+        print_output=False, **connector_args(state, host),
+    )  # fmt: skip
+    return output.stdout.strip() if status else ""
 
 
 def _fail(host: Host, args: dict[str, Any], stack: str, reason: str) -> None:
