@@ -485,7 +485,7 @@ def _planned_facts(plan: ClusterPlan, target: Host) -> Spec:
         if registry.tls:
             spec["registry_ca"] = (FileHashes, {"paths": [ca_path(registry.address)]})
         if target is registry.host and setting(target, "registry_build"):
-            spec["registry_image"] = (ImageContexts, {"images": [setting(target, "registry_image")]})
+            spec["registry_image"] = (ImageContexts, {"images": [setting(target, "registry_image")], "pushed": False})
     archives = archives_for(target, setting(target, "docker_image_archives"))
     if archives:
         spec["archive_images"] = (ImageContexts, {"images": [e["image"] for e in archives]})
@@ -493,8 +493,8 @@ def _planned_facts(plan: ClusterPlan, target: Host) -> Spec:
         return spec
     builds = setting(target, "docker_images")
     if builds:
-        references = list(image_references(plan.registry_address, builds))
-        spec["built_images"] = (ImageContexts, {"images": references, "pushed": registry is not None})
+        for reference in image_references(plan.registry_address, builds):  # one section each: what images.built reads
+            spec[f"built_image:{reference}"] = (ImageContexts, {"images": [reference], "pushed": registry is not None})
     stacks = [stack["name"] for stack in setting(target, "swarm_stacks")]
     if registry is not None and registry.mode == "service":
         stacks.append("registry")

@@ -42,6 +42,7 @@ class Setting:
     choices: tuple[Any, ...] = ()
     check: Check | None = None
     shown_default: str | None = None  # how the README shows the default, when repr() doesn't read well
+    secret: bool = False  # its values may hold secrets: errors name the key, never a value
 
 
 def _cidr(value: Any) -> bool:
@@ -303,7 +304,7 @@ SCHEMA: tuple[Setting, ...] = (
             "registry into every node's `insecure-registries`", "workloads", scope="cluster"),
     Setting("registry_users", {}, (dict,), "htpasswd users `{user: password}`; empty: the user `pyinfra-swarm` "
             "with a password generated in the PKI directory (keep passwords out of the repo)", "workloads",
-            scope="cluster", check=_users),
+            scope="cluster", check=_users, secret=True),
     Setting("registry_anonymous", False, (bool,), "`True`: no auth at all, anyone who reaches the port may push",
             "workloads", scope="cluster"),
     Setting("docker_image_archives", [], (list,), "`[{'image': ..., 'archive': PATH, 'group': 'all'}]`",
@@ -313,15 +314,15 @@ SCHEMA: tuple[Setting, ...] = (
     Setting("swarm_networks", {}, (dict,), "overlay networks `{name: {attachable, subnet, mtu, encrypted}}`",
             "workloads", scope="cluster", check=_networks),
     Setting("swarm_secrets", {}, (dict,), "`{name: {'file': PATH} or {'value': ...}}`", "workloads",
-            scope="cluster", check=_sources),
-    Setting("swarm_configs", {}, (dict,), "same as secrets", "workloads", scope="cluster", check=_sources),
+            scope="cluster", check=_sources, secret=True),
+    Setting("swarm_configs", {}, (dict,), "same as secrets", "workloads", scope="cluster", check=_sources, secret=True),
     Setting("swarm_stacks", [], (list,), "`[{'name', 'template', 'state': 'present', 'vars': {}, 'timeout': 180, "
             "'on_failure': 'rollback'}]`; a failed update rolls back to the previous spec, or stays paused "
             "(`'pause'`)",
-            "workloads", scope="cluster", check=_stacks),
+            "workloads", scope="cluster", check=_stacks, secret=True),
     Setting("swarm_stacks_dir", "templates/stacks", (str,), "where stack templates live", "workloads",
             scope="cluster"),
-    Setting("stack_vars", {}, (dict,), "variables for every stack template", "workloads", scope="cluster"),
+    Setting("stack_vars", {}, (dict,), "variables for every stack template", "workloads", scope="cluster", secret=True),
 )  # fmt: skip
 SETTINGS = {s.key: s for s in SCHEMA}
 DEFAULTS: dict[str, Any] = {s.key: s.default for s in SCHEMA}
@@ -406,9 +407,11 @@ def cluster_wide_differences(hosts: list[Host]) -> list[str]:
         first = setting(hosts[0], item.key)
         other = next((h for h in hosts[1:] if setting(h, item.key) != first), None)
         if other is not None:
+            values = ("", "") if item.secret else (f" ({first!r})", f" ({setting(other, item.key)!r})")
             problems.append(
-                f"{item.key} is cluster-wide but differs between {hosts[0].name} ({first!r}) and {other.name} "
-                f"({setting(other, item.key)!r}): set it once, in group_data/all.py"
+                f"{item.key} is cluster-wide but differs between {hosts[0].name}{values[0]} and {other.name}"
+                f"{values[1]}{' (values not shown: they may hold secrets)' if item.secret else ''}: set it once, in "
+                "group_data/all.py"
             )
     return problems
 
@@ -447,7 +450,8 @@ def _problem(item: Setting, value: Any) -> str | None:
         names = " or ".join(t.__name__ for t in item.types)
         if item.key == "docker_daemon_config":
             return f"docker_daemon_config must be a mapping of daemon.json options, not {type(value).__name__}"
-        return f"{item.key} must be a {names}, not {type(value).__name__} ({value!r})"
+        shown = "" if item.secret else f" ({value!r})"
+        return f"{item.key} must be a {names}, not {type(value).__name__}{shown}"
     problem = item.check(value) if item.check else None
     if problem is None:
         return None

@@ -1,7 +1,7 @@
 """Each operation described as data, as pyinfra's own operation tests are: tests/operations/<module>.<op>/
 <case>.json holds the arguments, the facts the operation reads (by fact class), the commands it yields and
 the no-op message when it yields none (or the `exception` it raises); `stdin` lists what each command
-sends on stdin (secrets go there, never into the command)."""
+sends on stdin (secrets go there, never into the command). An argument `{"__bytes__": TEXT}` is TEXT's bytes."""
 
 from __future__ import annotations
 
@@ -39,6 +39,8 @@ def test_operation(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     facts = case["facts"]
     monkeypatch.setattr(module, "read", lambda cls, target=None, **kwargs: facts[cls.__name__], raising=False)
     fake = _Host()
+    case["kwargs"] = {k: v["__bytes__"].encode() if isinstance(v, dict) and "__bytes__" in v else v
+                      for k, v in case["kwargs"].items()}  # fmt: skip
     if "exception" in case:
         with ctx_host.use(fake), pytest.raises(Exception) as raised:
             list(getattr(module, op_name)._inner(*case.get("args", []), **case["kwargs"]))
@@ -58,6 +60,7 @@ def test_every_operation_has_cases() -> None:
     import pyinfra_swarm.operations.backup
     import pyinfra_swarm.operations.credentials
     import pyinfra_swarm.operations.firewall
+    import pyinfra_swarm.operations.images
     import pyinfra_swarm.operations.maintenance
     import pyinfra_swarm.operations.packages
     import pyinfra_swarm.operations.private
@@ -68,7 +71,8 @@ def test_every_operation_has_cases() -> None:
     for module in (pyinfra_swarm.operations.swarm, pyinfra_swarm.operations.registry,
                    pyinfra_swarm.operations.firewall, pyinfra_swarm.operations.maintenance,
                    pyinfra_swarm.operations.packages, pyinfra_swarm.operations.credentials,
-                   pyinfra_swarm.operations.backup, pyinfra_swarm.operations.private):  # fmt: skip
+                   pyinfra_swarm.operations.backup, pyinfra_swarm.operations.private,
+                   pyinfra_swarm.operations.images):  # fmt: skip
         short = module.__name__.rsplit(".", 1)[1]
         for name, value in vars(module).items():
             if hasattr(value, "_inner") and getattr(value, "__module__", "") == module.__name__ and name != "barrier":

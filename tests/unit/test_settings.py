@@ -128,3 +128,20 @@ def test_overlay_subnets_holding_a_hosts_address_are_refused():
     with pytest.raises(PyinfraError, match=r"swarm_default_addr_pool 10.1.0.0/16 overlaps the networks of host "
                                            r"@fake/m1: 10.1.0.1 \(eth0\)"):  # fmt: skip
         _check([manager])
+
+
+@pytest.mark.parametrize(
+    ("key", "first", "other"),
+    [
+        ("registry_users", {"ci": "s3cret-one"}, {"ci": "s3cret-two"}),
+        ("swarm_secrets", {"db": {"value": "s3cret-one"}}, {"db": {"value": "s3cret-two"}}),
+        ("stack_vars", {"db_password": "s3cret-one"}, {"db_password": "s3cret-two"}),
+        ("swarm_stacks", [{"name": "a", "template": "a.j2", "vars": {"pw": "s3cret-one"}}],
+         [{"name": "a", "template": "a.j2", "vars": {"pw": "s3cret-two"}}]),
+        ("registry_users", ["s3cret-one"], ["s3cret-one"]),  # a wrong type: its value is not shown either
+    ],
+)  # fmt: skip
+def test_errors_about_keys_that_may_hold_secrets_never_show_a_value(key, first, other):
+    with pytest.raises(PyinfraError) as error:
+        _check([host("m1", "10.1.0.1", **{key: first})], [host("w1", "10.1.0.2", **{key: other})])
+    assert key in str(error.value) and "s3cret" not in str(error.value)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import re
+import tarfile
 from pathlib import Path
 
 import bcrypt
@@ -11,8 +14,9 @@ import yaml
 from cryptography import x509
 
 from pyinfra_swarm.deploys.artifacts import context_archive
+from pyinfra_swarm.deploys.objects import versioned
 from pyinfra_swarm.deploys.registry import host_config, htpasswd, service_stack
-from pyinfra_swarm.operations.swarm import replica_counts, versioned
+from pyinfra_swarm.operations.swarm import replica_counts
 from pyinfra_swarm.pki import server_certificate
 from pyinfra_swarm.stackfiles import StackError, check, render
 
@@ -111,18 +115,25 @@ def test_registry_certificate_is_renewed_on_request_and_before_it_expires(tmp_pa
     assert "expires within 4000 days: renewed" in caplog.text
 
 
-def test_objects_are_versioned_by_content():
+def test_objects_are_versioned_by_content_with_a_key_of_the_pki_directory(pki_dir, monkeypatch):
     assert versioned("db", "a") == versioned("db", "a") != versioned("db", "b")
     assert re.fullmatch(r"db_[0-9a-f]{10}", versioned("db", "a"))
+    assert versioned("db", "a") != f"db_{hashlib.sha256(b'a').hexdigest()[:10]}"  # not the bare value's hash
+    assert (pki_dir / "object-key").stat().st_mode & 0o777 == 0o600
+    keyed = versioned("db", "a")
+    monkeypatch.setenv("PYINFRA_SWARM_PKI_DIR", str(pki_dir.parent / "other-pki"))
+    assert versioned("db", "a") != keyed  # another controller's directory names it otherwise
     from pyinfra_swarm.deploys.objects import configure_objects
     from tests.unit.fakes import commands, host, plan
 
     networks = {"backend": {"attachable": True, "subnet": "10.30.0.0/24", "mtu": 1400, "encrypted": True}}
-    manager = host("m1", "10.1.0.1", swarm_networks=networks, swarm_secrets={"db": {"value": "a"}})
+    manager = host(
+        "m1", "10.1.0.1", swarm_networks=networks, swarm_secrets={"db": {"value": "a"}}, swarm_encrypted_overlays=True
+    )
     cmds = commands(plan([configure_objects], [manager])["m1"])
     assert cmds == ["docker network create --driver overlay --attachable --subnet 10.30.0.0/24 "
                     "--opt com.docker.network.driver.mtu=1400 --opt encrypted backend",
-                    f"docker secret create {versioned('db', 'a')} -"]  # fmt: skip
+                    f"base64 -d | docker secret create {versioned('db', 'a')} -"]  # fmt: skip
 
 
 def test_build_context_archive_is_deterministic(tmp_path):
@@ -176,3 +187,17 @@ def test_controller_secrets_are_owner_only(tmp_path):
     assert stat.S_IMODE(pki.stat().st_mode) == 0o700
     assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in pki.iterdir()} == {
         "ca.crt": 0o644, "ca.key": 0o600, "registry-password": 0o600}  # fmt: skip
+
+
+def test_a_build_context_leaves_out_what_its_dockerignore_says(tmp_path):
+    for name in ("Dockerfile", "app.py", ".env", ".git/config", "docs/a.md", "docs/keep.md", "src/x/y.pyc", "b.log"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(name)
+    (tmp_path / ".dockerignore").write_text("# secrets stay home\n.env\n/.git\ndocs\n!docs/keep.md\n**/*.pyc\n*.log\n"
+                                            "Dockerfile\n")  # fmt: skip
+    archive, digest = context_archive(tmp_path)
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        names = sorted(tar.getnames())
+    assert names == [".dockerignore", "Dockerfile", "app.py", "docs/keep.md"]
+    (tmp_path / ".env").write_text("changed")
+    assert context_archive(tmp_path)[1] == digest  # what is left out doesn't change the context

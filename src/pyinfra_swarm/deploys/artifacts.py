@@ -1,12 +1,14 @@
 """Images for clusters that can't (or shouldn't) pull: archives uploaded from the controller and `docker
-load`ed where missing, and images built on a manager from a context directory in the repo and pushed to the
-cluster's registry. A build is skipped when the image already carries the hash of its context."""
+load`ed where missing, and images built on a manager from a context directory in the repo (what its
+.dockerignore leaves in, sent to `docker build` on stdin: nothing of it is written on the manager) and pushed
+to the cluster's registry. A build is skipped when the image already carries the hash of its context."""
 
 from __future__ import annotations
 
 import hashlib
 import io
-import shlex
+import posixpath
+import re
 import tarfile
 from pathlib import Path
 
@@ -15,7 +17,7 @@ from pyinfra.api import deploy
 from pyinfra.api.exceptions import DeployError
 from pyinfra.operations import files, server
 
-from pyinfra_swarm.facts import CONTEXT_LABEL
+from pyinfra_swarm.operations import images
 from pyinfra_swarm.plan import ClusterPlan, archives_for, current_host, image_references, plan_cluster
 from pyinfra_swarm.settings import defaults, setting
 
@@ -25,14 +27,72 @@ def built_this_run(plan: ClusterPlan) -> set[str]:
     return plan.run.setdefault("built_images", set())
 
 
+def dockerignore(context: Path) -> list[tuple[bool, re.Pattern[str]]]:
+    """The context's .dockerignore as (exception, pattern) pairs, in order: Docker's syntax (`#` comments,
+    `*`, `?`, `[...]`, `**` for any number of directories, `!` for exceptions; the last match wins)."""
+    path = context / ".dockerignore"
+    rules = []
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        exception = line.startswith("!")
+        pattern = posixpath.normpath(line.removeprefix("!").strip()).lstrip("/")
+        rules.append((exception, re.compile(_glob(pattern))))
+    return rules
+
+
+def _glob(pattern: str) -> str:
+    """A .dockerignore pattern as a regular expression over a path relative to the context."""
+    out, i = "", 0
+    while i < len(pattern):
+        char = pattern[i]
+        if pattern.startswith("**", i):
+            i += 2
+            out += "(?:.*/)?" if pattern[i : i + 1] == "/" else ".*"
+            i += pattern[i : i + 1] == "/"
+            continue
+        if char == "*":
+            out += "[^/]*"
+        elif char == "?":
+            out += "[^/]"
+        elif char == "[" and "]" in pattern[i + 1 :]:
+            end = pattern.index("]", i + 1)
+            body = pattern[i + 1 : end]
+            out += "[" + ("^" + body[1:] if body.startswith(("!", "^")) else body) + "]"
+            i = end
+        elif char == "\\" and i + 1 < len(pattern):
+            i += 1
+            out += re.escape(pattern[i])
+        else:
+            out += re.escape(char)
+        i += 1
+    return out + "$"
+
+
+def ignored(relative: str, rules: list[tuple[bool, re.Pattern[str]]]) -> bool:
+    """Whether .dockerignore leaves a file out: the last rule that matches it, or a directory it is in."""
+    parents = [posixpath.join(*relative.split("/")[: n + 1]) for n in range(relative.count("/") + 1)]
+    verdict = False
+    for exception, pattern in rules:
+        if any(pattern.match(path) for path in parents):
+            verdict = not exception
+    return verdict
+
+
 def context_archive(context: Path) -> tuple[bytes, str]:
-    """A deterministic tar of a build context and its sha256 (equal files, equal archive)."""
+    """A deterministic tar of a build context (what its .dockerignore leaves in; the Dockerfile always, as
+    Docker does) and its sha256: equal files, equal archive."""
     if not (context / "Dockerfile").is_file():
         raise DeployError(f"docker_images: {context} has no Dockerfile")
+    rules = dockerignore(context)
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
         for path in sorted(p for p in context.rglob("*") if p.is_file()):
-            info = tarfile.TarInfo(str(path.relative_to(context)))
+            relative = path.relative_to(context).as_posix()
+            if relative != "Dockerfile" and ignored(relative, rules):
+                continue
+            info = tarfile.TarInfo(relative)
             data = path.read_bytes()
             info.size, info.mode, info.mtime = len(data), path.stat().st_mode & 0o777, 0
             tar.addfile(info, io.BytesIO(data))
@@ -41,23 +101,13 @@ def context_archive(context: Path) -> tuple[bytes, str]:
 
 
 def build(plan: ClusterPlan, reference: str, context: Path, current: str | None, push: bool) -> None:
-    """Upload the context and build (and push) `reference` on this host, unless it is already built from
-    this very context."""
+    """Build (and push) `reference` on this host from `context`, unless it is built from this very context
+    already; stacks that use an image built in this run are deployed again."""
     archive, digest = context_archive(context)
-    if current == digest:
-        host.noop(f"image {reference} is built from the current {context}")
-        return
-    workdir = f"/var/tmp/pyinfra-swarm-build-{digest[:12]}"
-    files.put(name=f"Build context {context}", src=io.BytesIO(archive), dest=f"{workdir}.tar", mode="0600")
-    commands = [
-        f"mkdir -p {workdir} && tar -xf {workdir}.tar -C {workdir}",
-        shlex.join(["docker", "build", "-q", "--label", f"{CONTEXT_LABEL}={digest}", "-t", reference, workdir]),
-    ]
-    if push:
-        commands.append(shlex.join(["docker", "push", "-q", reference]))
-    commands.append(f"rm -rf {workdir} {workdir}.tar")
-    server.shell(name=f"Build {reference}" + (" and push it" if push else ""), commands=commands)
-    built_this_run(plan).add(reference)
+    if current != digest:
+        built_this_run(plan).add(reference)
+    images.built(name=f"Build {reference}" + (" and push it" if push else ""), reference=reference, context=archive,
+                 push=push)  # fmt: skip
 
 
 @deploy("Image archives", data_defaults=defaults("docker_image_archives"))
@@ -90,6 +140,6 @@ def build_images(plan: ClusterPlan | None = None) -> None:
     if this is not plan.acting_manager or not entries:
         return
     registry = plan.registry_address
-    current = plan.fact("built_images")
     for reference, entry in host.loop(list(image_references(registry, entries).items())):
-        build(plan, reference, Path(entry["context"]), current.get(reference), push=bool(registry))
+        current = plan.fact(f"built_image:{reference}").get(reference)
+        build(plan, reference, Path(entry["context"]), current, push=bool(registry))

@@ -9,12 +9,11 @@ from pathlib import Path
 from pyinfra import host, logger
 from pyinfra.api import Host, deploy
 from pyinfra.api.exceptions import DeployError
-from pyinfra.operations import files, server
 
 from pyinfra_swarm.deploys.daemon import configure_daemon
 from pyinfra_swarm.deploys.firewall import configure_firewall
 from pyinfra_swarm.deploys.install import install_docker
-from pyinfra_swarm.operations import backup
+from pyinfra_swarm.operations import backup, private
 from pyinfra_swarm.operations.credentials import autolocked
 from pyinfra_swarm.plan import ClusterPlan, current_host, plan_cluster
 from pyinfra_swarm.settings import backup_dir, defaults, is_manager, setting, unlock_key_file
@@ -58,8 +57,8 @@ def backup_swarm(plan: ClusterPlan | None = None) -> None:
     logger.info(f"the backup goes to {dest}")
     backup.archived(name=f"Archive the swarm state on {this.name} (Docker stopped meanwhile)", archive=REMOTE_BACKUP,
                     key_file=unlock_key_file(this))  # fmt: skip
-    files.get(name=f"Fetch the backup to {dest}", src=REMOTE_BACKUP, dest=str(dest))
-    server.shell(name="Remove the archive from the node", commands=[f"rm -f {REMOTE_BACKUP}"])
+    backup.fetched(name=f"Fetch the backup to {dest} (and remove it from the node)", archive=REMOTE_BACKUP,
+                   dest=str(dest))  # fmt: skip
 
 
 @deploy("Restore the swarm", data_defaults=defaults("swarm_restore_from", "swarm_unlock_key_file"))
@@ -87,6 +86,6 @@ def restore_swarm(plan: ClusterPlan | None = None) -> None:
     configure_daemon(plan=plan)
     install_docker(plan=plan)
     configure_firewall(plan=plan)
-    files.put(name="Upload the backup", src=source, dest=REMOTE_RESTORE, mode="0600")
+    private.file(name="Upload the backup", path=REMOTE_RESTORE, content=Path(source).read_bytes())
     backup.restored(name="Restore the swarm state here (--force-new-cluster)", archive=REMOTE_RESTORE,
                     advertise_addr=plan.addresses[this], key_file=unlock_key_file(this))  # fmt: skip

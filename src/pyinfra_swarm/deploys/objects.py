@@ -1,5 +1,6 @@
 """Swarm objects from data, created from the acting manager: overlay networks, and secrets and configs under
-versioned names (NAME_<hash of the content>), so a changed value is a new object that stacks roll over to."""
+versioned names (NAME_<keyed hash of the content>), so a changed value is a new object that stacks roll over
+to."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pyinfra.api import deploy
 from pyinfra.api.exceptions import DeployError
 
 from pyinfra_swarm.operations import swarm
-from pyinfra_swarm.operations.swarm import versioned
+from pyinfra_swarm.pki import keyed_digest
 from pyinfra_swarm.plan import ClusterPlan, current_host, plan_cluster
 from pyinfra_swarm.settings import defaults, setting
 
@@ -28,6 +29,14 @@ def contents(data: Any, key: str) -> dict[str, str]:
             raise DeployError(f"{key}[{name!r}]: file {path} doesn't exist")
         values[name] = path.read_text()
     return values
+
+
+def versioned(name: str, content: str) -> str:
+    """A name for a secret or config with this content: NAME_<10 hex digits of an HMAC of it, keyed with the
+    PKI directory's object key>. Objects can't change, so a new content is a new object, and stacks that use
+    it roll over to it; the key keeps `docker secret ls` from telling anything about a value (a weak password
+    can't be checked against a bare hash of it)."""
+    return f"{name}_{keyed_digest(content)}"
 
 
 def versioned_names(data: Any, key: str) -> dict[str, str]:

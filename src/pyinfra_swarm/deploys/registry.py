@@ -17,10 +17,10 @@ from pyinfra.api import Host, deploy
 from pyinfra.operations import apt, files, server, systemd
 
 from pyinfra_swarm.deploys.artifacts import build
+from pyinfra_swarm.deploys.objects import versioned
 from pyinfra_swarm.facts import sha256_text
-from pyinfra_swarm.operations import registry, swarm
+from pyinfra_swarm.operations import private, registry, swarm
 from pyinfra_swarm.operations.credentials import rotation_marker
-from pyinfra_swarm.operations.swarm import versioned
 from pyinfra_swarm.pki import pki_dir, server_certificate, write_private
 from pyinfra_swarm.plan import ClusterPlan, Registry, ca_path, current_host, plan_cluster, stack_path
 from pyinfra_swarm.settings import defaults, setting
@@ -143,7 +143,8 @@ def configure_registry(plan: ClusterPlan | None = None) -> None:
         _host_service(target, cert, key, auth)
     if this is target.host and target.mode == "service" and setting(this, "registry_build"):
         image = setting(this, "registry_image")
-        build(plan, image, Path(setting(this, "registry_build")), plan.fact("registry_image").get(image), push=False)
+        current = plan.fact("registry_image").get(image)
+        build(plan, image, Path(setting(this, "registry_build")), current, push=False)
     if this is not plan.acting_manager:
         return
     if target.mode == "service":
@@ -200,9 +201,9 @@ def _host_service(target: Registry, cert: str, key: str, auth: str) -> None:
         wanted.update({"registry.crt": cert, "registry.key": key})
     if auth:
         wanted["htpasswd"] = auth
-    for name, text in host.loop(sorted(wanted.items())):
-        changed.append(files.put(name=f"Registry {name}", src=StringIO(text), dest=f"{HOST_CONFIG_DIR}/{name}",
-                                 mode="0640", group="docker-registry"))  # fmt: skip
+    for name, text in host.loop(sorted(wanted.items())):  # the key and htpasswd never staged where others read
+        changed.append(private.file(name=f"Registry {name}", path=f"{HOST_CONFIG_DIR}/{name}", content=text,
+                                    mode="0640", group="docker-registry"))  # fmt: skip
     systemd.service(name="docker-registry is running and enabled", service="docker-registry", running=True,
                     enabled=True)  # fmt: skip
     systemd.service(name="Restart docker-registry for its new files", service="docker-registry", restarted=True,

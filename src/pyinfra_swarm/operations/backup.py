@@ -10,15 +10,20 @@ Docker documents it: archived with Docker stopped, restored on a manager with `-
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import os
 import shlex
 
-from pyinfra import host
-from pyinfra.api import operation
+from pyinfra import host, logger
+from pyinfra.api import Host, State, StringCommand, operation
 from pyinfra.api.command import FunctionCommand
+from pyinfra.api.exceptions import OperationError
 
 from pyinfra_swarm.facts import DockerSwarm, read
+from pyinfra_swarm.operations.callbacks import expected_failures
 from pyinfra_swarm.operations.credentials import unlock_now
-from pyinfra_swarm.operations.swarm import force_new_cluster_command
+from pyinfra_swarm.operations.swarm import connector_args, force_new_cluster_command
 
 STATE = "/var/lib/docker/swarm"
 BACK_WAIT = 180  # seconds for a manager to be back in the swarm, with a leader, after Docker started again
@@ -55,9 +60,51 @@ def archived(archive: str, key_file: str):
         backup.archived(name="Back up", archive="/var/tmp/swarm.tar.gz", key_file="/secure/unlock-key")
     """
     target = shlex.quote(archive)
-    yield _with_docker_stopped(f"umask 077 && tar -czf {target} -C /var/lib/docker swarm")
+    yield _with_docker_stopped(
+        f"umask 077 && tar -czf {target} -C /var/lib/docker swarm || {{ rm -f {target}; false; }}"
+    )
     yield FunctionCommand(unlock_now, (key_file,), {})
     yield BACK_IN_THE_SWARM
+
+
+@operation(is_idempotent=False)
+def fetched(archive: str, dest: str):
+    """Fetch `archive` from this host to `dest` on the controller (0600 from its first byte), then remove it
+    from the host, whether the fetch worked or not. It comes on the command's output (base64), not through
+    pyinfra's download, which a sudo user stages in /tmp readable by others.
+
+    + archive: the file on this host (removed afterwards)
+    + dest: where it goes on the controller (it must not exist)
+
+    **Example:**
+
+    .. code:: python
+
+        backup.fetched(name="Fetch the backup", archive="/var/tmp/swarm.tar.gz", dest="backups/swarm.tar.gz")
+    """
+    yield FunctionCommand(_fetch, (archive, dest), {})
+
+
+@expected_failures
+def _fetch(state: State, host: Host, archive: str, dest: str) -> None:
+    args = connector_args(state, host)
+    source = shlex.quote(archive)
+    try:
+        status, output = host.run_shell_command(
+            StringCommand(f"sha256sum < {source} | cut -d' ' -f1 && base64 < {source}"), print_output=False, **args
+        )
+        if not status or not output.stdout_lines:
+            raise OperationError(f"fetching {archive} failed: {output.stderr.strip() or 'no output'}")
+        digest, *encoded = output.stdout_lines
+        data = base64.b64decode("".join(encoded))
+        if hashlib.sha256(data).hexdigest() != digest.strip():
+            raise OperationError(f"fetching {archive} failed: what arrived differs from the file (sha256)")
+        descriptor = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(data)
+    finally:
+        host.run_shell_command(StringCommand("rm", "-f", archive), print_output=False, **args)
+    logger.info(f"{host.print_prefix}the backup is in {dest} (0600, {len(data)} bytes)")
 
 
 @operation()
@@ -83,7 +130,10 @@ def restored(archive: str, advertise_addr: str, key_file: str):
         host.noop(f"this host is in a swarm ({state}): nothing restored")
         return
     target = shlex.quote(archive)
-    yield _with_docker_stopped(f"rm -rf {STATE} && tar -xzf {target} -C /var/lib/docker && rm -f {target}")
+    # The archive goes whatever happens: it holds the swarm's keys.
+    yield _with_docker_stopped(
+        f"(rm -rf {STATE} && tar -xzf {target} -C /var/lib/docker); s=$?; rm -f {target}; exit $s"
+    )
     yield FunctionCommand(unlock_now, (key_file,), {})
     yield force_new_cluster_command(advertise_addr)
     yield BACK_IN_THE_SWARM

@@ -15,7 +15,7 @@ join tokens and configs go through stdin, never on a command line."""
 
 from __future__ import annotations
 
-import hashlib
+import base64
 import json
 import shlex
 import time
@@ -362,17 +362,13 @@ def config(config_name: str, value: str):
     yield from _object("config", config_name, value)
 
 
-def versioned(name: str, content: str) -> str:
-    """A name for a secret or config with this content (NAME_<10 hex digits of its sha256>): objects can't
-    change, so a new content is a new object, and stacks that use it roll over to it."""
-    return f"{name}_{hashlib.sha256(content.encode()).hexdigest()[:10]}"
-
-
 def _object(kind: str, name: str, value: str):
     if name in read(SwarmObjects)[kind]:
         host.noop(f"{kind} {name} exists")
         return
-    yield StringCommand("docker", kind, "create", name, "-", _stdin=value)
+    # base64 on stdin: the exact bytes (pyinfra ends what it sends on stdin with a newline)
+    yield StringCommand(f"base64 -d | docker {kind} create {shlex.quote(name)} -",
+                        _stdin=base64.b64encode(value.encode()).decode())  # fmt: skip
 
 
 STACK_FAILURE = ("rollback", "pause")  # what a failed stack update leaves: the previous spec, or Docker's pause
