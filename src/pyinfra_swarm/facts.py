@@ -654,6 +654,21 @@ class ImageContexts(FactBase[dict[str, str | None]]):
         return {}
 
 
+class ExistingUsers(FactBase[list[str]]):
+    """Which of the given user names have an account on the host (`getent passwd`)."""
+
+    @staticmethod
+    def default() -> list[str]:
+        return []
+
+    def command(self, users: list[str]) -> str:
+        names = " ".join(shlex.quote(user) for user in users)
+        return f'for u in {names}; do getent passwd "$u" >/dev/null && echo "$u"; done; true'
+
+    def process(self, output: list[str]) -> list[str]:
+        return [line.strip() for line in output if line.strip()]
+
+
 class Pingable(FactBase[bool | None]):
     """Whether this host reaches an address by ICMP echo within 2 seconds; None without a ping command."""
 

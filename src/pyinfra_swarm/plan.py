@@ -28,6 +28,7 @@ from pyinfra_swarm.facts import (
     DockerPackages,
     DockerSwarm,
     EngineState,
+    ExistingUsers,
     FileHashes,
     FirewallTools,
     HostAddresses,
@@ -401,6 +402,7 @@ def _build(state: State, build: bool = True) -> ClusterPlan:
     if plan.registry is not None and plan.registry.host in removed:
         raise DeployError(f"registry_node {plan.registry.host.name} has swarm_state: absent: move the registry first")
     plan.planned = _gather(state, {h: _planned_facts(plan, h) for h in reachable})
+    _check_users(plan)
     managers = len(plan.managers)
     if managers % 2 == 0:
         logger.warning(
@@ -413,6 +415,19 @@ def _build(state: State, build: bool = True) -> ClusterPlan:
             "--limit: skipped this run"
         )
     return plan
+
+
+def _check_users(plan: ClusterPlan) -> None:
+    """`docker_users` names existing accounts: the deploy adds them to the docker group, it creates none (a
+    misspelt name would be a new account with root's power over Docker)."""
+    problems = []
+    for host in plan.reachable:
+        users = setting(host, "docker_users")
+        missing = sorted(set(users) - set(plan.planned.get(host, {}).get("users", [])))
+        if missing and plan.takes_part(host):
+            problems.append(f"host {host.name}: docker_users {', '.join(missing)}: no such user on it")
+    if problems:
+        raise DeployError("; ".join(problems) + ": the deploy adds existing users to the docker group and creates none")
 
 
 def _check_overlay_subnets(first: Host, addresses: dict[Host, dict[str, list[str]]]) -> None:
@@ -486,6 +501,9 @@ def _planned_facts(plan: ClusterPlan, target: Host) -> Spec:
             spec["registry_ca"] = (FileHashes, {"paths": [ca_path(registry.address)]})
         if target is registry.host and setting(target, "registry_build"):
             spec["registry_image"] = (ImageContexts, {"images": [setting(target, "registry_image")], "pushed": False})
+    users = setting(target, "docker_users")
+    if users:
+        spec["users"] = (ExistingUsers, {"users": sorted(users)})
     archives = archives_for(target, setting(target, "docker_image_archives"))
     if archives:
         spec["archive_images"] = (ImageContexts, {"images": [e["image"] for e in archives]})

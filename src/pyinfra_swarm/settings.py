@@ -93,6 +93,8 @@ def _advertise_addr(value: Any) -> str | None:
             return f"{value!r} is not a valid IP address"
         if ip.is_loopback or ip.is_unspecified or ip.is_multicast:
             return f"{value} can't be reached from other nodes"
+        if ip.version == 6:
+            return f"{value} is an IPv6 address: pyinfra-swarm supports IPv4 only (use the host's IPv4 address)"
         return None
     if not INTERFACE_RE.match(value):
         return f"{value!r} is neither an IP address nor an interface name"
@@ -100,6 +102,8 @@ def _advertise_addr(value: Any) -> str | None:
 
 
 def _data_path_addr(value: Any) -> str | None:
+    if is_ip(value) and ipaddress.ip_address(value).version == 6:
+        return f"{value} is an IPv6 address: pyinfra-swarm supports IPv4 only (use the host's IPv4 address)"
     if is_ip(value) or INTERFACE_RE.match(value):
         return None
     return f"{value!r} is neither an IP address nor an interface name"
@@ -111,11 +115,17 @@ def _firewall_allow(value: Any) -> str | None:
     return f"must be a list like ['22/tcp', '8000:8100/tcp'] with ports from 1 to 65535, not {value!r}"
 
 
+OWN_PREFIX = "pyinfra-swarm."  # labels, configs and stacks of this name are the deploy's own
+
+
 def _labels(value: Any) -> str | None:
-    if all(isinstance(k, str) and LABEL_KEY_RE.match(k) and isinstance(v, (str, int, float, bool)) for k, v in
-           value.items()):  # fmt: skip
-        return None
-    return f"must map label names to plain values, not {value!r}"
+    if not all(isinstance(k, str) and LABEL_KEY_RE.match(k) and isinstance(v, (str, int, float, bool)) for k, v in
+               value.items()):  # fmt: skip
+        return f"must map label names to plain values, not {value!r}"
+    own = sorted(k for k in value if k.startswith(OWN_PREFIX))
+    if own:
+        return f"{', '.join(own)}: labels starting with {OWN_PREFIX} are the deploy's own (pick another name)"
+    return None
 
 
 def _pools(value: Any) -> str | None:
@@ -192,7 +202,31 @@ def _stacks(value: Any) -> str | None:
             return f"[{index}] ({stack['name']}): state must be present or absent"
         if stack.get("on_failure", "rollback") not in ("rollback", "pause"):
             return f"[{index}] ({stack['name']}): on_failure must be rollback or pause"
+        shadowing = _injected(stack.get("vars") or {})
+        if shadowing:
+            return f"[{index}] ({stack['name']}): vars {shadowing}"
+    names = [str(stack["name"]) for stack in value]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        return f"lists stack {', '.join(twice)} twice"
     return None
+
+
+INJECTED = ("registry", "secrets", "configs")  # what every stack template sees from the deploy
+
+
+def _injected(variables: Any) -> str | None:
+    """Variables that would hide what the deploy gives every template, named (None: there are none)."""
+    if not isinstance(variables, dict):
+        return "must be a mapping of template variables"
+    hidden = sorted(k for k in variables if k in INJECTED)
+    if hidden:
+        return f"{', '.join(hidden)} would hide what the deploy gives every template ({', '.join(INJECTED)}): rename it"
+    return None
+
+
+def _stack_vars(value: Any) -> str | None:
+    return _injected(value)
 
 
 ROTATABLE = ("worker_token", "manager_token", "ca", "unlock_key", "registry_cert")
@@ -322,7 +356,8 @@ SCHEMA: tuple[Setting, ...] = (
             "workloads", scope="cluster", check=_stacks, secret=True),
     Setting("swarm_stacks_dir", "templates/stacks", (str,), "where stack templates live", "workloads",
             scope="cluster"),
-    Setting("stack_vars", {}, (dict,), "variables for every stack template", "workloads", scope="cluster", secret=True),
+    Setting("stack_vars", {}, (dict,), "variables for every stack template", "workloads", scope="cluster",
+            check=_stack_vars, secret=True),
 )  # fmt: skip
 SETTINGS = {s.key: s for s in SCHEMA}
 DEFAULTS: dict[str, Any] = {s.key: s.default for s in SCHEMA}
@@ -438,6 +473,25 @@ def validate_host_data(host: Host) -> list[str]:
         problem = _problem(item, value)
         if problem:
             problems.append(problem)
+    return problems or _across_keys(data)
+
+
+def _across_keys(data: dict[str, Any]) -> list[str]:
+    """Problems between settings of one host's data (once each key is right on its own)."""
+    problems = []
+    encrypted = sorted(name for name, options in (data.get("swarm_networks") or {}).items()
+                       if isinstance(options, dict) and options.get("encrypted"))  # fmt: skip
+    if encrypted and not data.get("swarm_encrypted_overlays"):
+        problems.append(
+            f"swarm_networks {', '.join(encrypted)}: encrypted, but swarm_encrypted_overlays is off, so the firewall "
+            "keeps ESP closed and the overlay would drop all traffic: set swarm_encrypted_overlays: true"
+        )
+    stacks = [s.get("name") for s in data.get("swarm_stacks") or [] if isinstance(s, dict)]
+    if data.get("registry_mode") == "service" and "registry" in stacks:
+        problems.append(
+            "swarm_stacks: a stack named registry would share the registry's stack (each deploy's --prune would "
+            "remove the other's services): rename it"
+        )
     return problems
 
 

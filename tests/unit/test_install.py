@@ -176,3 +176,14 @@ def test_switching_to_distro_removes_the_docker_source_it_added():
     )
     done = {"docker.io": "20.10.24"}
     assert _install(docker_source="distro", packages=done, docker_running=True) == []
+
+
+def test_docker_users_must_exist_the_deploy_creates_no_account():
+    from pyinfra.api.exceptions import PyinfraError
+
+    with pytest.raises(PyinfraError, match="host @fake/m1: docker_users alcie: no such user on it"):
+        plan([install_docker], [host("m1", "10.1.0.1", docker_source="distro", docker_users=["alcie"])])
+    known = host("m1", "10.1.0.1", docker_source="distro", docker_users=["alice"],
+                 extra={"getent passwd": ["alice"]})  # fmt: skip
+    steps = plan([install_docker], [known])["m1"]
+    assert any("alice is in the docker group" in name for name, _ in steps)

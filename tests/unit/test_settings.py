@@ -40,8 +40,26 @@ def _check(managers, workers=()):
         ({"swarm_networks": {"app": {"subnet": "10.1.0.0/40"}}}, "swarm_networks['app']['subnet'] '10.1.0.0/40'"),
         ({"swarm_networks": {"app": {"attachabel": True}}}, "unknown option 'attachabel'"),
         ({"swarm_networks": {"app": "overlay"}}, "swarm_networks['app'] must be a mapping"),
+        ({"swarm_advertise_addr": "fd00::12"}, "swarm_advertise_addr fd00::12 is an IPv6 address: pyinfra-swarm "
+                                               "supports IPv4 only"),
+        ({"swarm_data_path_addr": "fd00::12"}, "swarm_data_path_addr fd00::12 is an IPv6 address"),
+        ({"swarm_labels": {"pyinfra-swarm.registry": "true"}}, "swarm_labels pyinfra-swarm.registry: labels starting "
+                                                               "with pyinfra-swarm. are the deploy's own"),
+        ({"stack_vars": {"registry": "evil:5000"}}, "stack_vars registry would hide what the deploy gives every "
+                                                    "template"),
+        ({"swarm_stacks": [{"name": "app", "template": "a.j2", "vars": {"secrets": {}}}]},
+         "swarm_stacks[0] (app): vars secrets would hide what the deploy gives every template"),
+        ({"swarm_stacks": [{"name": "app", "template": "a.j2"}, {"name": "app", "template": "b.j2"}]},
+         "swarm_stacks lists stack app twice"),
+        ({"swarm_stacks": [{"name": "a", "template": "a.j2", "on_failure": "retry"}]},
+         "swarm_stacks[0] (a): on_failure must be rollback or pause"),
+        ({"registry_mode": "service", "swarm_stacks": [{"name": "registry", "template": "r.j2"}]},
+         "swarm_stacks: a stack named registry would share the registry's stack"),
+        ({"swarm_networks": {"secure": {"encrypted": True}}}, "swarm_networks secure: encrypted, but "
+                                                              "swarm_encrypted_overlays is off"),
+        ({"swarm_drain_timeout": 0}, "swarm_drain_timeout must be a number of seconds from 1 to 86400, not 0"),
     ],
-)
+)  # fmt: skip
 def test_bad_host_data_names_host_and_key(data, message):
     worker = host("w1", "10.1.0.2")
     worker[1].update(data)
