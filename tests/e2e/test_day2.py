@@ -14,7 +14,7 @@ from tests.e2e.test_swarm import INVENTORY, SWARM_ONLY, nodes
 BUSYBOX = ("DEBIAN_FRONTEND=noninteractive apt-get install -y -q busybox-static >/dev/null && mkdir -p /tmp/bb/bin && "
            "cp /bin/busybox /tmp/bb/bin/ && tar -C /tmp/bb -c . | docker import - e2e-busybox >/dev/null")  # fmt: skip
 STATUS_KEYS = {"schema": str, "through": str, "healthy": bool, "problems": list, "warnings": list, "nodes": list,
-               "quorum": dict, "services": list, "drift": dict, "expiry": dict}  # fmt: skip
+               "quorum": dict, "services": list, "drift": dict, "expiry": dict, "lock": type(None)}  # fmt: skip
 
 
 def status(lab: Lab, *args: str) -> subprocess.CompletedProcess:
@@ -64,7 +64,7 @@ def test_status_and_safe_removal_on_three_managers_and_two_workers(make_lab, doc
     assert elapsed < 5, f"status took {elapsed:.1f} s"
     report = json.loads(status(lab, "--json").stdout)
     assert {key: type(report[key]) for key in STATUS_KEYS} == STATUS_KEYS
-    assert report["schema"] == "pyinfra-swarm.status/1" and report["quorum"]["tolerates"] == 1
+    assert report["schema"] == "pyinfra-swarm.status/2" and report["quorum"]["tolerates"] == 1
     assert {n["inventory_host"] for n in report["nodes"]} == {"manager1", "manager2", "manager3", "worker1", "worker2"}
 
     # A manager down: non-zero, the manager and the quorum risk named.

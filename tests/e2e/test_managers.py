@@ -4,7 +4,8 @@ a secret:
 - two managers of three lost (no quorum): the deploy stops before any change with the recovery procedure;
   `swarm_force_new_cluster` makes the survivor a one-manager swarm, services and secrets intact, and the
   next deploy, with the lost managers' nodes rebuilt, grows it back to three managers;
-- autolock: the unlock key only in its file, restarted managers unlocked by the deploy (one, then all);
+- autolock: the unlock key only in its file, restarted managers unlocked by the deploy (one, then all, then
+  each in its own turn of a rolling restart);
 - rotations of the join tokens, the root CA and the unlock key, once per request, nodes working throughout.
 """
 
@@ -193,6 +194,18 @@ def test_autolock_keeps_its_key_in_a_file_and_the_deploy_unlocks(lab: Lab, data,
     wait_for("every manager reachable", lambda: set(managers(lab).values()) == {"reachable"})
     wait_for("3 sleepers", lambda: running(lab) == "3/3")
     assert lab.deploy(group_data=locked).changed == []
+
+    # A daemon.json change that needs a restart, under autolock: each manager restarts in its own turn, comes
+    # back locked and is unlocked in that turn from the key file; the rollout goes on to the next node.
+    rolled = data(replicas=3, settings={"swarm_autolock": True, "swarm_unlock_key_file": str(key_file),
+                                        "docker_daemon_config": {"log-driver": "json-file",
+                                                                 "log-opts": {"max-size": "7m"}}})  # fmt: skip
+    restarted = lab.deploy(group_data=rolled)
+    assert restarted.returncode == 0, restarted
+    assert restarted.output.count("draining node ") == 4 and restarted.output.count("unlocked with the key in") == 3
+    assert {swarm_state(lab, m) for m in ("manager1", "manager2", "manager3")} == {"active"}
+    assert set(managers(lab).values()) == {"reachable"} and running(lab) == "3/3"
+    assert lab.deploy(group_data=rolled).changed == []
     for output in lab.outputs:
         assert key not in output
 
@@ -204,6 +217,7 @@ def test_rotations_happen_once_per_request(lab: Lab, data, key_file) -> None:
     old_root = lab.sh("manager1", trust_root)
     requested = data(replicas=3, settings={
         "swarm_autolock": True, "swarm_unlock_key_file": str(key_file),
+        "docker_daemon_config": {"log-driver": "json-file", "log-opts": {"max-size": "7m"}},  # as autolock left it
         "swarm_rotate": dict.fromkeys(("worker_token", "manager_token", "ca", "unlock_key"), "2026-11"),
     })  # fmt: skip
     run = lab.deploy(group_data=requested)

@@ -98,6 +98,28 @@ def test_demo_stack_on_the_cluster_registry(make_lab, tmp_path, docker_api):
     with urllib.request.urlopen(f"http://{lab.address('worker2')}:8080/", timeout=5) as response:
         assert response.read().decode().startswith("hi from")
 
+    # A failed update (an image that doesn't exist): the services this deploy changed are rolled back to their
+    # previous spec and named, with no traceback; the same data again deploys again and fails again (never
+    # "no change" over a stack that isn't what data asks for); the stack runs the previous version throughout.
+    missing = stacks(templates, demo_vars={**DEMO_VARS, "greeting": "hi", "demo_version": "9"})
+    missing["all"]["swarm_stacks"][0]["timeout"] = 60
+    for _ in range(2):
+        failed = lab.deploy(group_data=missing)
+        assert failed.returncode != 0 and "Traceback" not in failed.output, failed
+        assert "stack demo: update demo_client paused" in failed.output or "demo_web paused" in failed.output, failed
+        assert "rolled back to the spec before this deploy: demo_client, demo_web (on_failure: rollback)" in (
+            failed.output), failed  # fmt: skip
+        assert "Stacks | Deploy stack demo" not in failed.changed
+        assert_running(lab, "demo_web", f"{registry}/demo-app:1", 3)
+    # on_failure: pause leaves Docker's pause, says so, and the run after it fails again, still.
+    missing["all"]["swarm_stacks"][0]["on_failure"] = "pause"
+    paused = lab.deploy(group_data=missing)
+    assert paused.returncode != 0 and "left as Docker paused it (on_failure: pause)" in paused.output, paused
+    assert lab.deploy(group_data=missing).returncode != 0
+    back = lab.deploy(group_data=stacks(templates, demo_vars={**DEMO_VARS, "greeting": "hi"}))
+    assert back.returncode == 0 and "stack demo: every service converged" in back.output, back
+    assert_running(lab, "demo_web", f"{registry}/demo-app:1", 3)
+
     # The registry's port is for the cluster's peers: worker2 got its 401 above, this machine (not a peer) is
     # refused, though the port is published through Docker's DNAT (not INPUT).
     assert not can_connect(lab.address("manager1"), 5000)
@@ -189,8 +211,14 @@ def test_demo_stack_on_the_cluster_registry(make_lab, tmp_path, docker_api):
     assert_tight_modes(lab, registry)
 
 
+def assert_running(lab: Lab, service: str, image: str, replicas: int) -> None:
+    running = lab.sh("manager1", f"docker service ps {service} --filter desired-state=running --format "
+                                 "'{{.Image}} {{.CurrentState}}'").splitlines()  # fmt: skip
+    assert [line.split()[:2] for line in running] == [[image, "Running"]] * replicas, running
+
+
 def kill_registry_while(deploy, lab: Lab, docker_api: docker.APIClient):
-    """Run `deploy`; from the moment a build context lands on manager1 until the deploy ends, kill the
+    """Run `deploy`; from the moment an image build starts on manager1 until the deploy ends, kill the
     registry's container there whenever swarm starts it again."""
     manager = next(n["container"] for n in lab.nodes if n["node"] == "manager1")
     kill = "docker ps -q --filter label=com.docker.swarm.service.name=registry_registry | xargs -r docker kill"
@@ -200,7 +228,7 @@ def kill_registry_while(deploy, lab: Lab, docker_api: docker.APIClient):
         def sh(command: str) -> bytes:
             return docker_api.exec_start(docker_api.exec_create(manager, ["sh", "-c", command]))
 
-        while not done.is_set() and not sh("ls /var/tmp/ | grep pyinfra-swarm-build- || true").strip():
+        while not done.is_set() and not sh("pgrep -f 'docker (build|push)' || true").strip():
             time.sleep(0.2)
         while not done.is_set():
             sh(kill)

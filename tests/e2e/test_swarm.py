@@ -177,7 +177,7 @@ def test_one_manager_three_workers(make_lab, distro):
     slower = {**DAEMON, "log-opts": {"max-size": "6m", "max-file": "2"}}
     restart = lab.deploy("-v", group_data={**GROUP_DATA, "all": {**GROUP_DATA["all"], "docker_daemon_config": slower}})
     assert restart.returncode == 0, restart
-    assert restart.output.count("for engine maintenance") == 4, restart
+    assert restart.output.count("draining node ") == 4, restart
     windows = engine_restarts(lab, ["manager1", *WORKERS])
     assert all(windows[n][0] > before[n][1] for n in windows), "an engine was not restarted"
     ordered = sorted(windows.items(), key=lambda item: item[1][0])
