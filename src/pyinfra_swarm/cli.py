@@ -68,6 +68,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command in ("status", "lock"):
+        from gevent import monkey
+
+        monkey.patch_all()  # before pyinfra connects anywhere, as pyinfra's own command does
     if args.command == "status":
         from pyinfra_swarm import status
 

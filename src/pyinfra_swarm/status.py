@@ -381,14 +381,14 @@ def main(inventory: str, as_json: bool, watch: bool, interval: float = 2.0) -> i
         return UNREACHABLE
     code = HEALTHY
     while True:
-        engines = gevent.spawn(read_engines, state)
+        engines = read_engines(state)  # every host connected at once, then the swarm read through a manager
         try:
             manager, lines = read_swarm(state)
         except LookupError as exc:
             print(f"pyinfra-swarm: error: {exc}", file=sys.stderr)
             code = UNREACHABLE
         else:
-            status = report(state, manager, lines, engines=engines.get())
+            status = report(state, manager, lines, engines=engines)
             code = HEALTHY if status["healthy"] else PROBLEMS
             if as_json:
                 print(json.dumps(status, indent=2, sort_keys=True))
