@@ -102,6 +102,7 @@ class ClusterLock:
         deadline = time.monotonic() + wait
         waited = False
         last_report = 0.0
+        broken: set[str] = set()
         while True:
             holder, error = self._try()
             if self.held:
@@ -111,7 +112,10 @@ class ClusterLock:
                 return waited
             if holder is None:
                 raise DeployError(f"the cluster lock can't be taken through {self.managers[0].name}: {error}")
+            if holder.silent > EXPIRY and holder.run in broken:
+                raise DeployError(f"the cluster lock of {holder} could not be broken: {BREAK_HINT}")
             if holder.silent > EXPIRY:
+                broken.add(holder.run)
                 logger.warning(f"the cluster lock of {holder} has had no heartbeat for {holder.silent} s (a run that "
                                "was killed): broken")  # fmt: skip
                 self._remove(holder.run)

@@ -152,7 +152,9 @@ def test_a_task_that_stops_slowly_stops_the_rollout_at_the_first_node(lab: Lab, 
     assert stopped.returncode != 0 and "Traceback" not in stopped.output, stopped
     assert "still 1 task(s) running after 30 s; swarm_drain_timeout): its availability is active again and nothing " \
            "else was done here" in stopped.output, stopped  # fmt: skip
-    assert watch.drained == {"manager1"} and watch.most == 1, (watch.drained, watch.most)
+    # Managers take their turns first (pyinfra runs a serial operation's hosts in no set order among them).
+    assert len(watch.drained) == 1 and watch.drained < {"manager1", "manager2", "manager3"}, watch.drained
+    assert watch.most == 1
     assert all_active(lab), availability(lab)
     assert engine_restarts(lab, NODES) == before  # no engine restarted, the first one included
     assert staged(lab) == set(NODES)  # the new daemon.json waits on every node for its turn
