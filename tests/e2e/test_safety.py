@@ -164,6 +164,8 @@ def test_a_task_that_stops_slowly_stops_the_rollout_at_the_first_node(lab: Lab, 
 
     # The task fixed: the next run finishes the rollout, one node at a time, from what each node says.
     lab.sh("manager1", "docker service rm slow >/dev/null")
+    for node in NODES:  # its tasks would take their 150 s to stop
+        lab.sh(node, "docker ps -q --filter name=slow | xargs -r docker kill >/dev/null")
     with DrainWatch(lab, docker_api) as watch:
         finished = lab.deploy(group_data=data("6m"))
     assert finished.returncode == 0, finished

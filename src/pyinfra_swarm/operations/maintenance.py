@@ -200,7 +200,11 @@ def _wait(what: str, host: Host, timeout: float, check: Callable[[], str]) -> No
 def _drain_wait(state: State, host: Host, node_id: str, managers: list[str]) -> tuple[int, str]:
     """How long the node's tasks may take to stop: the longest stop_grace_period among them (Docker's 10 s
     where a service sets none) plus a margin, at least MIN_DRAIN_WAIT; and why, in words."""
-    tasks = f'ids=$(docker node ps {node_id} -q --filter desired-state=running); [ -z "$ids" ] || '
+    # Tasks running now, also those already told to stop (a service just removed or scaled down).
+    tasks = (
+        f"ids=$(docker node ps {node_id} --no-trunc --format '{{{{.ID}}}} {{{{.CurrentState}}}}' | "
+        'awk \'$2 == "Running" {print $1}\'); [ -z "$ids" ] || '
+    )
     lines = _manager_run(
         state,
         host,
