@@ -95,6 +95,10 @@ def test_status_and_safe_removal_on_three_managers_and_two_workers(make_lab, doc
     assert lab.sh("worker2", "docker info --format '{{.Swarm.LocalNodeState}}'").strip() == "inactive"
     again = lab.deploy(group_data=data, inventory=inventory(lab, "_w2['swarm_state'] = 'absent'"))
     assert again.returncode == 0 and again.changed == [], again
+    # With that inventory, a host the data takes out is not drift.
+    removed = run([str(BIN / "pyinfra-swarm"), "status", inventory(lab, "_w2['swarm_state'] = 'absent'")],
+                  env=lab.env, timeout=60)  # fmt: skip
+    assert removed.returncode == 0 and "not in the swarm" not in removed.stdout, removed.stdout + removed.stderr
 
     # Take manager3 out: demoted first, 2 managers left, with the warning.
     both = "_w2['swarm_state'] = 'absent'; _m3['swarm_state'] = 'absent'"

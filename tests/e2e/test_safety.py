@@ -176,13 +176,26 @@ def test_a_task_that_stops_slowly_stops_the_rollout_at_the_first_node(lab: Lab, 
     assert lab.deploy(group_data=data("6m")).changed == []
 
 
-def test_an_interrupted_rollout_is_given_back_by_a_limited_run_then_finished(lab: Lab, data) -> None:
+@pytest.fixture
+def lingering(lab: Lab) -> Iterator[None]:
+    """A task on each worker that takes 40 s to stop: a worker's turn lasts while it is drained."""
+    ignore_term = "/bin/busybox sh -c 'trap \"\" TERM; while true; do sleep 1; done'"
+    lab.sh("manager1", "docker service create -d --name lingering --mode global --constraint node.role==worker "
+                       f"--stop-grace-period 40s e2e-busybox {ignore_term} >/dev/null")  # fmt: skip
+    replicas = "docker service ls --filter name=lingering --format '{{.Replicas}}'"
+    wait_for("a lingering task on each worker", lambda: lab.sh("manager1", replicas).strip() == "2/2")
+    yield
+    lab.sh("manager1", "docker service rm lingering >/dev/null")
+    for node in ("worker1", "worker2"):
+        lab.sh(node, "docker ps -q --filter name=lingering | xargs -r docker kill >/dev/null")
+
+
+def test_an_interrupted_rollout_is_given_back_by_a_limited_run_then_finished(lab: Lab, data, lingering) -> None:
     change = data("6m", workers="7m")  # the workers' engines only
     run = start(lab, change)
-    read, found = until(run, r"\[(worker\d)\]\s+draining node")
+    read, found = until(run, r"\[(worker\d)\]\s+waiting for its tasks to stop")
     drained = found.group(1)
-    time.sleep(2)
-    run.send_signal(signal.SIGINT)  # Ctrl-C in the node's turn
+    run.send_signal(signal.SIGINT)  # Ctrl-C in the node's turn, while it is drained
     interrupted = finish(run, read)
     assert "Traceback" not in interrupted.output, interrupted
     assert availability(lab)[drained] == ("drain", True)
@@ -204,10 +217,10 @@ def test_an_interrupted_rollout_is_given_back_by_a_limited_run_then_finished(lab
     assert lab.deploy(group_data=change).changed == []
 
 
-def test_a_killed_controllers_lock_is_named_refused_and_broken_on_request(lab: Lab, data) -> None:
+def test_a_killed_controllers_lock_is_named_refused_and_broken_on_request(lab: Lab, data, lingering) -> None:
     change = data("6m", workers="8m")
     run = start(lab, change)
-    until(run, r"\[worker\d\]\s+draining node")
+    until(run, r"\[worker\d\]\s+waiting for its tasks to stop")
     run.kill()  # SIGKILL: no exit handler runs
     run.communicate()
     held = cli("lock", "inventory/lab.py", env=lab.env)
