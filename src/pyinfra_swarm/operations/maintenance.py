@@ -29,7 +29,7 @@ from pyinfra_swarm.operations.callbacks import expected_failures
 from pyinfra_swarm.operations.credentials import unlock_locked
 from pyinfra_swarm.operations.swarm import DRAINED_LABEL, RESTORE_LABEL, connector_args, replica_counts
 
-POLL = 2.0
+POLL = 1.0
 DEFAULT_GRACE = 10  # seconds: Docker's stop_grace_period for a service that sets none
 DRAIN_MARGIN = 60  # seconds beyond the longest stop_grace_period of a node's tasks to wait for them to stop
 MIN_DRAIN_WAIT = 120
