@@ -33,7 +33,8 @@ import json
 import os
 import sys
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import gevent
 from cryptography import x509
@@ -47,6 +48,7 @@ from pyinfra_swarm.pki import pki_dir
 from pyinfra_swarm.settings import MANAGERS, is_ip, setting, swarm_hosts
 
 SCHEMA = "pyinfra-swarm.status/2"
+T = TypeVar("T")
 HEALTHY, PROBLEMS, UNREACHABLE = 0, 1, 2
 CERT_WARNING_DAYS = 30
 SECTIONS = ("nodes", "services", "replicas", "tasks", "cert", "lock")
@@ -75,8 +77,9 @@ def load(inventory_path: str) -> State:
     return state
 
 
-def read_swarm(state: State) -> tuple[Host, list[str]]:
-    """(the manager that answered, its output), trying the inventory's managers in order."""
+def on_first_manager(state: State, ask: Callable[[Host], T]) -> tuple[Host, T]:
+    """(the manager, what `ask` got from it) of the first of the inventory's managers that answers; `ask` raises
+    LookupError when a manager doesn't. LookupError naming every manager's problem when none does."""
     problems = []
     for manager in state.inventory.get_group(MANAGERS, []):
         if not manager.connected:
@@ -84,15 +87,25 @@ def read_swarm(state: State) -> tuple[Host, list[str]]:
         if not manager.connected:
             problems.append(f"{manager.name}: unreachable")
             continue
+        try:
+            return manager, ask(manager)
+        except LookupError as exc:
+            problems.append(f"{manager.name}: {exc}")
+    raise LookupError("no manager of the inventory answered: " + "; ".join(problems or ["there are none"]))
+
+
+def read_swarm(state: State) -> tuple[Host, list[str]]:
+    """(the manager that answered, its output), trying the inventory's managers in order."""
+
+    def ask(manager: Host) -> list[str]:
         status, output = manager.run_shell_command(
             StringCommand(COMMAND), print_output=False, **connector_args(state, manager)
         )
-        if status:
-            return manager, output.stdout_lines
-        problems.append(
-            f"{manager.name}: {output.stderr.strip().splitlines()[-1] if output.stderr.strip() else 'no answer'}"
-        )
-    raise LookupError("no manager of the inventory answered: " + "; ".join(problems or ["there are none"]))
+        if not status:
+            raise LookupError(output.stderr.strip().splitlines()[-1] if output.stderr.strip() else "no answer")
+        return output.stdout_lines
+
+    return on_first_manager(state, ask)
 
 
 def read_engines(state: State) -> dict[str, dict[str, Any] | None]:
@@ -352,26 +365,18 @@ def lock_main(inventory: str, breaking: bool) -> int:
     state = _load_or_say(inventory)
     if state is None:
         return UNREACHABLE
-    problems = []
-    for manager in state.inventory.get_group(MANAGERS, []):
-        if not manager.connected:
-            manager.connect(show_errors=False)
-        if not manager.connected:
-            problems.append(f"{manager.name}: unreachable")
-            continue
-        try:
-            holder = (cluster_lock.force_break if breaking else cluster_lock.read)(state, manager)
-        except LookupError as exc:
-            problems.append(f"{manager.name}: {exc}")
-            continue
-        if breaking:
-            print(f"the cluster lock of {holder} is broken" if holder else "the cluster lock was free")
-            return HEALTHY
-        print(f"the cluster lock is held by {holder}" if holder else "the cluster lock is free")
-        return PROBLEMS if holder else HEALTHY
-    print("pyinfra-swarm: error: no manager of the inventory answered: " + "; ".join(problems or ["there are none"]),
-          file=sys.stderr)  # fmt: skip
-    return UNREACHABLE
+    try:
+        _, holder = on_first_manager(
+            state, lambda m: (cluster_lock.force_break if breaking else cluster_lock.read)(state, m)
+        )
+    except LookupError as exc:
+        print(f"pyinfra-swarm: error: {exc}", file=sys.stderr)
+        return UNREACHABLE
+    if breaking:
+        print(f"the cluster lock of {holder} is broken" if holder else "the cluster lock was free")
+        return HEALTHY
+    print(f"the cluster lock is held by {holder}" if holder else "the cluster lock is free")
+    return PROBLEMS if holder else HEALTHY
 
 
 def main(inventory: str, as_json: bool, watch: bool, interval: float = 2.0) -> int:
