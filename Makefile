@@ -10,7 +10,7 @@ export PYINFRA_SWARM_LAB := $(LAB)
 
 ANSIBLE_VENV := benchmarks/.venv-ansible
 
-.PHONY: demo test unit lint engine lab-up lab-down lab-status bench bench-compare clean vagrant-up vagrant-deploy vagrant-down
+.PHONY: demo test test-vm unit lint engine lab-up lab-down lab-status bench bench-compare clean vagrant-up vagrant-deploy vagrant-down
 
 demo: $(STAMP) engine lab-up ## bring the lab up, run deploy.py against it, say where to look
 	$(BIN)/pyinfra -y inventory/lab.py deploy.py
@@ -18,10 +18,14 @@ demo: $(STAMP) engine lab-up ## bring the lab up, run deploy.py against it, say 
 
 test: $(STAMP) engine lint ## unit tests, then end-to-end tests on a lab of their own
 	@scripts/ensure-test-tools
-	$(BIN)/pytest -v tests
+	$(BIN)/pytest -v -m "not vm" tests
+
+test-vm: $(STAMP) engine ## the real-kernel tests on a lab of QEMU VMs (root; builds the VM image once)
+	@scripts/ensure-vm-tools
+	$(BIN)/pytest -v -m vm tests
 
 unit: $(STAMP) ## the fast unit-only tests
-	$(BIN)/pytest -q -m "not e2e and not vagrant" tests
+	$(BIN)/pytest -q -m "not e2e and not vagrant and not vm" tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -31,8 +35,9 @@ lint: $(STAMP)
 engine: ## make sure a Docker engine answers (installs and starts one on a Debian host as root)
 	@scripts/ensure-docker
 
-lab-up: $(STAMP) engine
-	$(BIN)/pyinfra-swarm lab up --name $(LAB) --managers $(MANAGERS) --workers $(WORKERS)
+lab-up: $(STAMP) engine ## VM=1: QEMU virtual machines instead of containers
+	@$(if $(VM),scripts/ensure-vm-tools)
+	$(BIN)/pyinfra-swarm lab up --name $(LAB) --managers $(MANAGERS) --workers $(WORKERS) $(if $(VM),--vm)
 
 lab-down: $(STAMP)
 	$(BIN)/pyinfra-swarm lab down --name $(LAB)

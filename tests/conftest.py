@@ -25,9 +25,10 @@ def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests under tests/e2e need the Docker engine, tests under tests/vagrant the vagrant command."""
+    """Tests under tests/e2e need the Docker engine, tests under tests/vagrant the vagrant command, tests under
+    tests/vm QEMU and root (and the engine, which builds the demo's base image)."""
     for item in items:
-        for folder in ("e2e", "vagrant"):
+        for folder in ("e2e", "vagrant", "vm"):
             if f"tests/{folder}/" in str(item.fspath):
                 item.add_marker(getattr(pytest.mark, folder))
 

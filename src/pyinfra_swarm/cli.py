@@ -54,7 +54,12 @@ def _parser() -> argparse.ArgumentParser:
         default="auto",
         help="run nodes with --privileged (auto: where the engine allows it)",
     )
-    down = with_name(actions.add_parser("down", help="remove the lab's containers, volumes and network"))
+    up.add_argument("--vm", action="store_true", help="real virtual machines under QEMU instead of containers "
+                    "(their own kernels: IPVS, ESP, reboots; needs root, qemu-system-x86 and qemu-utils)")  # fmt: skip
+    up.add_argument("--vm-memory", type=int, default=1536, help="memory per VM in MiB (default: %(default)s)")
+    up.add_argument("--accel", choices=["auto", "kvm", "tcg"], default="auto",
+                    help="VM acceleration (auto: KVM where guests run under it, else emulation)")  # fmt: skip
+    down = with_name(actions.add_parser("down", help="remove the lab's containers or VMs, volumes and network"))
     down.add_argument("--all", action="store_true", help="remove every pyinfra-swarm lab on this engine")
     with_name(actions.add_parser("status", help="list the lab's nodes"))
     summary = with_name(actions.add_parser("summary", help="where to look at the demo running on the lab"))
@@ -104,9 +109,27 @@ def _up(args: argparse.Namespace) -> int:
     spec = LabSpec(name=args.name, managers=args.managers, workers=args.workers, subnet=args.subnet,
                    distro=args.distro, worker_distro=args.worker_distro)  # fmt: skip
     started = time.monotonic()
-    lab.up(spec, _progress, privileged=args.privileged)
+    if args.vm:
+        from pyinfra_swarm.lab import vm
+
+        vm.up(spec, _progress, memory=args.vm_memory, accel=args.accel)
+        _export_base_image()
+    else:
+        lab.up(spec, _progress, privileged=args.privileged)
     _progress(f"lab '{spec.name}' is up ({time.monotonic() - started:.1f} s)")
     return _status(args)
+
+
+def _export_base_image() -> None:
+    """The archive of debian:bookworm that the demo's group data uploads to managers, from this host's engine."""
+    from pyinfra_swarm.lab import lab
+    from pyinfra_swarm.lab.images import export_base_image
+    from pyinfra_swarm.lab.spec import state_root
+
+    try:
+        export_base_image(lab.connect(), state_root() / "images", _progress)
+    except LabError as exc:
+        _progress(f"warning: the demo's base image archive can't be made here ({exc})")
 
 
 def _down(args: argparse.Namespace) -> int:

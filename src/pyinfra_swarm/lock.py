@@ -26,9 +26,9 @@ from pyinfra.api.exceptions import DeployError
 from pyinfra.api.state import BaseStateCallback
 
 from pyinfra_swarm import controller
-from pyinfra_swarm.operations.swarm import connector_args
+from pyinfra_swarm.operations.swarm import LOCK_CONFIG, connector_args
 
-LOCK = "pyinfra-swarm.lock"
+LOCK = LOCK_CONFIG
 PKI_RECORD = "pyinfra-swarm.pki."  # + the PKI directory's identity (pki.identity)
 LABEL = "pyinfra-swarm.lock."  # + run, who, since, what, beat
 HEARTBEAT = 60  # seconds between the holder's heartbeats

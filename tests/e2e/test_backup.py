@@ -53,6 +53,7 @@ def test_backup_then_restore_on_a_rebuilt_manager(make_lab, tmp_path, docker_api
     assert "Restore the swarm | Restore the swarm state here (--force-new-cluster)" in restored.changed, restored
     again = lab.deploy(group_data=restoring, file="restore.py")
     assert again.returncode == 0 and again.changed == [], again  # restored already: nothing to do
+    assert "waiting for the cluster lock" not in again.output, again  # the backup run's lock didn't come back
 
     converged = lab.deploy(group_data=data)
     assert converged.returncode == 0, converged

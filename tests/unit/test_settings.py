@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pyinfra.api.exceptions import PyinfraError
 
-from pyinfra_swarm.deploys.preflight import kernel_report, preflight
+from pyinfra_swarm.deploys.preflight import kernel_present, kernel_report, preflight
 from pyinfra_swarm.settings import SCHEMA, markdown_table, validate_daemon_config
 from tests.unit.fakes import host, plan
 
@@ -107,6 +107,10 @@ def test_kernel_report_says_what_a_missing_feature_means():
     assert lines[0].endswith("(kernel of m1, w1)")
     assert any("no ESP" in line and "(kernel of m1)" in line for line in lines)
     assert lines[-1] == "kernel config unreadable on w2: swarm support not checked"
+    full = {"VXLAN": True, "IP_VS": True, "INET_ESP": True, "CRYPTO_GCM": True, "BRIDGE_NETFILTER": True}
+    assert kernel_present({"m1": full, "w1": {**full, "IP_VS": False}}) == (
+        "kernel of every host has: VXLAN, ESP, GCM, bridge netfilter"
+    )
 
 
 def test_daemon_config_pass_through_keys_are_not_checked():

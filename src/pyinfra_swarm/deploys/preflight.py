@@ -21,6 +21,14 @@ MEANINGS = {
     "BRIDGE_NETFILTER": "no bridge netfilter: Docker can't filter container traffic",
 }
 ENCRYPTION = ("INET_ESP", "CRYPTO_GCM")
+NAMES = {"VXLAN": "VXLAN", "IP_VS": "IPVS", "INET_ESP": "ESP", "CRYPTO_GCM": "GCM",
+         "BRIDGE_NETFILTER": "bridge netfilter"}  # fmt: skip
+
+
+def kernel_present(features_by_host: dict[str, dict[str, bool | None]]) -> str:
+    """The features every host's kernel has, in one line (what the swarm's networking can rely on)."""
+    everywhere = [NAMES[f] for f in MEANINGS if all(features.get(f) for features in features_by_host.values())]
+    return f"kernel of every host has: {', '.join(everywhere) or 'none of the swarm networking features'}"
 
 
 def kernel_report(features_by_host: dict[str, dict[str, bool | None]]) -> list[str]:
@@ -51,7 +59,9 @@ def preflight(plan: ClusterPlan | None = None) -> None:
             "overlays would drop all traffic: turn it off or use a kernel with CONFIG_INET_ESP and CONFIG_CRYPTO_GCM"
         )
     if this is plan.reachable[0]:
-        for line in kernel_report({h.name: plan.fact("kernel", h) for h in plan.reachable}):
+        features_by_host = {h.name: plan.fact("kernel", h) for h in plan.reachable}
+        logger.info(f"preflight: {kernel_present(features_by_host)}")
+        for line in kernel_report(features_by_host):
             logger.warning(f"preflight: {line}")
     acting = plan.acting_manager
     if plan.steps.get(this) in ("join", "rejoin") and acting is not None:

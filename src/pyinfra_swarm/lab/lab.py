@@ -14,7 +14,7 @@ from typing import Any
 import docker
 from docker.errors import APIError, DockerException, NotFound
 
-from pyinfra_swarm.lab import state
+from pyinfra_swarm.lab import state, vm
 from pyinfra_swarm.lab.images import ensure_node_image, export_base_image
 from pyinfra_swarm.lab.limits import RAISED, ensure_inotify
 from pyinfra_swarm.lab.spec import AUTO_SUBNETS, LABEL, LabError, LabSpec, Node, host_addresses, state_root
@@ -95,10 +95,15 @@ def up(spec: LabSpec, progress: Progress, privileged: str = "auto") -> state.Lab
 
 
 def down(name: str | None, progress: Progress) -> int:
-    """Remove a lab's containers, volumes and network (every lab's with name None). Returns how many."""
+    """Remove a lab's containers, volumes and network, or its VMs (every lab's with name None). Returns how
+    many."""
+    folders = [LabSpec(name=name, managers=1, workers=0).state_dir] if name else list(state_root().glob("*"))
+    removed = sum(vm.down(folder, progress) for folder in folders if vm.is_vm_lab(folder))
+    if name and vm.is_vm_lab(folders[0]):
+        state.remove(folders[0])
+        return removed
     api = connect()
     label = f"{LABEL}={name}" if name else LABEL
-    removed = 0
     for container in api.containers(all=True, filters={"label": label}):
         progress(f"removing container {container['Names'][0].lstrip('/')}")
         api.remove_container(container["Id"], force=True)
@@ -119,6 +124,9 @@ def down(name: str | None, progress: Progress) -> int:
 
 def status(name: str) -> list[dict[str, str]]:
     """One row per node of lab `name`: node, address, role group, container state, systemd state."""
+    folder = LabSpec(name=name, managers=1, workers=0).state_dir
+    if vm.is_vm_lab(folder):
+        return vm.status(folder)
     api = connect()
     rows = []
     for container in sorted(_containers(api, name), key=lambda c: c["Labels"][NODE_LABEL]):

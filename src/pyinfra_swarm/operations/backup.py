@@ -23,7 +23,7 @@ from pyinfra.api.exceptions import OperationError
 from pyinfra_swarm.facts import DockerSwarm, read
 from pyinfra_swarm.operations.callbacks import expected_failures
 from pyinfra_swarm.operations.credentials import unlock_now
-from pyinfra_swarm.operations.swarm import connector_args, force_new_cluster_command
+from pyinfra_swarm.operations.swarm import LOCK_CONFIG, connector_args, force_new_cluster_command
 
 STATE = "/var/lib/docker/swarm"
 BACK_WAIT = 180  # seconds for a manager to be back in the swarm, with a leader, after Docker started again
@@ -137,3 +137,5 @@ def restored(archive: str, advertise_addr: str, key_file: str):
     yield FunctionCommand(unlock_now, (key_file,), {})
     yield force_new_cluster_command(advertise_addr)
     yield BACK_IN_THE_SWARM
+    # The backup was taken under its run's cluster lock, which came back with it: that run is over.
+    yield f"docker config rm {LOCK_CONFIG} >/dev/null 2>&1 || true"

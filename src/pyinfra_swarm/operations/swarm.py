@@ -49,6 +49,7 @@ MANAGED_LABELS = "pyinfra-swarm.managed-labels"  # node label listing the labels
 AVAILABILITY_LABEL = "pyinfra-swarm.availability"  # node label: the pause or drain that `node` set (from data)
 DRAINED_LABEL = "pyinfra-swarm.drained"  # node label: which run drained the node for its turn, since when
 RESTORE_LABEL = "pyinfra-swarm.restore"  # node label: the availability the node gets back after its turn
+LOCK_CONFIG = "pyinfra-swarm.lock"  # swarm config: the cluster lock (lock.py), held by one run at a time
 AVAILABLE = {"drain": 0, "pause": 1, "active": 2}  # how available each availability leaves a node
 RETRIES = 15  # transient errors (leader election) are retried for RETRIES * RETRY_DELAY seconds
 RETRY_DELAY = 2.0
