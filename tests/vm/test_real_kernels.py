@@ -6,8 +6,10 @@ the ingress path."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+import socket
 import subprocess
 import time
 import urllib.request
@@ -34,6 +36,16 @@ services:
       placement:
         constraints: ["node.role == worker"]
 """
+
+
+@pytest.fixture(scope="module")
+def templates(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The repo's stack templates and the tests' own."""
+    folder = tmp_path_factory.mktemp("vm") / "stacks"
+    shutil.copytree(ROOT / "templates" / "stacks", folder)
+    (folder / "private.yml.j2").write_text(PRIVATE)
+    (folder / "secure.yml.j2").write_text(SECURE)
+    return folder
 
 
 def real_cluster_data(templates: Path) -> dict:
@@ -104,14 +116,11 @@ def vm_lab(lab_dir: Path):
     assert not lab.state_dir.exists()
 
 
-def test_the_demo_with_a_real_clusters_networking(vm_lab: Lab, tmp_path: Path):
+def test_the_demo_with_a_real_clusters_networking(vm_lab: Lab, templates: Path):
     lab = vm_lab
     assert "Linux" in lab.sh("worker1", "uname -s")
     assert lab.sh("worker1", "uname -r").strip() != subprocess.run(["uname", "-r"], capture_output=True,
                                                                    text=True).stdout.strip()  # fmt: skip
-    templates = tmp_path / "stacks"
-    shutil.copytree(ROOT / "templates" / "stacks", templates)
-    (templates / "private.yml.j2").write_text(PRIVATE)
     data = real_cluster_data(templates)
 
     started = time.monotonic()
@@ -151,3 +160,120 @@ def test_the_demo_with_a_real_clusters_networking(vm_lab: Lab, tmp_path: Path):
     again = lab.deploy(group_data=data)
     print(f"\n[figures] no-op re-run on 1+2 VMs: {time.monotonic() - started:.0f} s")
     assert again.returncode == 0 and again.changed == [], again
+
+
+SECURE = """version: "3.8"
+services:
+  app:
+    image: "{{ registry }}/demo-app:1"
+    hostname: "{{ '{{.Node.Hostname}}' }}"
+    environment:
+      GREETING: whispered
+    networks: [secure]
+    deploy:
+      placement:
+        constraints: ["node.role == worker"]
+  probe:
+    image: "{{ registry }}/demo-app:1"
+    command: ["/bin/sh", "/app/client.sh"]
+    environment:
+      TARGET: "http://app:8080/"
+    networks: [secure]
+    deploy:
+      placement:
+        constraints: ["node.role == manager"]
+networks:
+  secure:
+    external: true
+"""
+
+
+def capture(interface: str, seconds: float) -> list[bytes]:
+    """The IPv4 packets through `interface` of this host for `seconds` (a raw socket: no tcpdump needed)."""
+    # Every protocol (ETH_P_ALL): a tap that is a bridge port hands its frames to the bridge before
+    # protocol-specific sockets would see them.
+    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.ntohs(0x0003)) as sock:
+        sock.bind((interface, 0))
+        sock.settimeout(0.5)
+        packets, deadline = [], time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            with contextlib.suppress(TimeoutError):
+                frame = sock.recv(65535)
+                if frame[12:14] == b"\x08\x00":  # IPv4
+                    packets.append(frame[14:])
+    return packets
+
+
+def protocol(packet: bytes) -> str:
+    if packet[9] == 50:
+        return "esp"
+    header = (packet[0] & 0x0F) * 4
+    if packet[9] == 17 and int.from_bytes(packet[header + 2 : header + 4], "big") == 4789:
+        return "vxlan"
+    return "other"
+
+
+def encrypted_data(templates: Path) -> dict:
+    """The same, with ESP open between peers and an encrypted overlay that a stack of its own uses."""
+    data = real_cluster_data(templates)
+    data["all"]["swarm_encrypted_overlays"] = True
+    data["all"]["swarm_networks"] = {"secure": {"encrypted": True}}
+    data["all"]["swarm_stacks"].append({"name": "secure", "template": "secure.yml.j2", "timeout": 300})
+    return data
+
+
+def test_an_encrypted_overlay_carries_its_traffic_in_esp_only(vm_lab: Lab, templates: Path):
+    lab = vm_lab
+    data = encrypted_data(templates)
+    run = lab.deploy(group_data=data)
+    assert run.returncode == 0, run
+    options = lab.sh("manager1", "docker network inspect secure --format '{{json .Options}}'")
+    assert json.loads(options).get("encrypted") == "", options
+    [app_node] = lab.sh("manager1", "docker service ps secure_app --filter desired-state=running "
+                                    "--format '{{.Node}}'").split()  # fmt: skip
+    # The probe on the manager asks the app on a worker by name, through the encrypted overlay.
+    wait_for("the probe's answers", lambda: f"whispered from {app_node}" in lab.sh(
+        "manager1", "docker service logs --raw --tail 3 secure_probe"))  # fmt: skip
+
+    tap = json.loads((lab.state_dir / "vm.json").read_text())["nodes"]["manager1"]["tap"]
+    packets = capture(tap, 8)
+    kinds = [protocol(packet) for packet in packets]
+    assert kinds.count("esp") >= 5, kinds  # about one request a second, each way
+    assert not any(b"whispered" in packet for packet in packets)  # the answers are nowhere in clear
+    assert lab.deploy(group_data=data).changed == []
+
+
+def converged(lab: Lab) -> bool:
+    replicas = lab.sh("manager1", "docker service ls --format '{{.Replicas}}'").split("\n")
+    counts = [line.split()[0].split("/") for line in replicas if line.strip()]
+    return bool(counts) and all(running == wanted != "0" for running, wanted in counts)
+
+
+def booted(lab: Lab, node: str) -> str | None:
+    result = lab.ssh(node, "cat /proc/sys/kernel/random/boot_id")
+    return result.stdout.strip() if result.returncode == 0 else None
+
+
+def test_real_reboots_of_a_worker_and_a_manager(vm_lab: Lab, templates: Path):
+    lab = vm_lab
+    for node in ("worker2", "manager1"):
+        before = booted(lab, node)
+        lab.ssh(node, "systemctl reboot")
+        started = time.monotonic()
+        wait_for(f"{node} to boot again", lambda n=node, b=before: booted(lab, n) not in (None, b), timeout=300)
+        print(f"\n[figures] {node} rebooted and answered SSH in {time.monotonic() - started:.0f} s")
+        # The firewall's rules were in force before Docker started.
+        firewall, docker = (
+            int(lab.sh(node, f"systemctl show -P {prop} {unit}"))
+            for prop, unit in (("ActiveEnterTimestampMonotonic", "pyinfra-swarm-firewall"),
+                               ("ExecMainStartTimestampMonotonic", "docker"))
+        )  # fmt: skip
+        assert 0 < firewall < docker, (firewall, docker)
+        assert "-j REJECT" in lab.sh(node, "iptables -S PYINFRA-SWARM")
+        wait_for(f"{node} Ready in the swarm", lambda: {n["state"] for n in nodes(lab).values()} == {"ready"},
+                 timeout=300)  # fmt: skip
+    for node in lab.nodes:
+        wait_for(f"{node['node']}:8080 answers", lambda n=node: get(n["address"], 8080), timeout=300)
+    wait_for("every service back at its replicas", lambda: converged(lab), timeout=300)
+    run = lab.deploy(group_data=encrypted_data(templates))
+    assert run.returncode == 0 and run.changed == [], run

@@ -17,6 +17,8 @@ import hashlib
 import ipaddress
 import json
 import os
+import re
+import shlex
 import shutil
 import signal
 import socket
@@ -52,11 +54,13 @@ def up(spec: LabSpec, progress: Progress, memory: int = MEMORY_MIB, accel: str =
         raise LabError("the VM lab makes a bridge and tap devices on this host: run it as root")
     spec.state_dir.mkdir(parents=True, exist_ok=True)
     record = _load(spec.state_dir)
+    bridge, tap_prefix = _ids(spec.name)
+    if "bridge" not in record:
+        _remove_leftovers(spec.name, bridge, progress)
     image = ensure_vm_image(spec.distro, progress)
     if spec.worker_distro and spec.worker_distro != spec.distro:
         ensure_vm_image(spec.worker_distro, progress)
     subnet = record.get("subnet") or spec.subnet or _free_subnet()
-    bridge, tap_prefix = _ids(spec.name)
     gateway = str(next(ipaddress.ip_network(subnet).hosts()))
     record.update(subnet=subnet, bridge=bridge, nodes=record.get("nodes", {}), rules=record.get("rules", []))
     _save(spec.state_dir, record)
@@ -136,6 +140,44 @@ def _load(state_dir: Path) -> dict:
 
 def _save(state_dir: Path, record: dict) -> None:
     (state_dir / VM_FILE).write_text(json.dumps(record, indent=2) + "\n")
+
+
+def _remove_leftovers(lab: str, bridge: str, progress: Progress) -> None:
+    """What a VM lab of this name left when its state folder went (an interrupted run, a deleted checkout):
+    its QEMU processes whose folder is gone, then its taps, bridge and the rules naming that bridge. A lab of
+    this name that still has its folder elsewhere is another checkout's: refused."""
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            words = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if (
+            b"qemu-system" not in words[0]
+            or b"-name" not in words
+            or not re.fullmatch(
+                rf"pyinfra-swarm-{re.escape(lab)}-(manager|worker)\d+", words[words.index(b"-name") + 1].decode()
+            )
+        ):
+            continue
+        pidfile = Path(words[words.index(b"-pidfile") + 1].decode())
+        if pidfile.parent.exists():
+            raise LabError(f"VM lab {lab} runs from {pidfile.parent.parent.parent} already: take it down there, or "
+                           "use another --name")  # fmt: skip
+        progress(f"stopping a leftover VM of lab {lab} (pid {cmdline.parent.name}; its state is gone)")
+        with contextlib.suppress(OSError):
+            os.kill(int(cmdline.parent.name), signal.SIGKILL)
+    time.sleep(0.5)
+    for link in sorted(Path("/sys/class/net").glob(f"{bridge.replace('psb', 'pst')}*")):
+        _ip("link", "delete", link.name)
+    for table in ("filter", "nat"):
+        listing = subprocess.run(["iptables", "-t", table, "-S"], capture_output=True, text=True).stdout
+        for line in listing.splitlines():
+            if line.startswith("-A ") and f" {bridge} " in f"{line} ":
+                progress(f"removing a leftover iptables rule: {line}")
+                _run(["iptables", "-t", table, "-D", *shlex.split(line)[1:]])
+    if _link_exists(bridge):
+        progress(f"removing a leftover bridge {bridge}")
+        _ip("link", "delete", bridge)
 
 
 def _free_subnet() -> str:
