@@ -325,7 +325,7 @@ def _wait_ready(api: docker.APIClient, spec: LabSpec, addresses: dict[str, str],
         for container, node in list(pending.items()):
             _check_alive(api, container, node.name)
             systemd = _systemd_state(api, container)
-            if systemd in ("running", "degraded") and _port_open(addresses[node.name], 22):
+            if systemd in ("running", "degraded") and state.port_open(addresses[node.name], 22):
                 if systemd == "degraded":
                     progress(
                         f"warning: {node.name} booted degraded (`pyinfra-swarm lab ssh {node.name} "
@@ -343,11 +343,3 @@ def _wait_ready(api: docker.APIClient, spec: LabSpec, addresses: dict[str, str],
 def _engine_is_local(api: docker.APIClient) -> bool:
     """Whether the engine shares this host's kernel (its limits are then ours to check)."""
     return api.base_url.startswith(("http+docker://localhost", "http+docker://localunixsocket"))
-
-
-def _port_open(address: str, port: int) -> bool:
-    try:
-        with socket.create_connection((address, port), timeout=1):
-            return True
-    except OSError:
-        return False

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import socket
 import subprocess
 import tarfile
 from dataclasses import asdict, dataclass
@@ -81,6 +82,15 @@ def ssh_command(state_dir: Path, user: str, address: str) -> list[str]:
         "-o", "BatchMode=yes",
         f"{user}@{address}",
     ]  # fmt: skip
+
+
+def port_open(address: str, port: int) -> bool:
+    """Whether a node's port takes a TCP connection now (sshd up, for `lab up` to wait on)."""
+    try:
+        with socket.create_connection((address, port), timeout=1):
+            return True
+    except OSError:
+        return False
 
 
 def authorized_keys_tar(state_dir: Path) -> bytes:

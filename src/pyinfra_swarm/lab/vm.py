@@ -21,7 +21,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -30,7 +29,7 @@ from pathlib import Path
 
 from pyinfra_swarm.lab import state
 from pyinfra_swarm.lab.spec import AUTO_SUBNETS, LabError, LabSpec, host_addresses
-from pyinfra_swarm.lab.vmimage import HOST_KEY_MARK, VmImage, ensure_vm_image
+from pyinfra_swarm.lab.vmimage import HOST_KEY_MARK, VmImage, ensure_vm_image, run_checked
 
 Progress = Callable[[str], None]
 BOOT_TIMEOUT = 420.0  # a TCG guest on a busy 2-core host answers SSH after 1-2 minutes
@@ -174,7 +173,7 @@ def _remove_leftovers(lab: str, bridge: str, progress: Progress) -> None:
         for line in listing.splitlines():
             if line.startswith("-A ") and f" {bridge} " in f"{line} ":
                 progress(f"removing a leftover iptables rule: {line}")
-                _run(["iptables", "-t", table, "-D", *shlex.split(line)[1:]])
+                run_checked(["iptables", "-t", table, "-D", *shlex.split(line)[1:]])
     if _link_exists(bridge):
         progress(f"removing a leftover bridge {bridge}")
         _ip("link", "delete", bridge)
@@ -207,7 +206,7 @@ def _ensure_bridge(bridge: str, subnet: str, gateway: str, progress: Progress) -
     ]
     for table, chain, *rule in rules:
         if subprocess.run(["iptables", "-t", table, "-C", chain, *rule], capture_output=True).returncode != 0:
-            _run(["iptables", "-t", table, "-I", chain, "1", *rule])
+            run_checked(["iptables", "-t", table, "-I", chain, "1", *rule])
     return rules
 
 
@@ -215,7 +214,7 @@ def _remove_rules(rules: list[list[str]], progress: Progress) -> None:
     for table, chain, *rule in rules:
         while subprocess.run(["iptables", "-t", table, "-C", chain, *rule], capture_output=True).returncode == 0:
             progress(f"removing iptables rule: -t {table} {chain} {' '.join(rule)}")
-            _run(["iptables", "-t", table, "-D", chain, *rule])
+            run_checked(["iptables", "-t", table, "-D", chain, *rule])
 
 
 def _accel(wanted: str, image: VmImage, progress: Progress) -> str:
@@ -267,7 +266,7 @@ def _boot(spec: LabSpec, name: str, hostname: str, image: VmImage, tap: str, bri
     folder.mkdir(parents=True, exist_ok=True)
     disk = folder / "disk.qcow2"
     if not disk.exists():
-        _run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(image.disk), str(disk)])
+        run_checked(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(image.disk), str(disk)])
     if not _link_exists(tap):
         _ip("tuntap", "add", "dev", tap, "mode", "tap")
     _ip("link", "set", tap, "master", bridge)
@@ -282,7 +281,7 @@ def _boot(spec: LabSpec, name: str, hostname: str, image: VmImage, tap: str, bri
     console = folder / "console.log"
     console.unlink(missing_ok=True)
     pidfile = folder / "qemu.pid"
-    _run([
+    run_checked([
         "qemu-system-x86_64", "-name", f"pyinfra-swarm-{spec.name}-{name}", "-accel", accel,
         "-m", str(memory), "-smp", "1", "-display", "none", "-daemonize", "-pidfile", str(pidfile),
         "-serial", f"file:{console}", "-kernel", str(image.kernel), "-initrd", str(image.initrd),
@@ -341,7 +340,7 @@ def _wait_ready(spec: LabSpec, addresses: dict[str, str], progress: Progress) ->
                 tail = console.read_text(errors="replace").strip().splitlines()[-5:] if console.exists() else []
                 raise LabError(f"the VM of {name} stopped while booting; its console's last lines: {tail}")
             found = _host_keys(Path(node["folder"]) / "console.log")
-            if found and _port_open(address, 22):
+            if found and state.port_open(address, 22):
                 keys[name] = found
                 progress(f"{name} answers SSH ({time.monotonic() - started:.0f} s)")
         if len(keys) < len(addresses):
@@ -361,24 +360,9 @@ def _host_keys(console: Path) -> list[str]:
     return [line.split(HOST_KEY_MARK, 1)[1].strip() for line in text.splitlines() if HOST_KEY_MARK in line]
 
 
-def _port_open(address: str, port: int) -> bool:
-    try:
-        with socket.create_connection((address, port), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
 def _link_exists(name: str) -> bool:
     return Path(f"/sys/class/net/{name}").exists()
 
 
 def _ip(*args: str) -> str:
-    return _run(["ip", *args])
-
-
-def _run(command: list[str]) -> str:
-    result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise LabError(f"`{' '.join(command)}` failed: {result.stderr.strip()}")
-    return result.stdout
+    return run_checked(["ip", *args])

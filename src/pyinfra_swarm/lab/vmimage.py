@@ -128,7 +128,7 @@ def ensure_vm_image(distro: str, progress: Progress) -> VmImage:
         shutil.copy(kernel, building / "vmlinuz")
         shutil.copy(tree / "boot" / f"initrd.img-{kernel.name.removeprefix('vmlinuz-')}", building / "initrd.img")
         progress("writing the root filesystem image (mkfs.ext4 -d)")
-        _run(["mkfs.ext4", "-q", "-L", "root", "-d", str(tree), str(building / "disk.raw"), IMAGE_SIZE])
+        run_checked(["mkfs.ext4", "-q", "-L", "root", "-d", str(tree), str(building / "disk.raw"), IMAGE_SIZE])
         (building / "disk.raw").chmod(0o444)  # the nodes' overlays are what changes; the base never does
         building.rename(folder)
     return image
@@ -188,7 +188,9 @@ def _configure(tree: Path) -> None:
     (tree / "etc/resolv.conf").unlink()
 
 
-def _run(command: list[str]) -> None:
+def run_checked(command: list[str]) -> str:
+    """A host command's output, or a LabError naming the command and what it printed on stderr."""
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         raise LabError(f"`{' '.join(command)}` failed: {result.stderr.strip()}")
+    return result.stdout
