@@ -32,7 +32,6 @@ class LabState:
     network: str
     ssh_key: str
     nodes: list[NodeState]
-    kind: str = "container"  # or "vm": the nodes are QEMU virtual machines (lab/vm.py)
 
 
 def key_path(state_dir: Path) -> Path:

@@ -56,9 +56,7 @@ def up(spec: LabSpec, progress: Progress, memory: int = MEMORY_MIB, accel: str =
     bridge, tap_prefix = _ids(spec.name)
     if "bridge" not in record:
         _remove_leftovers(spec.name, bridge, progress)
-    image = ensure_vm_image(spec.distro, progress)
-    if spec.worker_distro and spec.worker_distro != spec.distro:
-        ensure_vm_image(spec.worker_distro, progress)
+    images = {distro: ensure_vm_image(distro, progress) for distro in sorted({n.distro for n in spec.nodes})}
     subnet = record.get("subnet") or spec.subnet or _free_subnet()
     gateway = str(next(ipaddress.ip_network(subnet).hosts()))
     record.update(subnet=subnet, bridge=bridge, nodes=record.get("nodes", {}), rules=record.get("rules", []))
@@ -66,20 +64,19 @@ def up(spec: LabSpec, progress: Progress, memory: int = MEMORY_MIB, accel: str =
     record["rules"] = _ensure_bridge(bridge, subnet, gateway, progress)
     _save(spec.state_dir, record)
     state.key_pair(spec.state_dir)
-    accel = _accel(accel, image, progress)
+    accel = _accel(accel, images[spec.distro], progress)
     addresses = dict(zip([n.name for n in spec.nodes], host_addresses(subnet), strict=False))
     starting = [n for n in spec.nodes if not _running(record["nodes"].get(n.name))]
     for gone in sorted(set(record["nodes"]) - {n.name for n in spec.nodes}):
         progress(f"removing {gone}: not in the requested shape")
-        _stop_node(spec.state_dir, record["nodes"].pop(gone))
+        _stop_node(record["nodes"].pop(gone))
     _check_memory(len(starting), memory)
     for index, node in enumerate(spec.nodes):
         if node not in starting:
             continue
-        vm_image = image if node.distro == spec.distro else ensure_vm_image(node.distro, progress)
         tap = f"{tap_prefix}{index:02d}"
         progress(f"booting {node.name} ({addresses[node.name]}, {accel}, {memory} MiB)")
-        record["nodes"][node.name] = _boot(spec, node.name, node.hostname, vm_image, tap, bridge,
+        record["nodes"][node.name] = _boot(spec, node.name, node.hostname, images[node.distro], tap, bridge,
                                            addresses[node.name], subnet, gateway, memory, accel)  # fmt: skip
         _save(spec.state_dir, record)
     host_keys = _wait_ready(spec, {n.name: addresses[n.name] for n in spec.nodes}, progress)
@@ -90,7 +87,6 @@ def up(spec: LabSpec, progress: Progress, memory: int = MEMORY_MIB, accel: str =
         network=bridge,
         ssh_key=str(state.key_path(spec.state_dir)),
         nodes=[state.NodeState(n.name, n.hostname, f"vm:{n.name}", n.role, addresses[n.name]) for n in spec.nodes],
-        kind="vm",
     )
     state.save(spec.state_dir, lab_state)
     return lab_state
@@ -102,7 +98,7 @@ def down(state_dir: Path, progress: Progress) -> int:
     removed = 0
     for name, node in record.get("nodes", {}).items():
         progress(f"stopping VM {name}")
-        _stop_node(state_dir, node)
+        _stop_node(node)
         removed += 1
     if record.get("bridge"):
         _remove_rules(record.get("rules", []), progress)
@@ -312,7 +308,7 @@ def _running(node: dict | None) -> bool:
     return b"qemu-system" in cmdline and node["folder"].encode() in cmdline
 
 
-def _stop_node(state_dir: Path, node: dict) -> None:
+def _stop_node(node: dict) -> None:
     if _running(node):
         os.kill(node["pid"], signal.SIGTERM)
         deadline = time.monotonic() + 10
