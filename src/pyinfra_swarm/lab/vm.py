@@ -64,9 +64,10 @@ def up(spec: LabSpec, progress: Progress, memory: int = MEMORY_MIB, accel: str =
     record["rules"] = _ensure_bridge(bridge, subnet, gateway, progress)
     _save(spec.state_dir, record)
     state.key_pair(spec.state_dir)
-    accel = _accel(accel, images[spec.distro], progress)
     addresses = dict(zip([n.name for n in spec.nodes], host_addresses(subnet), strict=False))
     starting = [n for n in spec.nodes if not _running(record["nodes"].get(n.name))]
+    if starting:
+        accel = _accel(accel, images[spec.distro], progress)
     for gone in sorted(set(record["nodes"]) - {n.name for n in spec.nodes}):
         progress(f"removing {gone}: not in the requested shape")
         _stop_node(record["nodes"].pop(gone))
