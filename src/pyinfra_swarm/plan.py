@@ -353,10 +353,12 @@ def _build(state: State, build: bool = True) -> ClusterPlan:
     ]  # fmt: skip
     removed = [h for h in hosts if setting(h, "swarm_state") == "absent"]
     # Act through a manager that stays and that this run may change, if any.
-    in_swarm.sort(key=lambda h: (h in removed, h not in in_limit))
-    cluster_ids = {info[h].get("Cluster", {}).get("ID") for h in in_swarm}
+    # A manager that reaches no leader right now (an election after a manager was lost) reports no cluster:
+    # unknown, not another swarm; the node list below waits for the election. Managers that know it go first.
+    in_swarm.sort(key=lambda h: (h in removed, h not in in_limit, not _cluster_id(info[h])))
+    cluster_ids = {_cluster_id(info[h]) for h in in_swarm} - {""}
     if len(cluster_ids) > 1:
-        names = ", ".join(f"{h.name} ({info[h].get('Cluster', {}).get('ID')})" for h in in_swarm)
+        names = ", ".join(f"{h.name} ({_cluster_id(info[h])})" for h in in_swarm if _cluster_id(info[h]))
         raise DeployError(
             f"the inventory's managers are in different swarms: {names}. Fix the inventory, or make the odd "
             "ones leave (docker swarm leave --force) before running the deploy"
@@ -604,6 +606,10 @@ def _warn_small_mtu(addresses: dict[Host, str], links: dict[Host, tuple[dict, di
                 f"{host.name}: {name} has MTU {mtu}: overlay networks need mtu {mtu - 50} or less "
                 "(swarm_networks: {NAME: {mtu: ...}}, and com.docker.network.driver.mtu in stacks)"
             )
+
+
+def _cluster_id(swarm_info: dict[str, Any]) -> str:
+    return (swarm_info.get("Cluster") or {}).get("ID") or ""
 
 
 def _node_list(

@@ -127,6 +127,16 @@ def test_managers_in_different_swarms_stop_the_run():
                host("m2", "10.1.0.2", swarm=swarm("M2", True, "c2"), nodes="[]")])  # fmt: skip
 
 
+def test_a_manager_that_reaches_no_leader_yet_is_not_taken_for_another_swarm():
+    """Right after a manager is lost, another can report no cluster until the election is over."""
+    electing = json.loads(swarm("M3", True))
+    electing["Cluster"] = None
+    listing = nodes(node("M2", "m2", "manager"), node("M3", "m3", "manager"))
+    planned = _plan([host("m2", "10.1.0.2", swarm=swarm("M2", True), nodes=listing),
+                     host("m3", "10.1.0.3", swarm=json.dumps(electing), nodes=listing)])  # fmt: skip
+    assert planned["m2"] == [] and planned["m3"] == []
+
+
 def test_advertise_address_by_interface_name_and_missing_address():
     planned = _plan([host("m1", "eth0", addresses=["2: eth0 inet 10.1.0.1/24 scope global eth0"])])
     assert commands(planned["m1"])[0].startswith("docker swarm init --advertise-addr 10.1.0.1 ")  # eth0's IPv4

@@ -374,6 +374,7 @@ def _object(kind: str, name: str, value: str):
 
 STACK_FAILURE = ("rollback", "pause")  # what a failed stack update leaves: the previous spec, or Docker's pause
 STUCK = ("paused", "rollback_started", "rollback_completed", "rollback_paused")
+ROLLBACK_WAIT = 180  # seconds a rollback is waited for at least, whatever the stack's (forward) timeout
 
 
 def stack_problems(services: dict[str, dict[str, Any]], stack: str, expected: list[str] | None) -> list[str]:
@@ -762,7 +763,7 @@ def _roll_back(state: State, host: Host, stack: str, timeout: int, before: dict[
         status, output = host.run_shell_command(rollback, print_output=False, **args)
         if not status:
             return f"rolling {name} back failed: {output.stderr.strip()}" + left
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + max(timeout, ROLLBACK_WAIT)
     while True:
         states = {name: _update_state(state, host, name) for name in changed}
         unfinished = [name for name, value in states.items() if value != "rollback_completed"]
