@@ -28,7 +28,6 @@ from pyinfra.api.state import BaseStateCallback
 from pyinfra_swarm import controller
 from pyinfra_swarm.operations.swarm import LOCK_CONFIG, connector_args
 
-LOCK = LOCK_CONFIG
 PKI_RECORD = "pyinfra-swarm.pki."  # + the PKI directory's identity (pki.identity)
 LABEL = "pyinfra-swarm.lock."  # + run, who, since, what, beat
 HEARTBEAT = 60  # seconds between the holder's heartbeats
@@ -73,7 +72,8 @@ def holder_of(lines: list[str]) -> Holder | None:
 
 
 INSPECT = (
-    f"docker config inspect {LOCK} --format 'holder {{{{json .Spec.Labels}}}} {{{{.UpdatedAt.Unix}}}}' 2>/dev/null; "
+    f"docker config inspect {LOCK_CONFIG} --format 'holder {{{{json .Spec.Labels}}}} {{{{.UpdatedAt.Unix}}}}' "
+    "2>/dev/null; "
     'echo "now $(date +%s)"'
 )
 
@@ -137,7 +137,7 @@ class ClusterLock:
                   "beat": "0"}  # fmt: skip
         create = shlex.join(
             ["docker", "config", "create", *(a for k, v in labels.items() for a in ("--label", f"{LABEL}{k}={v}")),
-             LOCK, "-"]
+             LOCK_CONFIG, "-"]
         )  # fmt: skip
         command = (
             f'if error=$({create} 2>&1 >/dev/null); then echo locked; else echo "error $error" | head -1; {INSPECT}; '
@@ -154,8 +154,9 @@ class ClusterLock:
     def _remove(self, run: str) -> bool:
         """Remove the lock if run `run` holds it; whether a manager answered."""
         command = (
-            f'[ "$(docker config inspect {LOCK} --format \'{{{{index .Spec.Labels "{LABEL}run"}}}}\' 2>/dev/null)" '
-            f"= {shlex.quote(run)} ] && docker config rm {LOCK} >/dev/null; true"
+            f'[ "$(docker config inspect {LOCK_CONFIG} --format \'{{{{index .Spec.Labels "{LABEL}run"}}}}\' '
+            '2>/dev/null)" '
+            f"= {shlex.quote(run)} ] && docker config rm {LOCK_CONFIG} >/dev/null; true"
         )
         for manager in self.managers:
             if not manager.connected:
@@ -178,7 +179,7 @@ class ClusterLock:
         for manager in self.managers:
             if not manager.connected:
                 continue
-            status, lines, _ = _run(self.state, manager, f"{api} http://docker/configs/{LOCK}")
+            status, lines, _ = _run(self.state, manager, f"{api} http://docker/configs/{LOCK_CONFIG}")
             if not status:
                 continue
             config = json.loads("".join(lines))
@@ -257,7 +258,7 @@ def force_break(state: State, manager: Host) -> Holder | None:
     """Remove the cluster lock whoever holds it; the holder it had (None: there was none)."""
     holder = read(state, manager)
     if holder is not None:
-        status, _, stderr = _run(state, manager, f"docker config rm {LOCK} >/dev/null")
+        status, _, stderr = _run(state, manager, f"docker config rm {LOCK_CONFIG} >/dev/null")
         if not status:
             raise LookupError(stderr or "no answer")
     return holder
