@@ -54,17 +54,18 @@ bench-compare: $(STAMP) engine ## pyinfra-swarm and Ansible side by side (SIZES=
 	@$(BIN)/python -c 'import matplotlib' 2>/dev/null || $(BIN)/pip install -q 'matplotlib~=3.9'
 	$(BIN)/python benchmarks/compare.py $(if $(SIZES),--sizes $(SIZES))
 
-VAGRANT_PROVIDER = $$($(BIN)/python -c 'from pathlib import Path; from pyinfra_swarm.vagrant import load_settings; \
-	print(load_settings(Path("vagrant/settings.yml")).get("provider", "virtualbox"))')
+# Every Vagrant target reads $(PYINFRA_SWARM_VAGRANT_SETTINGS) when set, else vagrant/settings.yml.
+VAGRANT_SETTINGS = $(abspath $(or $(PYINFRA_SWARM_VAGRANT_SETTINGS),vagrant/settings.yml))
 
-vagrant-up: $(STAMP) ## boot the Vagrant lab of vagrant/settings.yml
-	cd vagrant && vagrant up --provider "$(VAGRANT_PROVIDER)"
+vagrant-up: $(STAMP) ## boot the Vagrant lab (a local box made first where settings ask for one)
+	@needs=$$($(BIN)/python -m pyinfra_swarm.vagrant "$(VAGRANT_SETTINGS)") && scripts/ensure-vagrant-tools $$needs
+	$(BIN)/pyinfra-swarm vagrant up --settings "$(VAGRANT_SETTINGS)"
 
 vagrant-deploy: $(STAMP) ## run deploy.py on the Vagrant lab
-	$(BIN)/pyinfra -y inventory/vagrant.py deploy.py
+	PYINFRA_SWARM_VAGRANT_SETTINGS="$(VAGRANT_SETTINGS)" $(BIN)/pyinfra -y inventory/vagrant.py deploy.py
 
-vagrant-down: ## destroy the Vagrant lab's VMs
-	cd vagrant && vagrant destroy -f
+vagrant-down: $(STAMP) ## destroy the Vagrant lab's VMs
+	$(BIN)/pyinfra-swarm vagrant down --settings "$(VAGRANT_SETTINGS)"
 
 $(STAMP): pyproject.toml
 	@command -v python3 >/dev/null || { echo "python3 is missing: install it (apt-get install python3 python3-venv)"; exit 1; }

@@ -29,15 +29,12 @@ registry_node = "manager1"
 registry_image = "pyinfra-swarm/registry:2.8"
 registry_build = "images/registry"
 
-# Lab: managers build images FROM debian:bookworm, which `pyinfra-swarm lab up` exports to this archive.
-_lab_images = os.path.join(os.environ.get("PYINFRA_SWARM_LAB_DIR", ".lab"), "images")
+# Lab: managers build images FROM debian:bookworm, which `pyinfra-swarm lab up` (and `vagrant up` with the
+# local box) export to this archive where nothing can be pulled; with no archive there, it is pulled.
+_base_archive = os.path.join(os.environ.get("PYINFRA_SWARM_LAB_DIR", ".lab"), "images", "debian-bookworm.tar")
 docker_image_archives = [
-    {
-        "image": "debian:bookworm",
-        "archive": os.path.join(_lab_images, "debian-bookworm.tar"),
-        "group": "swarm_managers",
-    },
-]
+    {"image": "debian:bookworm", "archive": _base_archive, "group": "swarm_managers"},
+] if os.path.exists(_base_archive) else []  # fmt: skip
 docker_images = [{"name": "demo-app", "context": "images/demo-app", "tag": "1"}]
 
 swarm_stacks = [
@@ -48,5 +45,3 @@ swarm_stacks = [
         "vars": {"demo_version": "1", "greeting": "hello", "web_replicas": 3, "web_port": 8080},
     },
 ]
-# Lab: no IPVS in its kernel, so DNS round robin and host-mode ports (real clusters: leave these out).
-stack_vars = {"endpoint_mode": "dnsrr", "publish_mode": "host"}

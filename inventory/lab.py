@@ -18,3 +18,4 @@ _groups = lab_groups(
 
 swarm_managers = _groups["swarm_managers"]
 swarm_workers = _groups["swarm_workers"]
+container_lab = _groups["container_lab"]  # group_data/container_lab.py: what a container lab's kernel needs

@@ -1,15 +1,19 @@
-"""The `pyinfra-swarm` command: the swarm's status, its cluster lock, and the local lab of VM-like nodes."""
+"""The `pyinfra-swarm` command: the swarm's status, its cluster lock, the local lab of VM-like nodes, and the
+Vagrant lab's boot where no box can be downloaded."""
 
 from __future__ import annotations
 
 import argparse
 import os
 import shutil
+import subprocess
 import sys
 import time
+from pathlib import Path
 
 from pyinfra_swarm.lab import LabError, LabSpec, state
 from pyinfra_swarm.lab.spec import DEFAULT_NAME, DISTROS
+from pyinfra_swarm.vagrant import LOCAL_BOXES
 
 
 def _progress(message: str) -> None:
@@ -68,6 +72,19 @@ def _parser() -> argparse.ArgumentParser:
     ssh.add_argument("--user", default="root", help="SSH user: root or debian (default: %(default)s)")
     ssh.add_argument("node", help="node name, e.g. manager1")
     ssh.add_argument("command", nargs=argparse.REMAINDER, help="command to run instead of a shell")
+    vagrant = commands.add_parser("vagrant", help="the Vagrant lab: its local box, and `vagrant up` with it")
+    vagrant_actions = vagrant.add_subparsers(dest="action", required=True)
+    settings = os.environ.get("PYINFRA_SWARM_VAGRANT_SETTINGS", "vagrant/settings.yml")
+    vagrant_up = vagrant_actions.add_parser("up", help="boot the Vagrant lab of a settings file (a local box made "
+                                            "first, libvirtd started where nothing starts it)")  # fmt: skip
+    vagrant_down = vagrant_actions.add_parser("down", help="destroy the Vagrant lab's VMs (`vagrant destroy`)")
+    for sub in (vagrant_up, vagrant_down):
+        sub.add_argument("--settings", default=settings, help="settings file (default: "
+                         "$PYINFRA_SWARM_VAGRANT_SETTINGS or %(default)s)")  # fmt: skip
+        sub.add_argument("--dir", default="vagrant", help="the Vagrantfile's folder (default: %(default)s)")
+    box = vagrant_actions.add_parser("box", help="make a local libvirt box from the VM lab's image (offline)")
+    box.add_argument("--box", choices=sorted(LOCAL_BOXES), default="debian12-local", help="(default: %(default)s)")
+    box.add_argument("--rebuild", action="store_true", help="make it again even if Vagrant has it")
     return parser
 
 
@@ -91,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         print("pyinfra-swarm: error: the lab needs Docker's SDK: pip install 'pyinfra-swarm[lab]'", file=sys.stderr)
         return 2
     try:
+        if args.command == "vagrant":
+            return {"up": _vagrant_up, "down": _vagrant_down, "box": _vagrant_box}[args.action](args)
         actions = {"up": _up, "down": _down, "status": _status, "ssh": _ssh, "summary": _summary}
         return actions[args.action](args)
     except LabError as exc:
@@ -130,6 +149,50 @@ def _export_base_image() -> None:
         export_base_image(lab.connect(), state_root() / "images", _progress)
     except LabError as exc:
         _progress(f"warning: the demo's base image archive can't be made here ({exc})")
+
+
+def _vagrant(args: argparse.Namespace) -> tuple[dict, str, dict[str, str]]:
+    """The settings, the provider and the environment for `vagrant` (libvirtd answering, where it's used)."""
+    from pyinfra_swarm.lab import vagrantbox
+    from pyinfra_swarm.vagrant import SettingsError, load_settings
+
+    path = Path(args.settings).resolve()
+    try:
+        settings = load_settings(path)
+    except SettingsError as exc:
+        raise LabError(str(exc)) from None
+    provider = os.environ.get("VAGRANT_DEFAULT_PROVIDER", settings.get("provider", "virtualbox"))
+    if provider == "libvirt":
+        vagrantbox.ensure_libvirtd(_progress)
+    return settings, provider, {**os.environ, "PYINFRA_SWARM_VAGRANT_SETTINGS": str(path)}
+
+
+def _vagrant_up(args: argparse.Namespace) -> int:
+    from pyinfra_swarm.lab import vagrantbox
+
+    settings, provider, env = _vagrant(args)
+    if settings.get("box") in LOCAL_BOXES:
+        image = vagrantbox.ensure_box(settings["box"], _progress)
+        env["PYINFRA_SWARM_LIBVIRT_DRIVER"] = vagrantbox.libvirt_driver(image, _progress)
+        _export_base_image()  # offline: the demo's base image comes from this host, as on the local lab
+    started = time.monotonic()
+    returncode = subprocess.run(["vagrant", "up", "--provider", provider], cwd=args.dir, env=env).returncode
+    if returncode == 0:
+        _progress(f"the Vagrant lab is up ({time.monotonic() - started:.1f} s)")
+    return returncode
+
+
+def _vagrant_down(args: argparse.Namespace) -> int:
+    _, _, env = _vagrant(args)
+    return subprocess.run(["vagrant", "destroy", "--force"], cwd=args.dir, env=env).returncode
+
+
+def _vagrant_box(args: argparse.Namespace) -> int:
+    from pyinfra_swarm.lab import vagrantbox
+
+    vagrantbox.ensure_box(args.box, _progress, rebuild=args.rebuild)
+    _progress(f"Vagrant has the box {LOCAL_BOXES[args.box][0]} (settings.yml: box: {args.box}, provider: libvirt)")
+    return 0
 
 
 def _down(args: argparse.Namespace) -> int:

@@ -11,7 +11,9 @@ from typing import Any
 
 import yaml
 
-BOXES = ("debian12", "ubuntu2404")
+BOXES = ("debian12", "ubuntu2404", "debian12-local")
+# The boxes made on this machine (`pyinfra-swarm vagrant box`, libvirt only): key -> (box name, Debian release).
+LOCAL_BOXES = {"debian12-local": ("pyinfra-swarm/debian12", "bookworm")}
 PROVIDERS = ("virtualbox", "libvirt")
 VIRTUALBOX_RANGE = ipaddress.IPv4Network("192.168.56.0/21")
 KNOWN = ("managers", "workers", "box", "provider", "cpus", "memory", "subnet")
@@ -48,6 +50,8 @@ def load_settings(path: Path) -> dict[str, Any]:
     provider = settings.get("provider", "virtualbox")
     if provider not in PROVIDERS:
         raise SettingsError(f"{path}: provider: unknown provider {provider!r} (known: {', '.join(PROVIDERS)})")
+    if settings.get("box") in LOCAL_BOXES and provider != "libvirt":
+        raise SettingsError(f"{path}: box: {settings['box']} is a libvirt box, not one for {provider}")
     if provider == "virtualbox" and not subnet.subnet_of(VIRTUALBOX_RANGE):
         raise SettingsError(f"{path}: subnet: {subnet} is outside 192.168.56.0/21, the only range VirtualBox allows")
     if not subnet.is_private:
@@ -137,3 +141,11 @@ def inventory(vagrant_dir: Path, settings_file: Path) -> dict[str, HostList]:
     for note in notes:
         print(f"pyinfra-swarm: vagrant: {note}", file=sys.stderr)
     return groups
+
+
+if __name__ == "__main__":  # `python -m pyinfra_swarm.vagrant SETTINGS`: its provider and box (for the Makefile)
+    try:
+        checked = load_settings(Path(sys.argv[1]))
+    except SettingsError as exc:
+        sys.exit(f"pyinfra-swarm: {exc}")
+    print(checked.get("provider", "virtualbox"), checked.get("box", "debian12"))

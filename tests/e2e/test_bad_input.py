@@ -149,7 +149,10 @@ def test_bad_input_is_refused_before_anything_runs(bad_lab: Lab, tmp_path: Path)
         run = bad_lab.deploy(inventory=str(inventory), group_data={"all": SWARM_ONLY})
         problems.append(problem(run, name, message.format(w1=bad_lab.address("worker1"))))
     for name, (data, message) in GROUP_DATA.items():
-        run = bad_lab.deploy(group_data={"all": {**SWARM_ONLY, **data}})
+        groups = {"all": {**SWARM_ONLY, **data}}
+        if "stack_vars" in data:  # the container lab's own group sets stack_vars, over `all`
+            groups["container_lab"] = {"stack_vars": data["stack_vars"]}
+        run = bad_lab.deploy(group_data=groups)
         problems.append(problem(run, name, message))
     for name, (text, message) in TEMPLATES.items():
         stacks = tmp_path / name.replace(" ", "-")

@@ -110,6 +110,9 @@ def test_inventory_groups_from_state(tmp_path):
     assert worker["ssh_user"] == "root" and "_sudo" not in worker
     _, as_debian = lab_groups(state_dir, user="debian")["swarm_workers"][0]
     assert as_debian["ssh_user"] == "debian" and as_debian["_sudo"] is True
+    assert [name for name, _ in groups["container_lab"]] == ["manager1", "worker1"]
+    (state_dir / "vm.json").write_text("{}")
+    assert lab_groups(state_dir)["container_lab"] == []  # a VM lab's nodes have a real cluster's group data
 
 
 def test_missing_state_says_how_to_make_it(tmp_path):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pyinfra_swarm.lab import vm, vmimage
+from pyinfra_swarm.lab import state, vm, vmimage
 from pyinfra_swarm.lab.spec import LabError
 
 
@@ -40,10 +40,12 @@ def test_the_image_cache_key_follows_the_recipe(monkeypatch: pytest.MonkeyPatch,
     first = vmimage.image_dir("bookworm")
     assert first.parent == tmp_path and first.name.startswith("debian-bookworm-")
     assert vmimage.image_dir("trixie") != first
-    monkeypatch.setattr(vmimage, "ENGINE_PACKAGES", ("docker.io", "containerd"))
+    changed = tmp_path / "vmimage.py"  # the recipe is the module: any change to it makes a new image
+    changed.write_text(Path(vmimage.__file__).read_text().replace('"docker.io",', '"docker.io", "containerd",'))
+    monkeypatch.setattr(vmimage, "__file__", str(changed))
     assert vmimage.image_dir("bookworm") != first
 
 
 def test_a_lab_without_vms_is_not_taken_for_one(tmp_path: Path):
-    assert not vm.is_vm_lab(tmp_path)
+    assert not state.is_vm_lab(tmp_path)
     assert vm.down(tmp_path, print) == 0

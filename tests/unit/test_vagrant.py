@@ -78,6 +78,10 @@ def test_advertise_address_is_on_the_private_interface_whatever_its_name(recorde
         ("managers: 1\nworkers: 1\ncpus: 1\nmemory: 1024\nbox: arch\n", "box: unknown box 'arch'"),
         ("managers: 1\nworkers: 1\ncpus: 1\nmemory: 1024\nsubnet: 10.1.0.0/24\n", "outside 192.168.56.0/21"),
         ("managers: 1\nworkers: 1\ncpus: 1\nmemory: 1024\ncolour: red\n", "colour: unknown setting"),
+        (
+            "managers: 1\nworkers: 1\ncpus: 1\nmemory: 1024\nbox: debian12-local\n",
+            "debian12-local is a libvirt box, not one for virtualbox",
+        ),
     ],
 )
 def test_bad_settings_name_the_key(tmp_path, content, message):

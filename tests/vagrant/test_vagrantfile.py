@@ -53,6 +53,11 @@ def test_valid_settings(tmp_path, settings, provider, machines):
         (("192.168.56.0/24", "192.168.70.0/24"), "virtualbox", "outside 192.168.56.0/21"),
         (("192.168.56.0/24", "8.8.8.0/24"), "libvirt", "not a private (RFC 1918) range"),
         (("cpus: 2", "cpus: 2\ncolour: red"), "virtualbox", "colour: unknown setting"),
+        (
+            ("box: debian12", "box: debian12-local"),
+            "virtualbox",
+            "debian12-local is a libvirt box, not one for virtualbox",
+        ),
     ],
 )
 def test_bad_settings_name_the_key(tmp_path, change, provider, message):

@@ -11,12 +11,14 @@ HostList = list[tuple[str, dict[str, Any]]]
 
 
 def lab_groups(state_dir: Path, user: str = "root") -> dict[str, HostList]:
-    """`swarm_managers` and `swarm_workers` for the lab in `state_dir`, as pyinfra (name, data) pairs.
+    """`swarm_managers` and `swarm_workers` for the lab in `state_dir`, as pyinfra (name, data) pairs, and
+    `container_lab` with every node of a container lab (its group data does without IPVS, which the host's
+    kernel lacks: DNS round robin and host-mode ports); a VM lab's nodes are a real cluster's.
 
     With a user other than root, operations run through sudo, as on servers that forbid root logins.
     """
     lab = state.load(state_dir)
-    groups: dict[str, HostList] = {"swarm_managers": [], "swarm_workers": []}
+    groups: dict[str, HostList] = {"swarm_managers": [], "swarm_workers": [], "container_lab": []}
     for node in lab.nodes:
         data: dict[str, Any] = {
             "ssh_hostname": node.address,
@@ -31,4 +33,6 @@ def lab_groups(state_dir: Path, user: str = "root") -> dict[str, HostList]:
         if user != "root":
             data["_sudo"] = True
         groups[f"swarm_{node.role}s"].append((node.node, data))
+        if not state.is_vm_lab(state_dir):
+            groups["container_lab"].append((node.node, {}))
     return groups

@@ -98,8 +98,8 @@ def down(name: str | None, progress: Progress) -> int:
     """Remove a lab's containers, volumes and network, or its VMs (every lab's with name None). Returns how
     many."""
     folders = [LabSpec(name=name, managers=1, workers=0).state_dir] if name else list(state_root().glob("*"))
-    removed = sum(vm.down(folder, progress) for folder in folders if vm.is_vm_lab(folder))
-    if name and vm.is_vm_lab(folders[0]):
+    removed = sum(vm.down(folder, progress) for folder in folders if state.is_vm_lab(folder))
+    if name and state.is_vm_lab(folders[0]):
         state.remove(folders[0])
         return removed
     api = connect()
@@ -125,7 +125,7 @@ def down(name: str | None, progress: Progress) -> int:
 def status(name: str) -> list[dict[str, str]]:
     """One row per node of lab `name`: node, address, role group, container state, systemd state."""
     folder = LabSpec(name=name, managers=1, workers=0).state_dir
-    if vm.is_vm_lab(folder):
+    if state.is_vm_lab(folder):
         return vm.status(folder)
     api = connect()
     rows = []

@@ -14,6 +14,7 @@ from pathlib import Path
 from pyinfra_swarm.lab.spec import LabError, state_root
 
 STATE_FILE = "lab.json"
+VM_FILE = "vm.json"  # a VM lab's bridge, taps, rules and QEMU processes (lab/vm.py)
 
 
 @dataclass
@@ -32,6 +33,10 @@ class LabState:
     network: str
     ssh_key: str
     nodes: list[NodeState]
+
+
+def is_vm_lab(state_dir: Path) -> bool:
+    return (state_dir / VM_FILE).exists()
 
 
 def key_path(state_dir: Path) -> Path:

@@ -33,7 +33,6 @@ from pyinfra_swarm.lab.vmimage import HOST_KEY_MARK, VmImage, ensure_vm_image, r
 
 Progress = Callable[[str], None]
 BOOT_TIMEOUT = 420.0  # a TCG guest on a busy 2-core host answers SSH after 1-2 minutes
-VM_FILE = "vm.json"
 MEMORY_MIB = 1536
 SPARE_MIB = 1024  # left to this host when checking memory
 
@@ -67,7 +66,7 @@ def up(spec: LabSpec, progress: Progress, memory: int = MEMORY_MIB, accel: str =
     addresses = dict(zip([n.name for n in spec.nodes], host_addresses(subnet), strict=False))
     starting = [n for n in spec.nodes if not _running(record["nodes"].get(n.name))]
     if starting:
-        accel = _accel(accel, images[spec.distro], progress)
+        accel = choose_accel(accel, images[spec.distro], progress)
     for gone in sorted(set(record["nodes"]) - {n.name for n in spec.nodes}):
         progress(f"removing {gone}: not in the requested shape")
         _stop_node(record["nodes"].pop(gone))
@@ -110,10 +109,6 @@ def down(state_dir: Path, progress: Progress) -> int:
     return removed
 
 
-def is_vm_lab(state_dir: Path) -> bool:
-    return (state_dir / VM_FILE).exists()
-
-
 def status(state_dir: Path) -> list[dict[str, str]]:
     lab = state.load(state_dir)
     nodes = _load(state_dir).get("nodes", {})
@@ -130,12 +125,12 @@ def status(state_dir: Path) -> list[dict[str, str]]:
 
 
 def _load(state_dir: Path) -> dict:
-    path = state_dir / VM_FILE
+    path = state_dir / state.VM_FILE
     return json.loads(path.read_text()) if path.exists() else {}
 
 
 def _save(state_dir: Path, record: dict) -> None:
-    (state_dir / VM_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    (state_dir / state.VM_FILE).write_text(json.dumps(record, indent=2) + "\n")
 
 
 def _remove_leftovers(lab: str, bridge: str, progress: Progress) -> None:
@@ -214,7 +209,7 @@ def _remove_rules(rules: list[list[str]], progress: Progress) -> None:
             run_checked(["iptables", "-t", table, "-D", chain, *rule])
 
 
-def _accel(wanted: str, image: VmImage, progress: Progress) -> str:
+def choose_accel(wanted: str, image: VmImage, progress: Progress) -> str:
     """kvm where a guest kernel starts under it within a few seconds, else tcg."""
     if wanted != "auto":
         return wanted

@@ -35,8 +35,10 @@ IMAGE_SIZE = "8G"  # sparse: the file takes what the tree takes, and grows in ea
 HOST_KEY_MARK = "pyinfra-swarm-hostkey:"
 
 BOOT_SCRIPT = f"""#!/bin/sh
-# Sets this VM up from its kernel command line: psl.addr=ADDR/PREFIX psl.gw=GATEWAY psl.dns=SERVER
-# psl.host=NAME psl.key=BASE64-OF-AUTHORIZED-KEY (written by `pyinfra-swarm lab up --vm`).
+# Sets this VM up from its kernel command line. In the VM lab (`pyinfra-swarm lab up --vm`):
+# psl.addr=ADDR/PREFIX psl.gw=GATEWAY psl.dns=SERVER psl.host=NAME psl.key=BASE64-OF-AUTHORIZED-KEY.
+# As a Vagrant box (`pyinfra-swarm vagrant box`): psl.dns=SERVER psl.vagrant=BASE64-OF-VAGRANT'S-KEY, and
+# Vagrant does the rest as with any box (eth0 by DHCP through systemd-networkd, which Vagrant then configures).
 set -eu
 for word in $(cat /proc/cmdline); do
     case "$word" in
@@ -45,8 +47,27 @@ for word in $(cat /proc/cmdline); do
         psl.dns=*) dns="${{word#psl.dns=}}" ;;
         psl.host=*) host="${{word#psl.host=}}" ;;
         psl.key=*) key="${{word#psl.key=}}" ;;
+        psl.vagrant=*) vagrant_key="${{word#psl.vagrant=}}" ;;
     esac
 done
+ssh-keygen -A >/dev/null
+if [ -n "${{vagrant_key:-}}" ]; then
+    [ -s /etc/hosts ] || printf '127.0.0.1 localhost\n' > /etc/hosts
+    echo "nameserver $dns" > /etc/resolv.conf
+    mkdir -p /run/systemd/network
+    printf '[Match]\nName=eth0\n\n[Network]\nDHCP=ipv4\n' > /run/systemd/network/10-management.network
+    if ! id vagrant >/dev/null 2>&1; then  # first boot: Vagrant replaces this well-known key with its own
+        useradd --create-home --shell /bin/bash vagrant
+        echo 'vagrant ALL=(ALL) NOPASSWD: ALL' > /etc/sudoers.d/vagrant
+        chmod 440 /etc/sudoers.d/vagrant
+        install -d -m 700 -o vagrant -g vagrant /home/vagrant/.ssh
+        echo "$vagrant_key" | base64 -d > /home/vagrant/.ssh/authorized_keys
+        chown vagrant:vagrant /home/vagrant/.ssh/authorized_keys
+        chmod 600 /home/vagrant/.ssh/authorized_keys
+    fi
+    systemctl --no-block start systemd-networkd.service
+    exit 0
+fi
 hostname "$host"
 echo "$host" > /etc/hostname
 printf '127.0.0.1 localhost\\n127.0.1.1 %s\\n' "$host" > /etc/hosts
@@ -58,7 +79,6 @@ ip route replace default via "$gw"
 mkdir -p -m 700 /root/.ssh
 echo "$key" | base64 -d > /root/.ssh/authorized_keys
 chmod 600 /root/.ssh/authorized_keys
-ssh-keygen -A >/dev/null
 for pub in /etc/ssh/ssh_host_*_key.pub; do
     echo "{HOST_KEY_MARK} $(cut -d' ' -f1-2 "$pub")" > /dev/ttyS0
 done
@@ -99,9 +119,10 @@ def cache_root() -> Path:
 
 
 def image_dir(distro: str) -> Path:
-    """The image's folder: the release and a hash of its recipe, so a changed recipe means a new image."""
-    recipe = "\n".join([distro, PACKAGES, *ENGINE_PACKAGES, BOOT_SCRIPT, BOOT_UNIT, IMAGE_SIZE])
-    return cache_root() / f"debian-{distro}-{hashlib.sha256(recipe.encode()).hexdigest()[:12]}"
+    """The image's folder: the release and a hash of its recipe (this module), so a changed recipe means a
+    new image."""
+    recipe = distro.encode() + Path(__file__).read_bytes()
+    return cache_root() / f"debian-{distro}-{hashlib.sha256(recipe).hexdigest()[:12]}"
 
 
 def ensure_vm_image(distro: str, progress: Progress) -> VmImage:
@@ -184,7 +205,10 @@ def _configure(tree: Path) -> None:
         (tree / "etc/systemd/system" / timer).symlink_to("/dev/null")
     for key in tree.glob("etc/ssh/ssh_host_*"):  # each VM makes its own at first boot
         key.unlink()
-    (tree / "etc/machine-id").write_text("")  # likewise its machine ID (systemd writes one at first boot)
+    (tree / "etc/machine-id").write_text("")  # likewise its machine ID (systemd writes one at first boot)...
+    dbus_id = tree / "var/lib/dbus/machine-id"  # ...which it would copy from here: dbus's install made one
+    dbus_id.unlink(missing_ok=True)
+    dbus_id.symlink_to("/etc/machine-id")
     (tree / "etc/resolv.conf").unlink()
 
 
