@@ -20,7 +20,7 @@ test: $(STAMP) engine lint ## unit tests, then end-to-end tests on a lab of thei
 	@scripts/ensure-test-tools
 	$(BIN)/pytest -v -m "not vm" tests
 
-test-vm: $(STAMP) engine ## the real-kernel tests on a lab of QEMU VMs (root; builds the VM image once)
+test-vm: $(STAMP) engine ## the real-kernel tests: QEMU VMs and the Vagrant lab with libvirt (root; builds the VM image once)
 	@scripts/ensure-vm-tools
 	$(BIN)/pytest -v -m vm tests
 
