@@ -55,11 +55,11 @@ def _libvirtd_answers() -> bool:
 
 
 def ensure_box(box: str, progress: Progress, rebuild: bool = False) -> VmImage:
-    """The local box `box` (a LOCAL_BOXES key) known to Vagrant, made now if it isn't (or if `rebuild`)."""
+    """The local box `box` (a LOCAL_BOXES key) known to Vagrant and made from today's image of the VM lab,
+    made now if it isn't (or if `rebuild`)."""
     name, distro = LOCAL_BOXES[box]
     image = ensure_vm_image(distro, progress)
-    listed = subprocess.run(["vagrant", "box", "list", "--machine-readable"], capture_output=True, text=True)
-    if not rebuild and f",box-name,{name}\n" in listed.stdout:
+    if not rebuild and str(image.kernel) in _added_box_vagrantfile(name):
         return image
     progress(f"making the Vagrant box {name} (libvirt) from {image.disk.parent}")
     with tempfile.TemporaryDirectory(prefix="pyinfra-swarm-box-", dir=cache_root()) as tmp:
@@ -76,6 +76,13 @@ def ensure_box(box: str, progress: Progress, rebuild: bool = False) -> VmImage:
                 tar.add(folder / member, arcname=member)
         run_checked(["vagrant", "box", "add", "--force", "--name", name, str(archive)])
     return image
+
+
+def _added_box_vagrantfile(name: str) -> str:
+    """The Vagrantfile of the box Vagrant has under `name` ("" if none): it names the image it was made from."""
+    home = Path(os.environ.get("VAGRANT_HOME", "~/.vagrant.d")).expanduser()
+    path = home / "boxes" / name.replace("/", "-VAGRANTSLASH-") / "0" / "libvirt" / "Vagrantfile"
+    return path.read_text() if path.is_file() else ""
 
 
 def box_vagrantfile(image: VmImage, key: str) -> str:
