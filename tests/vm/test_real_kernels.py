@@ -49,12 +49,11 @@ def templates(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def real_cluster_data(templates: Path) -> dict:
-    """The repo's demo with a real cluster's networking: no DNS-round-robin or host-mode overrides; one web
-    replica, so that two of the three nodes run none; and a service published on a port non-peers may not
-    reach."""
+    """The repo's demo with the repo's group data, which gives a VM lab a real cluster's networking (the
+    DNS-round-robin and host-mode overrides are the container lab's group's only); one web replica, so that two
+    of the three nodes run none; and a service published on a port non-peers may not reach."""
     demo_vars = {"demo_version": "1", "greeting": "hello", "web_replicas": 1, "web_port": 8080}
     return {"all": {
-        "stack_vars": {},
         "swarm_stacks_dir": str(templates),
         "swarm_stacks": [
             {"name": "demo", "template": "demo.yml.j2", "timeout": 300, "vars": demo_vars},
