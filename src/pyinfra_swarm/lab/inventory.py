@@ -18,6 +18,7 @@ def lab_groups(state_dir: Path, user: str = "root") -> dict[str, HostList]:
     With a user other than root, operations run through sudo, as on servers that forbid root logins.
     """
     lab = state.load(state_dir)
+    containers = not state.is_vm_lab(state_dir)
     groups: dict[str, HostList] = {"swarm_managers": [], "swarm_workers": [], "container_lab": []}
     for node in lab.nodes:
         data: dict[str, Any] = {
@@ -33,6 +34,6 @@ def lab_groups(state_dir: Path, user: str = "root") -> dict[str, HostList]:
         if user != "root":
             data["_sudo"] = True
         groups[f"swarm_{node.role}s"].append((node.node, data))
-        if not state.is_vm_lab(state_dir):
+        if containers:
             groups["container_lab"].append((node.node, {}))
     return groups
