@@ -9,12 +9,14 @@ import hashlib
 import json
 import shlex
 import weakref
+from dataclasses import dataclass, field
 from typing import Any
 
 from pyinfra.api import FactBase, Host, State
 from pyinfra.context import ctx_host
 
 Spec = dict[str, tuple[type[FactBase], dict[str, Any]]]  # name -> (fact class, its arguments)
+STATE_DIR = "/etc/pyinfra-swarm"  # where pyinfra-swarm keeps its files on a node
 _GATHERED: weakref.WeakKeyDictionary[State, dict[tuple[Host, str], Any]] = weakref.WeakKeyDictionary()
 
 
@@ -27,6 +29,11 @@ def remember(state: State, host: Host, spec: Spec, values: dict[str, Any]) -> No
     gathered = _GATHERED.setdefault(state, {})
     for name, (cls, kwargs) in spec.items():
         gathered[(host, fact_key(cls, kwargs))] = values[name]
+
+
+def recall(target: Host, cls: type[FactBase], kwargs: dict[str, Any]) -> Any:
+    """A fact this run gathered already for `target`; KeyError when it wasn't."""
+    return _GATHERED[target.state][(target, fact_key(cls, kwargs))]
 
 
 def read(cls: type[FactBase], target: Host | None = None, **kwargs: Any) -> Any:
@@ -69,6 +76,62 @@ class DockerSwarm(FactBase[dict[str, Any] | None]):
     def process(self, output: list[str]) -> dict[str, Any]:
         info = json.loads("".join(output))
         return info.get("Swarm", info)  # Docker's API answers all of /info, the CLI just the Swarm part
+
+
+JOINED = ("active", "pending", "locked")  # in a swarm, or on the way in
+
+
+@dataclass(frozen=True)
+class LocalSwarm:
+    """A host's own membership, as the DockerSwarm fact tells it. `state` is docker's LocalNodeState: None
+    (Docker not installed), "unknown" (the daemon doesn't answer), "inactive", "pending", "active", "locked"
+    or "error"."""
+
+    state: str | None = None
+    node_id: str = ""
+    control: bool = False  # ControlAvailable: a manager that reaches the raft
+    cluster: dict[str, Any] = field(default_factory=dict)  # the swarm's ID and spec (managers only)
+    on_disk: bool = False  # the daemon doesn't answer, and /var/lib/docker/swarm holds a swarm's state
+    managers: tuple[str, ...] = ()  # the addresses of the managers it knows
+
+    @classmethod
+    def of(cls, info: dict[str, Any] | None) -> LocalSwarm:
+        info = info or {}
+        return cls(
+            state=info.get("LocalNodeState"),
+            node_id=info.get("NodeID") or "",
+            control=bool(info.get("ControlAvailable")),
+            cluster=info.get("Cluster") or {},
+            on_disk=bool(info.get("StateOnDisk")),
+            managers=tuple(m.get("Addr", "?") for m in info.get("RemoteManagers") or []),
+        )
+
+    @property
+    def joined(self) -> bool:
+        """In a swarm, or on the way in: what `docker swarm leave` would leave."""
+        return self.state in JOINED
+
+    @property
+    def free(self) -> bool:
+        """In no swarm that Docker reports: not installed, not answering, or inactive."""
+        return self.state in (None, "unknown", "inactive")
+
+    @property
+    def active(self) -> bool:
+        return self.state == "active"
+
+    @property
+    def locked(self) -> bool:
+        return self.state == "locked"
+
+    @property
+    def cluster_id(self) -> str:
+        return self.cluster.get("ID") or ""
+
+    @property
+    def autolocked(self) -> bool:
+        """Whether its swarm has autolock on (only managers see the swarm's spec)."""
+        return bool(((self.cluster.get("Spec") or {}).get("EncryptionConfig") or {}).get("AutoLockManagers"))
 
 
 class SwarmNodes(FactBase[list[dict[str, Any]] | None]):
@@ -132,9 +195,9 @@ class DockerDaemonConfig(FactBase[dict[str, Any] | None]):
 # (a change that needs a restart waits there, so an unplanned restart never applies it undrained), the one it
 # replaced (kept until the turn ends well) and the record of the last reload (`PID DIGEST`).
 DAEMON_JSON = "/etc/docker/daemon.json"
-STAGED_DAEMON_JSON = "/etc/pyinfra-swarm/daemon.json.next"
-PREVIOUS_DAEMON_JSON = "/etc/pyinfra-swarm/daemon.json.previous"
-RELOADED_DAEMON_JSON = "/etc/pyinfra-swarm/daemon.json.reloaded"
+STAGED_DAEMON_JSON = f"{STATE_DIR}/daemon.json.next"
+PREVIOUS_DAEMON_JSON = f"{STATE_DIR}/daemon.json.previous"
+RELOADED_DAEMON_JSON = f"{STATE_DIR}/daemon.json.reloaded"
 
 
 def engine_pending(state: dict[str, Any]) -> list[str]:

@@ -373,8 +373,8 @@ DAEMON_KEY_TYPES: dict[str, type | tuple[type, ...]] = {
 
 
 def defaults(*keys: str) -> dict[str, Any]:
-    """`data_defaults` for a deploy that reads `keys`."""
-    return {key: DEFAULTS[key] for key in keys}
+    """`data_defaults` for a deploy: of `keys`, or of every setting."""
+    return {key: DEFAULTS[key] for key in keys or DEFAULTS}
 
 
 def unlock_key_file(host: Host) -> str:
@@ -509,7 +509,7 @@ def _problem(item: Setting, value: Any) -> str | None:
     problem = item.check(value) if item.check else None
     if problem is None:
         return None
-    return f"{item.key}{problem}" if problem.startswith(("[", "[")) else f"{item.key} {problem}"
+    return f"{item.key}{problem}" if problem.startswith("[") else f"{item.key} {problem}"
 
 
 def validate_daemon_config(config: Any) -> list[str]:

@@ -19,7 +19,7 @@ from pyinfra.context import ctx_host, ctx_state
 
 from pyinfra_swarm.facts import Bundle
 from pyinfra_swarm.lock import release_all
-from pyinfra_swarm.plan import HOST_FACTS
+from pyinfra_swarm.plan.observe import HOST_FACTS, firewall_facts
 
 KERNEL_FULL = ["CONFIG_VXLAN=m", "CONFIG_IP_VS=m", "CONFIG_INET_ESP=m", "CONFIG_CRYPTO_GCM=y", "CONFIG_XFRM_USER=m",
                "CONFIG_OVERLAY_FS=m", "CONFIG_BRIDGE_NETFILTER=m"]  # fmt: skip
@@ -73,6 +73,7 @@ def host(
             f"ActiveState={'active' if docker_running else 'inactive'}",
             f"UnitFileState={'enabled' if docker_running else 'disabled'}",
         ],
+        "firewall_service": [],
         "firewall": [f"{key}={value}" for key, value in {"iptables": "/usr/sbin/iptables", **(firewall or {})}.items()],
         "firewall_files": [],
         "mtus": [f"2: eth0: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu {mtu} qdisc noqueue state UP"],
@@ -81,7 +82,10 @@ def host(
         "engine": engine if engine is not None else ENGINE_RUNNING if docker_running else ["pid=0"],
     }
     bundle: list[str] = []
-    for fact_name in HOST_FACTS:
+    # What the firewall front-ends say comes in the same command, where data may use them.
+    sections["ufw"] = (extra or {}).get("ufw status verbose", [Bundle.MISSING])
+    sections["firewalld_zone"] = (extra or {}).get("--list-all", [])
+    for fact_name in [*HOST_FACTS, *firewall_facts(data.get("swarm_firewall", "auto"))]:
         bundle += [*sections[fact_name], Bundle.SEPARATOR]
     responses: dict[Any, Any] = {
         "echo apparmor=": bundle[:-1],  # the Bundle of registered facts (planned ones answer nothing)

@@ -16,10 +16,11 @@ from pyinfra_swarm.deploys.install import apt_swap_command, hold_commands, insta
 from pyinfra_swarm.deploys.registry import configure_registry, credentials, host_config
 from pyinfra_swarm.deploys.stacks import stale_versions
 from pyinfra_swarm.deploys.swarm import configure_nodes, join_swarm
-from pyinfra_swarm.facts import Bundle
+from pyinfra_swarm.facts import Bundle, LocalSwarm
 from pyinfra_swarm.operations.registry import login_digest
 from pyinfra_swarm.operations.swarm import converged, join_body, join_result, stack_progress
-from pyinfra_swarm.plan import _init_host, _warn_clock_skew, _warn_small_mtu
+from pyinfra_swarm.plan.checks import warn_clock_skew, warn_small_mtu
+from pyinfra_swarm.plan.managers import choose_init_host
 from pyinfra_swarm.settings import DEFAULTS, validate_host_data
 from tests.unit.fakes import commands, host, plan
 from tests.unit.test_swarm import node, nodes, swarm
@@ -75,19 +76,24 @@ def _fake(name: str, manager: bool = True, **data):
 
 def test_no_init_while_a_manager_that_may_hold_the_swarm_is_unreachable():
     m1, m2, m3 = _fake("m1"), _fake("m2"), _fake("m3")
-    info: dict = {m1: {}, m2: {"LocalNodeState": "inactive"}}
+    info = {m1: LocalSwarm(), m2: LocalSwarm("inactive")}
     with pytest.raises(DeployError, match=r"these managers could be: m3 \(unreachable\).*swarm_bootstrap: true"):
-        _init_host([m1, m2, m3], [m1, m2], [m1, m2, m3], info)
+        choose_init_host([m1, m2, m3], [m1, m2], [m1, m2, m3], info)
     bootstrap = _fake("m1", swarm_bootstrap=True)
-    assert _init_host([bootstrap, m2, m3], [bootstrap, m2], [bootstrap, m2, m3], {bootstrap: {}, m2: {}}) is bootstrap
+    assert (
+        choose_init_host(
+            [bootstrap, m2, m3], [bootstrap, m2], [bootstrap, m2, m3], {bootstrap: LocalSwarm(), m2: LocalSwarm()}
+        )
+        is bootstrap
+    )
 
 
 def test_no_init_while_a_manager_has_docker_stopped_with_swarm_state_on_disk():
     m1, m2 = _fake("m1"), _fake("m2")
-    info = {m1: {}, m2: {"LocalNodeState": "unknown", "StateOnDisk": True}}
+    info = {m1: LocalSwarm(), m2: LocalSwarm("unknown", on_disk=True)}
     with pytest.raises(DeployError, match=r"m2 \(Docker stopped, swarm state on disk"):
-        _init_host([m1, m2], [m1, m2], [m1, m2], info)
-    assert _init_host([m1, m2], [m1, m2], [m1, m2], {m1: {}, m2: {"LocalNodeState": "unknown"}}) is m1
+        choose_init_host([m1, m2], [m1, m2], [m1, m2], info)
+    assert choose_init_host([m1, m2], [m1, m2], [m1, m2], {m1: LocalSwarm(), m2: LocalSwarm("unknown")}) is m1
 
 
 def test_a_locked_manager_is_unlocked_from_the_key_file_and_never_made_to_leave(tmp_path):
@@ -292,7 +298,7 @@ def test_ports_outside_1_65535_and_bad_data_path_addresses_are_refused():
 def test_clock_skew_and_small_mtus_are_reported(caplog):
     m1, m2 = _fake("m1"), _fake("m2")
     with caplog.at_level(logging.WARNING):
-        _warn_clock_skew({m1: 1000.0, m2: 1030.0}, 1000.5)
-        _warn_small_mtu({m1: "10.1.0.1"}, {m1: ({"eth0": ["10.1.0.1"]}, {"eth0": 1450})})
+        warn_clock_skew({m1: 1000.0, m2: 1030.0}, 1000.5)
+        warn_small_mtu({m1: "10.1.0.1"}, {m1: ({"eth0": ["10.1.0.1"]}, {"eth0": 1450})})
     assert "m2: its clock is +30 s off" in caplog.text and "m1: its clock" not in caplog.text
     assert "m1: eth0 has MTU 1450: overlay networks need mtu 1400 or less" in caplog.text

@@ -154,7 +154,7 @@ def test_an_even_number_of_managers_is_warned_about(caplog):
 
 def test_a_swarm_without_a_leader_is_waited_for_then_reported(monkeypatch):
     """Right after a manager is lost the others can't list nodes: never take that for "another swarm"."""
-    monkeypatch.setattr("pyinfra_swarm.plan.LEADER_WAIT", 0.1)
+    monkeypatch.setattr("pyinfra_swarm.plan.managers.LEADER_WAIT", 0.1)
     no_leader = "##pyinfra-swarm-no-node-list##"
     with pytest.raises(PyinfraError, match="no manager of the swarm can list its nodes"):
         _plan([host("m1", "10.1.0.1", swarm=swarm("M1", True), nodes=no_leader)],
@@ -177,7 +177,7 @@ def test_docker_stopped_on_a_member_is_neither_joined_again_nor_removed():
 def test_quorum_lost_recovers_on_the_manager_that_says_so(monkeypatch, caplog):
     """No leader, and swarm_force_new_cluster on a survivor: it alone runs `--force-new-cluster` this run;
     joins, roles and removals wait for the next (which finds a leader and warns the setting does nothing)."""
-    monkeypatch.setattr("pyinfra_swarm.plan.LEADER_WAIT", 0.1)
+    monkeypatch.setattr("pyinfra_swarm.plan.managers.LEADER_WAIT", 0.1)
     no_leader = "##pyinfra-swarm-no-node-list##"
     planned = _plan([host("m1", "10.1.0.1", swarm=swarm("M1", True), nodes=no_leader, swarm_force_new_cluster=True)],
                     [host("w1", "10.1.0.2", swarm=swarm("W1", False)), host("w2", "10.1.0.3")])  # fmt: skip

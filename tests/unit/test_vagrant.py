@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from pyinfra_swarm.facts import HostAddresses
-from pyinfra_swarm.plan import resolve_address
+from pyinfra_swarm.plan.observe import resolve_address
 from pyinfra_swarm.vagrant import SettingsError, load_settings, machine_addresses, vagrant_groups
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "vagrant"

@@ -13,18 +13,19 @@ import tarfile
 from pathlib import Path
 
 from pyinfra import host
-from pyinfra.api import deploy
+from pyinfra.api import Host
 from pyinfra.api.exceptions import DeployError
 from pyinfra.operations import files, server
 
+from pyinfra_swarm.deploys.step import step
 from pyinfra_swarm.operations import images
-from pyinfra_swarm.plan import ClusterPlan, archives_for, current_host, image_references, plan_cluster
-from pyinfra_swarm.settings import defaults, setting
+from pyinfra_swarm.plan import ClusterPlan, archives_for, image_references
+from pyinfra_swarm.settings import setting
 
 
 def built_this_run(plan: ClusterPlan) -> set[str]:
     """Images this run builds (stacks that use them are deployed again)."""
-    return plan.run.setdefault("built_images", set())
+    return plan.run.built_images
 
 
 def dockerignore(context: Path) -> list[tuple[bool, re.Pattern[str]]]:
@@ -110,13 +111,12 @@ def build(plan: ClusterPlan, reference: str, context: Path, current: str | None,
                  push=push)  # fmt: skip
 
 
-@deploy("Image archives", data_defaults=defaults("docker_image_archives"))
-def load_image_archives(plan: ClusterPlan | None = None) -> None:
+@step("Image archives")
+def load_image_archives(plan: ClusterPlan, this: Host) -> None:
     """Upload image archives from the controller and `docker load` them on the hosts of their group where
     the image is missing (clusters without registry access; the lab gets its base image this way)."""
-    plan = plan or plan_cluster()
-    entries = archives_for(current_host(), setting(current_host(), "docker_image_archives"))
-    if not entries or not plan.takes_part(current_host()):
+    entries = archives_for(this, setting(this, "docker_image_archives"))
+    if not entries:
         return
     for entry in entries:
         if not Path(entry["archive"]).is_file():
@@ -130,14 +130,12 @@ def load_image_archives(plan: ClusterPlan | None = None) -> None:
         server.shell(name=f"Load image {entry['image']}", commands=[f"docker load -q -i {remote}", f"rm -f {remote}"])
 
 
-@deploy("Images", data_defaults=defaults("docker_images"))
-def build_images(plan: ClusterPlan | None = None) -> None:
+@step("Images", runs_on="acting manager")
+def build_images(plan: ClusterPlan, this: Host) -> None:
     """On the manager acting for the cluster: build each image of `docker_images` from its context and push
     it to the cluster's registry as REGISTRY/NAME:TAG."""
-    plan = plan or plan_cluster()
-    this = current_host()
     entries = setting(this, "docker_images")
-    if this is not plan.acting_manager or not entries:
+    if not entries:
         return
     registry = plan.registry_address
     for reference, entry in host.loop(list(image_references(registry, entries).items())):

@@ -7,16 +7,16 @@ import datetime
 from pathlib import Path
 
 from pyinfra import host, logger
-from pyinfra.api import Host, deploy
+from pyinfra.api import Host
 from pyinfra.api.exceptions import DeployError
 
 from pyinfra_swarm.deploys.daemon import configure_daemon
 from pyinfra_swarm.deploys.firewall import configure_firewall
 from pyinfra_swarm.deploys.install import install_docker
+from pyinfra_swarm.deploys.step import step
 from pyinfra_swarm.operations import backup, private
-from pyinfra_swarm.operations.credentials import autolocked
-from pyinfra_swarm.plan import ClusterPlan, current_host, plan_cluster
-from pyinfra_swarm.settings import backup_dir, defaults, is_manager, setting, unlock_key_file
+from pyinfra_swarm.plan import ClusterPlan
+from pyinfra_swarm.settings import backup_dir, is_manager, setting, unlock_key_file
 
 REMOTE_BACKUP = "/var/tmp/pyinfra-swarm-backup.tar.gz"
 REMOTE_RESTORE = "/var/tmp/pyinfra-swarm-restore.tar.gz"
@@ -32,12 +32,10 @@ def backup_host(plan: ClusterPlan) -> Host:
     return (followers or candidates)[0]
 
 
-@deploy("Back up the swarm", data_defaults=defaults("swarm_backup_dir", "swarm_unlock_key_file"))
-def backup_swarm(plan: ClusterPlan | None = None) -> None:
+@step("Back up the swarm", runs_on="every host", build=False)
+def backup_swarm(plan: ClusterPlan, this: Host) -> None:
     """Archive the swarm state of one manager (Docker stopped meanwhile) and fetch it to the controller as
     `swarm-<cluster>-<host>-<UTC time>.tar.gz` in the backup directory (0700)."""
-    plan = plan or plan_cluster(build=False)
-    this = current_host()
     if this is not backup_host(plan):
         return
     info = plan.swarm_of(this)
@@ -45,14 +43,14 @@ def backup_swarm(plan: ClusterPlan | None = None) -> None:
     if len(managers) == 1:
         logger.warning(f"one manager: Docker stops on {this.name} while its state is archived; the swarm can't be "
                        "changed meanwhile and the tasks there restart")  # fmt: skip
-    if autolocked(info):
+    if info.autolocked:
         logger.warning(f"autolock is on: restoring this backup needs today's unlock key ({unlock_key_file(this)}): "
                        "keep a copy of it apart from the backup")  # fmt: skip
     folder = backup_dir(this)
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     folder.chmod(0o700)
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    cluster = ((info.get("Cluster") or {}).get("ID") or "unknown")[:12]
+    cluster = (info.cluster_id or "unknown")[:12]
     dest = folder / f"swarm-{cluster}-{plan.hostnames[this]}-{stamp}.tar.gz"
     logger.info(f"the backup goes to {dest}")
     backup.archived(name=f"Archive the swarm state on {this.name} (Docker stopped meanwhile)", archive=REMOTE_BACKUP,
@@ -61,13 +59,11 @@ def backup_swarm(plan: ClusterPlan | None = None) -> None:
                    dest=str(dest))  # fmt: skip
 
 
-@deploy("Restore the swarm", data_defaults=defaults("swarm_restore_from", "swarm_unlock_key_file"))
-def restore_swarm(plan: ClusterPlan | None = None) -> None:
+@step("Restore the swarm", runs_on="every host", build=False)
+def restore_swarm(plan: ClusterPlan, this: Host) -> None:
     """On the manager with `swarm_restore_from`: Docker installed as the deploy does, the backup uploaded and
     restored with `--force-new-cluster`. Refused while a manager of the inventory is in the swarm (that
     would make two swarms); a no-op once this host is in a swarm."""
-    plan = plan or plan_cluster(build=False)
-    this = current_host()
     source = setting(this, "swarm_restore_from")
     if not source:
         return
@@ -80,7 +76,7 @@ def restore_swarm(plan: ClusterPlan | None = None) -> None:
             f"{plan.primary.name} is a manager of the swarm: restoring a backup beside a live swarm would make two. "
             "Restore only when every manager is lost; otherwise the deploy rejoins the lost ones"
         )
-    if plan.swarm_of(this).get("LocalNodeState") in ("active", "pending", "locked"):
+    if plan.swarm_of(this).joined:
         host.noop("this host is in a swarm: nothing to restore (remove swarm_restore_from)")
         return
     configure_daemon(plan=plan)

@@ -5,21 +5,18 @@ certificate), each once."""
 from __future__ import annotations
 
 from pyinfra import host
-from pyinfra.api import deploy
+from pyinfra.api import Host
 
+from pyinfra_swarm.deploys.step import step
 from pyinfra_swarm.operations import credentials
-from pyinfra_swarm.plan import ClusterPlan, current_host, plan_cluster
-from pyinfra_swarm.settings import defaults, setting, unlock_key_file
+from pyinfra_swarm.plan import ClusterPlan
+from pyinfra_swarm.settings import setting, unlock_key_file
 
 
-@deploy("Swarm credentials", data_defaults=defaults("swarm_autolock", "swarm_unlock_key_file", "swarm_rotate"))
-def configure_credentials(plan: ClusterPlan | None = None) -> None:
+@step("Swarm credentials", runs_on="acting manager")
+def configure_credentials(plan: ClusterPlan, this: Host) -> None:
     """Autolock on or off when data says (on: the key written to the key file), then each requested rotation
     not yet done."""
-    plan = plan or plan_cluster()
-    this = current_host()
-    if this is not plan.acting_manager:
-        return
     key_file = unlock_key_file(this)
     if setting(this, "swarm_autolock") is not None:
         credentials.autolock(name="Autolock", enabled=setting(this, "swarm_autolock"), key_file=key_file)

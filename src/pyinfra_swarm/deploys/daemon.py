@@ -11,13 +11,14 @@ from dataclasses import dataclass
 from io import StringIO
 from typing import Any
 
-from pyinfra.api import Host, deploy
+from pyinfra.api import Host
 from pyinfra.api.exceptions import DeployError
 from pyinfra.operations import files, server, systemd
 
-from pyinfra_swarm.facts import DAEMON_JSON, RELOADED_DAEMON_JSON, STAGED_DAEMON_JSON, sha256_text
-from pyinfra_swarm.plan import RULES_DIR, ClusterPlan, current_host, plan_cluster
-from pyinfra_swarm.settings import defaults, setting, validate_daemon_config
+from pyinfra_swarm.deploys.step import step
+from pyinfra_swarm.facts import DAEMON_JSON, RELOADED_DAEMON_JSON, STAGED_DAEMON_JSON, STATE_DIR, sha256_text
+from pyinfra_swarm.plan import ClusterPlan
+from pyinfra_swarm.settings import setting, validate_daemon_config
 
 # Options dockerd applies on SIGHUP (Docker's "configuration reload behavior" list).
 RELOADABLE = {
@@ -90,8 +91,7 @@ def daemon_change(plan: ClusterPlan, target: Host) -> DaemonChange:
         action = "reload"  # no daemon.json at all, and data asks for an empty one: write it
     if action is None:
         return DaemonChange(text, None, staged)
-    swarm = plan.fact("swarm", target)
-    if swarm is None or swarm.get("LocalNodeState") == "unknown":
+    if plan.swarm_of(target).state in (None, "unknown"):
         return DaemonChange(text, WRITE, staged)  # Docker isn't installed or running: it starts with this file
     member = plan.is_member(target)
     if action == "reload" and not (member and engine["config_newer"]):
@@ -101,14 +101,10 @@ def daemon_change(plan: ClusterPlan, target: Host) -> DaemonChange:
     return DaemonChange(text, RESTART, staged)
 
 
-@deploy("Configure the Docker daemon", data_defaults=defaults("docker_daemon_config"))
-def configure_daemon(plan: ClusterPlan | None = None) -> None:
+@step("Configure the Docker daemon")
+def configure_daemon(plan: ClusterPlan, this: Host) -> None:
     """Write daemon.json (before Docker is installed, so it starts with it), or stage it for the node's
     turn, and apply changes that don't need a restart."""
-    plan = plan or plan_cluster()
-    this = current_host()
-    if not plan.takes_part(this):
-        return
     change = daemon_change(plan, this)
     if change.unstage:
         server.shell(name="Drop the staged daemon.json (data no longer asks for it)",
@@ -118,14 +114,14 @@ def configure_daemon(plan: ClusterPlan | None = None) -> None:
     if change.action == STAGE:
         if plan.fact("engine")["staged"] == sha256_text(change.text):
             return  # staged already, by a run that did not reach the node's turn
-        files.directory(name=f"Directory {RULES_DIR}", path=RULES_DIR, mode="0755")
+        files.directory(name=f"Directory {STATE_DIR}", path=STATE_DIR, mode="0755")
         files.put(name=f"Stage {DAEMON_JSON} for the node's turn", src=StringIO(change.text), dest=STAGED_DAEMON_JSON,
                   mode="0644")  # fmt: skip
         return
     files.directory(name="Directory /etc/docker", path="/etc/docker", mode="0755")
     written = files.put(name=f"Write {DAEMON_JSON}", src=StringIO(change.text), dest=DAEMON_JSON, mode="0644")
     if change.action == RELOAD:
-        files.directory(name=f"Directory {RULES_DIR}", path=RULES_DIR, mode="0755")
+        files.directory(name=f"Directory {STATE_DIR}", path=STATE_DIR, mode="0755")
         server.shell(name="Reload Docker for the new daemon.json", commands=RELOAD_COMMANDS, _if=written.did_change)
     elif change.action == RESTART:
         systemd.service(name="Restart Docker for the new daemon.json", service="docker", restarted=True,

@@ -10,15 +10,16 @@ from __future__ import annotations
 from typing import Any
 
 from pyinfra import host
-from pyinfra.api import Host, deploy
+from pyinfra.api import Host
 
 from pyinfra_swarm.deploys.daemon import STAGE, daemon_change
 from pyinfra_swarm.deploys.install import engine_transaction
+from pyinfra_swarm.deploys.step import step
 from pyinfra_swarm.facts import DAEMON_JSON, PREVIOUS_DAEMON_JSON, STAGED_DAEMON_JSON
 from pyinfra_swarm.operations import maintenance
 from pyinfra_swarm.operations.swarm import DRAINED_LABEL, RESTORE_LABEL
-from pyinfra_swarm.plan import ClusterPlan, current_host, plan_cluster
-from pyinfra_swarm.settings import defaults, is_manager, setting, unlock_key_file
+from pyinfra_swarm.plan import ClusterPlan
+from pyinfra_swarm.settings import is_manager, setting, unlock_key_file
 
 RESTART = "systemctl restart docker.service"
 # The staged daemon.json put in place, the one it replaces kept until the turn ends well; and put back.
@@ -68,14 +69,13 @@ def left_drained(plan: ClusterPlan) -> list[dict[str, Any]]:
     return [n for n in plan.nodes if DRAINED_LABEL in n["labels"]]
 
 
-@deploy("Nodes left drained by an unfinished run")
-def give_back_drained(plan: ClusterPlan | None = None) -> None:
+@step("Nodes left drained by an unfinished run", runs_on="every host")
+def give_back_drained(plan: ClusterPlan, this: Host) -> None:
     """Give every node that an earlier run left drained (killed in its turn) its availability back, from the
     first host of this run, whatever its --limit: the command goes to a manager. A node whose work is still
     pending takes its turn again later in this run (or in one whose limit holds it)."""
-    plan = plan or plan_cluster()
     runner = next((h for h in plan.reachable if h in plan.in_limit), None)
-    if current_host() is not runner or plan.recovering:
+    if this is not runner or plan.recovering:
         return
     managers = [m.name for m in plan.managers if plan.in_this_swarm(m)]
     for entry in host.loop(left_drained(plan)):
@@ -113,14 +113,10 @@ def engine_work(plan: ClusterPlan, target: Host) -> tuple[list[str], list[str], 
     return commands, rollback, reasons
 
 
-@deploy("Engine maintenance, one node at a time", data_defaults=defaults("swarm_drain_timeout"))
-def roll_engines(plan: ClusterPlan | None = None) -> None:
+@step("Engine maintenance, one node at a time")
+def roll_engines(plan: ClusterPlan, this: Host) -> None:
     """The node's turn, when its engine must restart (see the module docstring). A turn that fails stops
     the turns after it; the failed node is undone where that can be done."""
-    plan = plan or plan_cluster()
-    this = current_host()
-    if not plan.takes_part(this):
-        return
     member = turn_args(plan, this)
     if member is None:
         return

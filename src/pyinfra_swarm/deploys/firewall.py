@@ -13,20 +13,19 @@ import ipaddress
 from dataclasses import dataclass
 
 from pyinfra import host
-from pyinfra.api import deploy
-from pyinfra.operations import apt, server
+from pyinfra.api import Host
+from pyinfra.operations import server
 
-from pyinfra_swarm.facts import FirewalldZone, UfwState, read, sha256_text
+from pyinfra_swarm.deploys.step import step
 from pyinfra_swarm.operations import firewall
-from pyinfra_swarm.operations.firewall import UNIT, UNIT_FILE, unit_text
-from pyinfra_swarm.plan import IPTABLES_RULES, NFT_RULES, ClusterPlan, current_host, plan_cluster
-from pyinfra_swarm.settings import defaults, is_manager, setting
+from pyinfra_swarm.operations.firewall import FIREWALLD_ZONE
+from pyinfra_swarm.plan import ClusterPlan
+from pyinfra_swarm.settings import is_manager, setting
 
 CHAIN = "PYINFRA-SWARM"
 FORWARD_CHAIN = "PYINFRA-SWARM-FWD"  # published ports, jumped to from Docker's DOCKER-USER
 DOCKER_BRIDGES = ("docker0", "docker_gwbridge", "br-+")  # containers' own traffic is not inbound
 NFT_TABLE = "pyinfra_swarm"
-FIREWALLD_ZONE = "pyinfra-swarm"
 UFW_COMMENT = "pyinfra-swarm"
 
 
@@ -269,14 +268,9 @@ def resolve_backend(configured: str | bool, tools: dict) -> str:
     return "iptables"
 
 
-@deploy("Configure the swarm firewall", data_defaults=defaults(
-    "swarm_firewall", "swarm_firewall_policy", "swarm_firewall_allow", "swarm_encrypted_overlays"))  # fmt: skip
-def configure_firewall(plan: ClusterPlan | None = None) -> None:
+@step("Configure the swarm firewall")
+def configure_firewall(plan: ClusterPlan, this: Host) -> None:
     """Let swarm traffic in from cluster peers only (see module docstring); `swarm_firewall: none` skips."""
-    plan = plan or plan_cluster()
-    this = current_host()
-    if not plan.takes_part(this):
-        return
     tools = plan.fact("firewall")
     backend = resolve_backend(setting(this, "swarm_firewall"), tools)
     if backend == "none":
@@ -297,17 +291,17 @@ def configure_firewall(plan: ClusterPlan | None = None) -> None:
         peer_ports=(f"{registry.port}/tcp",) if registry and registry.host is this and registry.mode == "host" else (),
     )
     if backend in ("iptables", "nftables"):
-        _own_rules(plan, backend, policy, tools)
+        _own_rules(backend, policy, tools)
     elif backend == "ufw":
         if tools["ufw"] is None:
-            apt.packages(name="Install ufw", packages=["ufw"], update=True)
+            server.packages(name="Install ufw", packages=["ufw"])
             commands = ufw_commands(policy, {"active": False, "incoming": None, "rules": []})
         else:
-            commands = ufw_commands(policy, read(UfwState))
+            commands = ufw_commands(policy, plan.fact("ufw"))
         if commands:
             server.shell(name="Open the swarm ports to peers (ufw)", commands=commands)
     elif backend == "firewalld":
-        commands = firewalld_commands(policy, read(FirewalldZone, zone=FIREWALLD_ZONE))
+        commands = firewalld_commands(policy, plan.fact("firewalld_zone"))
         if commands:  # reload only on a change: a reload drops the rules older engines add at run time
             server.shell(
                 name="Open the swarm ports to peers (firewalld)", commands=[*commands, "firewall-cmd --reload"]
@@ -316,29 +310,9 @@ def configure_firewall(plan: ClusterPlan | None = None) -> None:
             host.noop("firewalld zone already in place")
 
 
-def _own_rules(plan: ClusterPlan, backend: str, policy: Policy, tools: dict) -> None:
+def _own_rules(backend: str, policy: Policy, tools: dict) -> None:
     """Our chain (iptables) or table (nftables), from a rules file applied by a unit of our own."""
-    if backend == "iptables":
-        text, path = iptables_script(policy), IPTABLES_RULES
-        start, loaded = f"/bin/sh {path}", tools["chain"]
-    else:
-        text, path = nftables_rules(policy), NFT_RULES
-        start, loaded = f"/usr/sbin/nft -f {path}", tools["table"]
-        if not tools["nft"]:
-            apt.packages(name="Install nftables", packages=["nftables"], update=True)
-    hashes = plan.fact("firewall_files")
-    service = plan.fact("services").get(UNIT, {"active": False, "enabled": False})
-    rules_same = hashes.get(path) == sha256_text(text)
-    unit_same = hashes.get(UNIT_FILE) == sha256_text(unit_text(start))
-    if rules_same and unit_same and loaded and service["enabled"]:
-        host.noop(f"firewall rules ({backend}) already in place")
-        return
-    firewall.rules(
-        name=f"Firewall rules ({backend}), applied now and at boot",
-        text=text,
-        path=path,
-        start=start,
-        write_rules=not rules_same,
-        write_unit=not unit_same,
-        restart=service["active"],
-    )
+    if backend == "nftables" and not tools["nft"]:
+        server.packages(name="Install nftables", packages=["nftables"])
+    text = iptables_script(policy) if backend == "iptables" else nftables_rules(policy)
+    firewall.rules(name=f"Firewall rules ({backend}), applied now and at boot", backend=backend, text=text)

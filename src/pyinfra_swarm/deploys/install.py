@@ -6,23 +6,15 @@ import shlex
 from io import StringIO
 
 from pyinfra import host
-from pyinfra.api import Host, deploy
+from pyinfra.api import Host
 from pyinfra.api.exceptions import DeployError
-from pyinfra.facts.server import LinuxDistribution
 from pyinfra.operations import apt, dnf, files, server, systemd
 
+from pyinfra_swarm.deploys.step import step
+from pyinfra_swarm.layout import APT_CONFLICTS, DNF_CONFLICTS, DOCKER_APT_KEY, DOCKER_APT_SOURCE, DOCKER_CE_PACKAGES
 from pyinfra_swarm.operations import packages
-from pyinfra_swarm.plan import (
-    APT_CONFLICTS,
-    DNF_CONFLICTS,
-    DOCKER_APT_KEY,
-    DOCKER_APT_SOURCE,
-    DOCKER_CE_PACKAGES,
-    ClusterPlan,
-    current_host,
-    plan_cluster,
-)
-from pyinfra_swarm.settings import defaults, setting
+from pyinfra_swarm.plan import ClusterPlan, current_host
+from pyinfra_swarm.settings import setting
 
 DEBIAN_FAMILY = {"debian": "debian", "raspbian": "raspbian", "ubuntu": "ubuntu"}
 # Docker's dnf repositories by distribution; Rocky and Alma use the CentOS one.
@@ -123,16 +115,11 @@ def engine_transaction(plan: ClusterPlan, target: Host) -> list[str]:
     return [*transaction, *holds] if transaction else []
 
 
-@deploy("Install Docker", data_defaults=defaults("docker_source", "docker_version", "docker_ce_repo_url",
-                                           "docker_ce_channel", "docker_users"))  # fmt: skip
-def install_docker(plan: ClusterPlan | None = None) -> None:
+@step("Install Docker")
+def install_docker(plan: ClusterPlan, this: Host) -> None:
     """Install Docker from data's `docker_source`, remove conflicting packages, start and enable it. On a
     node already in the swarm, an engine change (a new version, a source switch) waits for the node's turn
     (deploys/engine.py); Docker's repository is prepared here for it."""
-    plan = plan or plan_cluster()
-    this = current_host()
-    if not plan.takes_part(this):
-        return
     source = setting(this, "docker_source")
     facts = plan.fact("packages")
     manager = facts["manager"]
@@ -169,7 +156,7 @@ def install_docker(plan: ClusterPlan | None = None) -> None:
                          else "Release held Docker packages", commands=holds)  # fmt: skip
     else:
         remove, _, install = plan_packages(manager, source, installed, setting(this, "docker_version"), False)
-        _install_dnf(remove, install)
+        _install_dnf(plan, remove, install)
     service = plan.fact("services").get("docker.service", {})
     if not (service.get("active") and service.get("enabled")):
         systemd.service(name="Docker is running and enabled", service="docker", running=True, enabled=True)
@@ -204,12 +191,12 @@ def dnf_repository(url: str, distro: str, channel: str) -> str:
     )
 
 
-def _install_dnf(remove: list[str], install: bool) -> None:
+def _install_dnf(plan: ClusterPlan, remove: list[str], install: bool) -> None:
     if remove:
         dnf.packages(name="Remove packages that conflict with docker-ce", packages=remove, present=False)
     if not install:
         return
-    distro = str(host.get_fact(LinuxDistribution)["release_meta"].get("ID", "")).lower()
+    distro = plan.fact("packages")["release"].partition(" ")[0].lower()
     if distro not in RHEL_FAMILY:
         raise DeployError(f"host {host.name}: Docker's dnf repository has no packages for {distro!r}")
     this = current_host()

@@ -5,22 +5,22 @@ to."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from pyinfra import host
-from pyinfra.api import deploy
+from pyinfra.api import Host
 from pyinfra.api.exceptions import DeployError
 
+from pyinfra_swarm.deploys.step import step
 from pyinfra_swarm.operations import swarm
 from pyinfra_swarm.pki import keyed_digest
-from pyinfra_swarm.plan import ClusterPlan, current_host, plan_cluster
-from pyinfra_swarm.settings import defaults, setting
+from pyinfra_swarm.plan import ClusterPlan
+from pyinfra_swarm.settings import setting
 
 
-def contents(data: Any, key: str) -> dict[str, str]:
-    """{name: content} of the secrets or configs in data; a missing file is a DeployError naming it."""
+def contents(target: Host, key: str) -> dict[str, str]:
+    """{name: content} of the secrets or configs in a host's data; a missing file is a DeployError naming it."""
     values = {}
-    for name, source in (data.get(key) or {}).items():
+    for name, source in setting(target, key).items():
         if "value" in source:
             values[name] = str(source["value"])
             continue
@@ -39,25 +39,20 @@ def versioned(name: str, content: str) -> str:
     return f"{name}_{keyed_digest(content)}"
 
 
-def versioned_names(data: Any, key: str) -> dict[str, str]:
-    """{name: versioned name} of the secrets or configs in data."""
-    return {name: versioned(name, content) for name, content in contents(data, key).items()}
+def versioned_names(target: Host, key: str) -> dict[str, str]:
+    """{name: versioned name} of the secrets or configs in a host's data."""
+    return {name: versioned(name, content) for name, content in contents(target, key).items()}
 
 
-@deploy("Swarm networks, secrets and configs", data_defaults=defaults("swarm_networks", "swarm_secrets",
-                                                                      "swarm_configs"))  # fmt: skip
-def configure_objects(plan: ClusterPlan | None = None) -> None:
+@step("Swarm networks, secrets and configs", runs_on="acting manager")
+def configure_objects(plan: ClusterPlan, this: Host) -> None:
     """On the manager acting for the cluster: create missing overlay networks and secret/config versions."""
-    plan = plan or plan_cluster()
-    this = current_host()
-    if this is not plan.acting_manager:
-        return
     for name, options in host.loop(sorted(setting(this, "swarm_networks").items())):
         options = options or {}
         swarm.network(name=f"Network {name}", network_name=name, attachable=bool(options.get("attachable")),
                       subnet=options.get("subnet"), mtu=options.get("mtu"),
                       encrypted=bool(options.get("encrypted")))  # fmt: skip
-    for name, content in host.loop(sorted(contents(this.data, "swarm_secrets").items())):
+    for name, content in host.loop(sorted(contents(this, "swarm_secrets").items())):
         swarm.secret(name=f"Secret {name}", secret_name=versioned(name, content), value=content)
-    for name, content in host.loop(sorted(contents(this.data, "swarm_configs").items())):
+    for name, content in host.loop(sorted(contents(this, "swarm_configs").items())):
         swarm.config(name=f"Config {name}", config_name=versioned(name, content), value=content)

@@ -5,11 +5,11 @@ through (a warning: ICMP may be blocked), and what the kernel supports, reported
 from __future__ import annotations
 
 from pyinfra import host, logger
-from pyinfra.api import deploy
+from pyinfra.api import Host
 from pyinfra.api.exceptions import DeployError
 
-from pyinfra_swarm.facts import Pingable
-from pyinfra_swarm.plan import ClusterPlan, current_host, plan_cluster
+from pyinfra_swarm.deploys.step import step
+from pyinfra_swarm.plan import ClusterPlan
 from pyinfra_swarm.settings import setting
 
 MEANINGS = {
@@ -19,10 +19,12 @@ MEANINGS = {
     "INET_ESP": "no ESP: encrypted overlay networks (--opt encrypted) silently drop traffic",
     "CRYPTO_GCM": "no GCM: encrypted overlay networks (--opt encrypted) silently drop traffic",
     "BRIDGE_NETFILTER": "no bridge netfilter: Docker can't filter container traffic",
+    "XFRM_USER": "no XFRM user interface: encrypted overlay networks (--opt encrypted) can't set up their keys",
+    "OVERLAY_FS": "no overlayfs: Docker falls back to a slow storage driver (vfs)",
 }
-ENCRYPTION = ("INET_ESP", "CRYPTO_GCM")
+ENCRYPTION = ("INET_ESP", "CRYPTO_GCM", "XFRM_USER")
 NAMES = {"VXLAN": "VXLAN", "IP_VS": "IPVS", "INET_ESP": "ESP", "CRYPTO_GCM": "GCM",
-         "BRIDGE_NETFILTER": "bridge netfilter"}  # fmt: skip
+         "BRIDGE_NETFILTER": "bridge netfilter", "XFRM_USER": "XFRM", "OVERLAY_FS": "overlayfs"}  # fmt: skip
 
 
 def kernel_present(features_by_host: dict[str, dict[str, bool | None]]) -> str:
@@ -44,14 +46,10 @@ def kernel_report(features_by_host: dict[str, dict[str, bool | None]]) -> list[s
     return lines
 
 
-@deploy("Preflight checks")
-def preflight(plan: ClusterPlan | None = None) -> None:
+@step("Preflight checks")
+def preflight(plan: ClusterPlan, this: Host) -> None:
     """Check this host against the plan (which checked the whole inventory and all data); raise before any
     change on bad input."""
-    plan = plan or plan_cluster()
-    this = current_host()
-    if not plan.takes_part(this):
-        return
     features = plan.fact("kernel")
     if setting(this, "swarm_encrypted_overlays") and any(features.get(f) is False for f in ENCRYPTION):
         raise DeployError(
@@ -64,12 +62,11 @@ def preflight(plan: ClusterPlan | None = None) -> None:
         for line in kernel_report(features_by_host):
             logger.warning(f"preflight: {line}")
     acting = plan.acting_manager
-    if plan.steps.get(this) in ("join", "rejoin") and acting is not None:
+    if plan.fact("ping_acting") is False and acting is not None:
         # Only a hint: ICMP may be blocked where the swarm ports are open. The swarm port itself is checked
         # right before the join (this run's firewall step may open it).
-        address = plan.addresses[acting]
-        if host.get_fact(Pingable, address=address) is False:
-            logger.warning(
-                f"{host.print_prefix}manager {acting.name} ({address}) doesn't answer ping: if the join fails, check "
-                "the network between the nodes, and that swarm_advertise_addr is the address they reach each other on"
-            )
+        logger.warning(
+            f"{host.print_prefix}manager {acting.name} ({plan.addresses[acting]}) doesn't answer ping: if the join "
+            "fails, check the network between the nodes, and that swarm_advertise_addr is the address they reach "
+            "each other on"
+        )

@@ -13,24 +13,24 @@ from pathlib import Path
 import bcrypt
 import yaml
 from pyinfra import host
-from pyinfra.api import Host, deploy
+from pyinfra.api import Host
 from pyinfra.operations import apt, files, server, systemd
 
 from pyinfra_swarm.deploys.artifacts import build
 from pyinfra_swarm.deploys.objects import versioned
+from pyinfra_swarm.deploys.step import step
 from pyinfra_swarm.facts import sha256_text
+from pyinfra_swarm.layout import ca_path, stack_path
 from pyinfra_swarm.operations import private, registry, swarm
 from pyinfra_swarm.operations.credentials import rotation_marker
 from pyinfra_swarm.pki import pki_dir, server_certificate, write_private
-from pyinfra_swarm.plan import ClusterPlan, Registry, ca_path, current_host, plan_cluster, stack_path
-from pyinfra_swarm.settings import defaults, setting
+from pyinfra_swarm.plan import ClusterPlan, Registry
+from pyinfra_swarm.settings import setting
 
 NODE_LABEL = "pyinfra-swarm.registry"
 STACK = "registry"
 HOST_CONFIG_DIR = "/etc/docker/registry"
 GENERATED_USER = "pyinfra-swarm"
-SETTINGS = ("registry_mode", "registry_node", "registry_port", "registry_image", "registry_build", "registry_tls",
-            "registry_users", "registry_anonymous")  # fmt: skip
 
 
 def credentials(first: Host) -> dict[str, str]:
@@ -117,23 +117,19 @@ def renew_requested(plan: ClusterPlan) -> bool:
 
 def material(plan: ClusterPlan, target: Registry) -> tuple[str, str, str, str]:
     """(CA, certificate, key, htpasswd) texts, made once per run (bcrypt is slow on purpose)."""
-    if "registry_material" not in plan.run:
+    if plan.run.registry_material is None:
         users = credentials(target.host)
         address = plan.addresses[target.host]
         ca, cert, key = server_certificate(pki_dir(), address, renew_requested(plan)) if target.tls else ("", "", "")
-        plan.run["registry_material"] = (ca, cert, key, htpasswd(users, pki_dir()) if users else "")
-    return plan.run["registry_material"]
+        plan.run.registry_material = (ca, cert, key, htpasswd(users, pki_dir()) if users else "")
+    return plan.run.registry_material
 
 
-@deploy("Image registry", data_defaults=defaults(*SETTINGS))
-def configure_registry(plan: ClusterPlan | None = None) -> None:
+@step("Image registry")
+def configure_registry(plan: ClusterPlan, this: Host) -> None:
     """Trust the registry's CA on every node; run the registry on its node; log the acting manager in."""
-    plan = plan or plan_cluster()
     target = plan.registry
     if target is None:
-        return
-    this = current_host()
-    if not plan.takes_part(this):
         return
     ca, cert, key, auth = material(plan, target)
     ca_file = ca_path(target.address)

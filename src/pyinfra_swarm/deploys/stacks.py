@@ -11,27 +11,29 @@ from pathlib import Path
 from typing import Any
 
 from pyinfra import host
-from pyinfra.api import deploy
+from pyinfra.api import Host
 from pyinfra.api.exceptions import DeployError
 from pyinfra.operations import server
 
 from pyinfra_swarm.deploys.artifacts import built_this_run
 from pyinfra_swarm.deploys.objects import versioned_names
 from pyinfra_swarm.deploys.registry import service_secrets
+from pyinfra_swarm.deploys.step import step
+from pyinfra_swarm.layout import stack_path
 from pyinfra_swarm.operations import swarm
-from pyinfra_swarm.plan import ClusterPlan, current_host, plan_cluster, stack_path
-from pyinfra_swarm.settings import defaults
+from pyinfra_swarm.plan import ClusterPlan
+from pyinfra_swarm.settings import setting
 from pyinfra_swarm.stackfiles import StackError, check, render, stack_images
 
 
-def stack_context(data: Any, stack: dict[str, Any], registry: str) -> dict[str, Any]:
+def stack_context(target: Host, stack: dict[str, Any], registry: str) -> dict[str, Any]:
     """What a stack template sees: the registry address, secret and config names (versioned), the
     `stack_vars` of the data and the stack's own `vars`."""
     return {
         "registry": registry,
-        "secrets": versioned_names(data, "swarm_secrets"),
-        "configs": versioned_names(data, "swarm_configs"),
-        **(data.get("stack_vars") or {}),
+        "secrets": versioned_names(target, "swarm_secrets"),
+        "configs": versioned_names(target, "swarm_configs"),
+        **setting(target, "stack_vars"),
         **(stack.get("vars") or {}),
     }
 
@@ -46,17 +48,17 @@ class Rendered:
     services: list[str] = field(default_factory=list)
 
 
-def render_stacks(data: Any, registry: str) -> list[Rendered]:
+def render_stacks(target: Host, registry: str) -> list[Rendered]:
     """Every stack in data, rendered and checked; any problem is a DeployError naming the file."""
-    directory = Path(data.get("swarm_stacks_dir") or defaults("swarm_stacks_dir")["swarm_stacks_dir"])
+    directory = Path(setting(target, "swarm_stacks_dir"))
     rendered: list[Rendered] = []
-    for stack in data.get("swarm_stacks") or []:
+    for stack in setting(target, "swarm_stacks"):
         template = directory / stack["template"]
         try:
             if stack.get("state", "present") == "absent":
                 rendered.append(Rendered(stack))
                 continue
-            text = render(template, stack_context(data, stack, registry))
+            text = render(template, stack_context(target, stack, registry))
             parsed = check(text, f"{template} (rendered)")
             rendered.append(Rendered(stack, text, stack_images(parsed), sorted(parsed["services"])))
         except StackError as exc:
@@ -64,14 +66,10 @@ def render_stacks(data: Any, registry: str) -> list[Rendered]:
     return rendered
 
 
-@deploy("Stacks", data_defaults=defaults("swarm_stacks", "swarm_stacks_dir", "stack_vars"))
-def deploy_stacks(plan: ClusterPlan | None = None) -> None:
+@step("Stacks", runs_on="acting manager")
+def deploy_stacks(plan: ClusterPlan, this: Host) -> None:
     """On the manager acting for the cluster: deploy changed stacks, remove absent ones."""
-    plan = plan or plan_cluster()
-    this = current_host()
-    if this is not plan.acting_manager:
-        return
-    rendered = render_stacks(this.data, plan.registry_address)
+    rendered = render_stacks(this, plan.registry_address)
     rebuilt = built_this_run(plan)
     for entry in host.loop(rendered):
         stack, name = entry.stack, entry.stack["name"]
@@ -92,19 +90,15 @@ def stale_versions(existing: list[str], current: dict[str, str]) -> list[str]:
     return sorted(stale)
 
 
-@deploy("Remove old versions of secrets and configs")
-def prune_objects(plan: ClusterPlan | None = None) -> None:
+@step("Remove old versions of secrets and configs", runs_on="acting manager")
+def prune_objects(plan: ClusterPlan, this: Host) -> None:
     """On the manager acting for the cluster, after the stacks moved to the current versions: remove the older
     versions of the data's (and the registry's) secrets and configs. A version some service still uses is
     kept (Docker refuses to remove it), and tried again next run."""
-    plan = plan or plan_cluster()
-    this = current_host()
-    if this is not plan.acting_manager:
-        return
     registry = {name.rsplit("_", 1)[0]: name for name in service_secrets(plan)}
     current = {
-        "secret": {**versioned_names(this.data, "swarm_secrets"), **registry},
-        "config": versioned_names(this.data, "swarm_configs"),
+        "secret": {**versioned_names(this, "swarm_secrets"), **registry},
+        "config": versioned_names(this, "swarm_configs"),
     }
     existing = plan.fact("swarm_objects")
     if existing is None or not (current["secret"] or current["config"]):

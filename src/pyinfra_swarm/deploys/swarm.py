@@ -5,51 +5,46 @@ and data say."""
 from __future__ import annotations
 
 from pyinfra import host, logger
-from pyinfra.api import deploy
+from pyinfra.api import Host
 from pyinfra.operations import server
 
+from pyinfra_swarm.deploys.step import step
+from pyinfra_swarm.layout import ENGINE_PACKAGES
 from pyinfra_swarm.operations import credentials, maintenance, swarm
 from pyinfra_swarm.operations.swarm import RESTORE_LABEL
-from pyinfra_swarm.plan import ENGINE_PACKAGES, ClusterPlan, current_host, plan_cluster
-from pyinfra_swarm.settings import defaults, is_manager, setting, unlock_key_file
+from pyinfra_swarm.plan import ClusterPlan, Step
+from pyinfra_swarm.settings import is_manager, setting, unlock_key_file
 
 STOPPED = {
-    "foreign": "is in a different swarm (node {node}, managers {managers}): stopped here. Set swarm_force_rejoin: "
+    Step.FOREIGN: "is in a different swarm (node {node}, managers {managers}): stopped here. Set swarm_force_rejoin: "
     "true for it to leave that swarm and join this one",
-    "pending": "is still joining a swarm (state pending, managers {managers}): stopped here. Wait for the join to "
+    Step.PENDING: "is still joining a swarm (state pending, managers {managers}): stopped here. Wait for the join to "
     "finish or fail, or set swarm_force_rejoin: true for it to give up and join again",
 }
 
 
-@deploy("Join the swarm", data_defaults=defaults(
-    "swarm_advertise_addr", "swarm_default_addr_pool", "swarm_default_addr_pool_mask_length", "swarm_data_path_port",
-    "swarm_data_path_addr", "swarm_availability", "swarm_force_rejoin", "swarm_bootstrap",
-    "swarm_force_new_cluster", "swarm_unlock_key_file"))  # fmt: skip
-def join_swarm(plan: ClusterPlan | None = None) -> None:
+@step("Join the swarm")
+def join_swarm(plan: ClusterPlan, this: Host) -> None:
     """Init the swarm where the plan says, or join this host to it with the role the inventory gives. A
     host already in this swarm (same cluster, by node ID) is left alone; a locked manager is unlocked from
     the key file; one in another swarm or pending is stopped with the reason, unless `swarm_force_rejoin`
     lets it leave first. While the swarm is brought back (quorum, locks), only that happens."""
-    plan = plan or plan_cluster()
-    this = current_host()
-    if not plan.takes_part(this):
-        return
-    step = plan.steps[this]
+    membership = plan.steps[this]
     address = plan.addresses[this]
     data_path_addr = setting(this, "swarm_data_path_addr")
     swarm.barrier(name="Every host's firewall is in place")
-    if step == "member":
+    if membership is Step.MEMBER:
         host.noop("already in this swarm")
-    elif step == "restart":
+    elif membership is Step.RESTART:
         host.noop("Docker was stopped with this swarm's state on disk: the node is back once Docker starts")
-    elif step == "recover":
+    elif membership is Step.RECOVER:
         swarm.force_new_cluster(name="Recover the swarm: a one-manager swarm here", advertise_addr=address)
-    elif step == "unlock":
+    elif membership is Step.UNLOCK:
         credentials.unlock(name="Unlock this manager (autolock)", key_file=unlock_key_file(this))
-    elif step == "recovering":
+    elif membership is Step.RECOVERING:
         host.noop("the swarm is brought back this run (quorum recovered or managers unlocked): joins, roles and "
                   "workloads wait for the next run")  # fmt: skip
-    elif step == "init":
+    elif membership is Step.INIT:
         swarm.init(
             name="Initialise the swarm",
             advertise_addr=address,
@@ -59,13 +54,13 @@ def join_swarm(plan: ClusterPlan | None = None) -> None:
             availability=setting(this, "swarm_availability"),
             data_path_addr=data_path_addr,
         )
-    elif step in STOPPED:
-        info = plan.fact("swarm") or {}
-        managers = ", ".join(m.get("Addr", "?") for m in info.get("RemoteManagers") or []) or "unknown"
-        logger.error(f"{host.print_prefix}{STOPPED[step].format(node=info.get('NodeID'), managers=managers)}")
+    elif membership.stopped:
+        local = plan.swarm_of(this)
+        managers = ", ".join(local.managers) or "unknown"
+        logger.error(f"{host.print_prefix}{STOPPED[membership].format(node=local.node_id, managers=managers)}")
         host.state.fail_hosts({this})
     else:
-        if step == "rejoin":
+        if membership is Step.REJOIN:
             swarm.leave(name="Leave the other swarm (swarm_force_rejoin)")
         role = "manager" if is_manager(this) else "worker"
         # Through the acting manager (which may initialise the swarm in this run), or another in the swarm.
@@ -73,21 +68,16 @@ def join_swarm(plan: ClusterPlan | None = None) -> None:
         through = [*acting, *(m for m in plan.managers if plan.in_this_swarm(m))]
         swarm.join(name=f"Join the swarm as a {role}", role=role, advertise_addr=address,
                    managers={m.name: plan.addresses[m] for m in through},
-                   data_path_addr=data_path_addr, after_leave=step == "rejoin")  # fmt: skip
+                   data_path_addr=data_path_addr, after_leave=membership is Step.REJOIN)  # fmt: skip
 
 
-@deploy("Swarm node roles, labels and availability", data_defaults=defaults("swarm_labels", "swarm_availability"))
-def configure_nodes(plan: ClusterPlan | None = None) -> None:
+@step("Swarm node roles, labels and availability", runs_on="acting manager")
+def configure_nodes(plan: ClusterPlan, this: Host) -> None:
     """On the manager acting for the cluster: remove the stale entries of hosts that rejoin, then bring
     every node this run may change to its role, labels and availability."""
-    plan = plan or plan_cluster()
-    if current_host() is not plan.acting_manager:
-        return
-    targets = [
-        t for t in plan.reachable if plan.steps.get(t) not in STOPPED and t in plan.in_limit and plan.takes_part(t)
-    ]
+    targets = [t for t in plan.reachable if not plan.steps[t].stopped and t in plan.in_limit and plan.takes_part(t)]
     # A host not in this swarm now (not stopped, locked or restarting): an entry with its hostname is its past self.
-    rejoining = [t for t in targets if plan.node_of(t) is None and plan.steps.get(t) not in ("restart", "unlock")]
+    rejoining = [t for t in targets if plan.node_of(t) is None and not plan.steps[t].found_by_address]
     stale = [n for t in rejoining for n in plan.nodes if n["hostname"] == plan.hostnames[t]]
     for entry in host.loop(stale):
         swarm.node(name=f"Remove the stale entry of {entry['hostname']}", node=entry["id"], present=False)
@@ -103,29 +93,31 @@ def configure_nodes(plan: ClusterPlan | None = None) -> None:
         )
 
 
-@deploy("Take hosts out of the swarm", data_defaults=defaults("swarm_state", "docker_purge", "swarm_drain_timeout"))
-def remove_nodes(plan: ClusterPlan | None = None) -> None:
+@step("Take hosts out of the swarm", runs_on="every host")
+def remove_nodes(plan: ClusterPlan, this: Host) -> None:
     """Hosts with `swarm_state: absent`, one at a time: drained, their tasks moved, demoted first if managers,
     made to leave, their node entries removed, services back at their replicas (the plan has refused a
     removal that breaks quorum or removes the last manager); `docker_purge` also uninstalls Docker and its
     data. An unreachable one has its entry removed from the acting manager (forced), with a warning."""
-    plan = plan or plan_cluster()
-    this = current_host()
     if plan.recovering:  # the swarm is brought back this run; removals wait for the next
         return
     if this in plan.removed:
         installed = [p for p in plan.fact("packages")["packages"] if p in ENGINE_PACKAGES]
         purge = installed if setting(this, "docker_purge") else None
         entry = plan.node_of(this)
-        if plan.steps.get(this) == "remove" and entry is not None:
+        if plan.steps.get(this) is Step.REMOVE and entry is not None:
             staying = [m.name for m in plan.managers if plan.takes_part(m) and plan.in_this_swarm(m)]
             maintenance.removed(name="Take this host out of the swarm", node_id=entry["id"], managers=staying,
                                 demote=entry["role"] == "manager", purge=purge,
+                                package_manager=plan.fact("packages")["manager"] or "apt",
                                 drain_timeout=setting(this, "swarm_drain_timeout"),
                                 availability=entry["labels"].get(RESTORE_LABEL) or entry["availability"],
                                 _serial=True)  # fmt: skip
         elif purge:
-            server.shell(name="Uninstall Docker and delete its data", commands=maintenance.purge_commands(purge))
+            server.shell(
+                name="Uninstall Docker and delete its data",
+                commands=maintenance.purge_commands(purge, plan.fact("packages")["manager"] or "apt"),
+            )
         else:
             host.noop("not in the swarm (swarm_state: absent)")
         return

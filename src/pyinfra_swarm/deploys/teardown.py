@@ -8,18 +8,20 @@ from __future__ import annotations
 import shlex
 
 from pyinfra import host
-from pyinfra.api import deploy
+from pyinfra.api import Host
 from pyinfra.operations import server
 
-from pyinfra_swarm.deploys.firewall import CHAIN, FIREWALLD_ZONE, FORWARD_CHAIN, NFT_TABLE, UFW_COMMENT
+from pyinfra_swarm.deploys.firewall import CHAIN, FORWARD_CHAIN, NFT_TABLE, UFW_COMMENT
 from pyinfra_swarm.deploys.objects import versioned_names
 from pyinfra_swarm.deploys.registry import STACK, service_secrets
 from pyinfra_swarm.deploys.stacks import stale_versions
+from pyinfra_swarm.deploys.step import step
 from pyinfra_swarm.facts import FirewalldZone, UfwState, read
+from pyinfra_swarm.layout import ENGINE_PACKAGES
 from pyinfra_swarm.operations import maintenance, swarm
-from pyinfra_swarm.operations.firewall import UNIT, UNIT_FILE
-from pyinfra_swarm.plan import ENGINE_PACKAGES, IPTABLES_RULES, NFT_RULES, ClusterPlan, current_host, plan_cluster
-from pyinfra_swarm.settings import defaults, is_manager, setting
+from pyinfra_swarm.operations.firewall import FIREWALLD_ZONE, IPTABLES_RULES, NFT_RULES, UNIT, UNIT_FILE
+from pyinfra_swarm.plan import ClusterPlan, current_host
+from pyinfra_swarm.settings import is_manager, setting
 
 STACK_GONE_WAIT = 60  # seconds to wait for a removed stack's tasks to stop (its networks are busy until then)
 
@@ -38,11 +40,9 @@ def remove_iptables_commands() -> list[str]:
     return commands
 
 
-@deploy("Tear the swarm down", data_defaults=defaults("docker_purge"))
-def teardown(plan: ClusterPlan | None = None) -> None:
+@step("Tear the swarm down", runs_on="every host", build=False)
+def teardown(plan: ClusterPlan, this: Host) -> None:
     """What this project created, removed from every host of the inventory (see the module docstring)."""
-    plan = plan or plan_cluster(build=False)
-    this = current_host()
     if this is plan.primary:
         _remove_workloads(plan)
     swarm.barrier(name="The workloads are gone")
@@ -54,7 +54,10 @@ def teardown(plan: ClusterPlan | None = None) -> None:
     _remove_firewall(plan)
     installed = [p for p in plan.fact("packages")["packages"] if p in ENGINE_PACKAGES]
     if setting(this, "docker_purge") and installed:
-        server.shell(name="Uninstall Docker and delete its data", commands=maintenance.purge_commands(installed))
+        server.shell(
+            name="Uninstall Docker and delete its data",
+            commands=maintenance.purge_commands(installed, plan.fact("packages")["manager"] or "apt"),
+        )
 
 
 def _remove_workloads(plan: ClusterPlan) -> None:
@@ -72,8 +75,8 @@ def _remove_workloads(plan: ClusterPlan) -> None:
         server.shell(name="Wait until the stacks' tasks stopped", commands=waits)
     objects = plan.fact("swarm_objects") or {"network": [], "secret": [], "config": []}
     names = {
-        "secret": {**versioned_names(this.data, "swarm_secrets"), **_registry_names(plan)},
-        "config": versioned_names(this.data, "swarm_configs"),
+        "secret": {**versioned_names(this, "swarm_secrets"), **_registry_names(plan)},
+        "config": versioned_names(this, "swarm_configs"),
     }
     commands = [
         f"docker {kind} rm {name}"
@@ -94,7 +97,7 @@ def _registry_names(plan: ClusterPlan) -> dict[str, str]:
 def _remove_firewall(plan: ClusterPlan) -> None:
     tools = plan.fact("firewall")
     files = plan.fact("firewall_files")
-    service = plan.fact("services").get(UNIT, {})
+    service = plan.fact("firewall_service").get(UNIT, {})
     commands = []
     if service.get("active") or service.get("enabled") or files.get(UNIT_FILE):
         commands += [f"systemctl disable --now {UNIT}", f"rm -f {UNIT_FILE}", "systemctl daemon-reload"]

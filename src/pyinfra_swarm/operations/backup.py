@@ -20,7 +20,7 @@ from pyinfra.api import Host, State, StringCommand, operation
 from pyinfra.api.command import FunctionCommand
 from pyinfra.api.exceptions import OperationError
 
-from pyinfra_swarm.facts import DockerSwarm, read
+from pyinfra_swarm.facts import DockerSwarm, LocalSwarm, read
 from pyinfra_swarm.operations.callbacks import expected_failures
 from pyinfra_swarm.operations.credentials import unlock_now
 from pyinfra_swarm.operations.swarm import LOCK_CONFIG, connector_args, force_new_cluster_command
@@ -125,9 +125,9 @@ def restored(archive: str, advertise_addr: str, key_file: str):
         backup.restored(name="Restore", archive="/var/tmp/swarm.tar.gz", advertise_addr="10.0.0.10",
                         key_file="/secure/unlock-key")
     """
-    state = (read(DockerSwarm) or {}).get("LocalNodeState")
-    if state in ("active", "pending", "locked"):
-        host.noop(f"this host is in a swarm ({state}): nothing restored")
+    local = LocalSwarm.of(read(DockerSwarm))
+    if local.joined:
+        host.noop(f"this host is in a swarm ({local.state}): nothing restored")
         return
     target = shlex.quote(archive)
     # The archive goes whatever happens: it holds the swarm's keys.

@@ -23,7 +23,7 @@ from pyinfra.api import Host, State, StringCommand, operation
 from pyinfra.api.command import FunctionCommand
 from pyinfra.api.exceptions import OperationError
 
-from pyinfra_swarm.facts import DockerSwarm, SwarmObjects, read
+from pyinfra_swarm.facts import DockerSwarm, LocalSwarm, SwarmObjects, read
 from pyinfra_swarm.operations.callbacks import expected_failures
 from pyinfra_swarm.operations.swarm import connector_args
 
@@ -44,12 +44,6 @@ UNLOCK_REQUEST = (
 def rotation_marker(what: str, request: str) -> str:
     """The swarm config that records a rotation done for a request (configs are cluster-wide and stay)."""
     return f"pyinfra-swarm.rotated.{what}.{hashlib.sha256(request.encode()).hexdigest()[:12]}"
-
-
-def autolocked(info: dict | None) -> bool:
-    """Whether the swarm of this DockerSwarm fact has autolock on (only managers see it)."""
-    spec = ((info or {}).get("Cluster") or {}).get("Spec") or {}
-    return bool((spec.get("EncryptionConfig") or {}).get("AutoLockManagers"))
 
 
 def save_key(path: Path, key: str) -> None:
@@ -127,7 +121,7 @@ def autolock(enabled: bool, key_file: str):
 
         credentials.autolock(name="Autolock", enabled=True, key_file="/secure/swarm-unlock-key")
     """
-    current = autolocked(read(DockerSwarm))
+    current = LocalSwarm.of(read(DockerSwarm)).autolocked
     if current == enabled and (not enabled or Path(key_file).is_file()):
         host.noop(f"autolock is {'on' if enabled else 'off'}")
         return
@@ -183,7 +177,7 @@ def unlock(key_file: str):
 
         credentials.unlock(name="Unlock", key_file="/secure/swarm-unlock-key")
     """
-    if (read(DockerSwarm) or {}).get("LocalNodeState") != "locked":
+    if not LocalSwarm.of(read(DockerSwarm)).locked:
         host.noop("this node is not locked")
         return
     yield FunctionCommand(unlock_now, (key_file,), {})

@@ -338,17 +338,20 @@ PURGE_DATA = (
 )
 
 
-def purge_commands(installed: list[str]) -> list[str]:
-    """Commands that uninstall the given Docker packages and delete Docker's data."""
+def purge_commands(installed: list[str], package_manager: str = "apt") -> list[str]:
+    """Commands that uninstall the given Docker packages (with apt or dnf) and delete Docker's data."""
     commands = ["systemctl stop docker.socket docker.service containerd.service 2>/dev/null; true"]
-    if installed:
+    if installed and package_manager == "dnf":
+        commands.append("dnf remove -y -q " + " ".join(sorted(installed)))
+    elif installed:
         commands.append("DEBIAN_FRONTEND=noninteractive apt-get purge -y -q " + " ".join(sorted(installed)))
     return [*commands, PURGE_DATA]
 
 
 @operation()
 def removed(node_id: str, managers: list[str], demote: bool = False, purge: list[str] | None = None,
-            timeout: int = 180, drain_timeout: int | None = None, availability: str = "active"):  # fmt: skip
+            timeout: int = 180, drain_timeout: int | None = None, availability: str = "active",
+            package_manager: str = "apt"):  # fmt: skip
     """Take this host out of the swarm safely: drain its node (through a manager), wait until its tasks
     stopped, demote it if it is a manager, make it leave, remove its node entry, and wait until the services
     run their replicas elsewhere; optionally uninstall Docker and delete its data.
@@ -357,6 +360,7 @@ def removed(node_id: str, managers: list[str], demote: bool = False, purge: list
     + managers: inventory names of managers that stay (the first that answers runs the node commands)
     + demote: the node is a manager: demote it before it leaves (the raft membership shrinks cleanly)
     + purge: the installed Docker packages to uninstall, with Docker's data; None keeps Docker
+    + package_manager: what uninstalls them, ``apt`` or ``dnf``
     + timeout: seconds to wait for the services
     + drain_timeout: seconds to wait for its tasks to stop (None: as `drained` decides)
     + availability: the node's availability now, given back if its tasks don't stop in time
@@ -375,7 +379,7 @@ def removed(node_id: str, managers: list[str], demote: bool = False, purge: list
     yield "docker swarm leave --force"
     yield FunctionCommand(_forget, (node_id, managers, timeout), {})
     if purge is not None:
-        yield from purge_commands(purge)
+        yield from purge_commands(purge, package_manager)
 
 
 @expected_failures

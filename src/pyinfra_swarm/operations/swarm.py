@@ -34,6 +34,7 @@ from pyinfra.api.exceptions import OperationError
 from pyinfra_swarm.facts import (
     DockerSwarm,
     FileHashes,
+    LocalSwarm,
     StackServices,
     SwarmNodes,
     SwarmObjects,
@@ -63,8 +64,8 @@ JOIN_REQUEST = (
 
 def _in_a_swarm() -> str | None:
     """This host's swarm state when it is in (or joining, or locked in) a swarm, else None."""
-    state = (read(DockerSwarm) or {}).get("LocalNodeState")
-    return state if state in ("active", "pending", "locked") else None
+    local = LocalSwarm.of(read(DockerSwarm))
+    return local.state if local.joined else None
 
 
 @operation()
@@ -126,8 +127,7 @@ def force_new_cluster(advertise_addr: str):
 
         swarm.force_new_cluster(name="Recover the swarm here", advertise_addr="10.0.0.10")
     """
-    info = read(DockerSwarm) or {}
-    if not info.get("ControlAvailable"):
+    if not LocalSwarm.of(read(DockerSwarm)).control:
         raise OperationError("this host is not a manager of a swarm: there is nothing to recover here")
     yield force_new_cluster_command(advertise_addr)
 
