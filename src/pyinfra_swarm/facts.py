@@ -54,6 +54,45 @@ def docker_api(path: str) -> str:
     return f"{{ command -v curl >/dev/null && curl -sf --unix-socket /var/run/docker.sock http://docker{path}; }}"
 
 
+def docker_post(path: str) -> str:
+    """Shell that POSTs its stdin (JSON) to `path` of the local Docker engine's API and prints the answer, then
+    the HTTP status on a line of its own: how a secret (a join token, an unlock key) reaches the engine
+    without a command line."""
+    return (
+        "curl -sS --unix-socket /var/run/docker.sock -H 'Content-Type: application/json' --data-binary @- "
+        f"-w '\\n%{{http_code}}' http://localhost{path}"
+    )
+
+
+def parse_replicas(lines: list[str]) -> dict[str, tuple[int, int]]:
+    """`NAME RUNNING/DESIRED ...` lines (`docker service ls --format '{{.Name}} {{.Replicas}}'`) -> {service:
+    (running, desired)}; lines that say something else are skipped."""
+    counts = {}
+    for line in lines:
+        name, _, replicas = line.strip().partition(" ")
+        running, _, desired = replicas.split(" ")[0].partition("/")
+        if name and running.isdigit() and desired.isdigit():
+            counts[name] = (int(running), int(desired))
+    return counts
+
+
+def node_entry(node: dict[str, Any]) -> dict[str, Any]:
+    """A node of Docker's API (`docker node inspect`) as this package keeps it."""
+    manager = node.get("ManagerStatus") or {}
+    return {
+        "id": node["ID"],
+        "hostname": node["Description"]["Hostname"],
+        "role": node["Spec"]["Role"],
+        "availability": node["Spec"]["Availability"],
+        "labels": node["Spec"].get("Labels") or {},
+        "state": node["Status"]["State"],
+        "addr": node["Status"].get("Addr"),
+        "reachability": manager.get("Reachability"),
+        "leader": bool(manager.get("Leader")),
+        "engine": (node["Description"].get("Engine") or {}).get("EngineVersion", ""),
+    }
+
+
 KERNEL_OPTIONS = ("VXLAN", "IP_VS", "INET_ESP", "CRYPTO_GCM", "XFRM_USER", "OVERLAY_FS", "BRIDGE_NETFILTER")
 
 
@@ -156,23 +195,7 @@ class SwarmNodes(FactBase[list[dict[str, Any]] | None]):
     def process(self, output: list[str]) -> list[dict[str, Any]] | None:
         if self.ERROR in output:
             return None
-        nodes = []
-        for node in json.loads("".join(output)):
-            manager = node.get("ManagerStatus") or {}
-            nodes.append(
-                {
-                    "id": node["ID"],
-                    "hostname": node["Description"]["Hostname"],
-                    "role": node["Spec"]["Role"],
-                    "availability": node["Spec"]["Availability"],
-                    "labels": node["Spec"].get("Labels") or {},
-                    "state": node["Status"]["State"],
-                    "addr": node["Status"].get("Addr"),
-                    "reachability": manager.get("Reachability"),
-                    "leader": bool(manager.get("Leader")),
-                }
-            )
-        return nodes
+        return [node_entry(node) for node in json.loads("".join(output))]
 
 
 class DockerDaemonConfig(FactBase[dict[str, Any] | None]):
@@ -662,16 +685,12 @@ class StackServices(FactBase[dict[str, dict[str, dict[str, Any]]]]):
         )
 
     def process(self, output: list[str]) -> dict[str, dict[str, dict[str, Any]]]:
-        replicas: dict[str, tuple[int, int]] = {}
+        replicas = parse_replicas([line.strip()[len("replicas ") :] for line in output
+                                   if line.strip().startswith("replicas ")])  # fmt: skip
         stacks: dict[str, dict[str, dict[str, Any]]] = {}
         for line in output:
             kind, _, rest = line.strip().partition(" ")
-            if kind == "replicas":
-                name, _, counts = rest.partition(" ")
-                up, _, wanted = counts.split(" ")[0].partition("/")
-                if up.isdigit() and wanted.isdigit():
-                    replicas[name] = (int(up), int(wanted))
-            elif kind == "service" and len(rest.split(" ")) == 3:
+            if kind == "service" and len(rest.split(" ")) == 3:
                 stack, name, update = rest.split(" ")
                 running, desired = replicas.get(name, (0, 0))
                 stacks.setdefault(stack, {})[name] = {"running": running, "desired": desired, "update": update}

@@ -41,8 +41,9 @@ from cryptography import x509
 from pyinfra.api import Config, Host, State, StringCommand
 
 from pyinfra_swarm import lock as cluster_lock
-from pyinfra_swarm.facts import EngineState
+from pyinfra_swarm.facts import EngineState, node_entry, parse_replicas
 from pyinfra_swarm.lock import EXPIRY, INSPECT, holder_of
+from pyinfra_swarm.operations.callbacks import first_answer
 from pyinfra_swarm.operations.swarm import AVAILABILITY_LABEL, DRAINED_LABEL, connector_args
 from pyinfra_swarm.pki import pki_dir
 from pyinfra_swarm.settings import MANAGERS, is_ip, setting, swarm_hosts
@@ -80,18 +81,11 @@ def load(inventory_path: str) -> State:
 def on_first_manager(state: State, ask: Callable[[Host], T]) -> tuple[Host, T]:
     """(the manager, what `ask` got from it) of the first of the inventory's managers that answers; `ask` raises
     LookupError when a manager doesn't. LookupError naming every manager's problem when none does."""
-    problems = []
-    for manager in state.inventory.get_group(MANAGERS, []):
-        if not manager.connected:
-            manager.connect(show_errors=False)
-        if not manager.connected:
-            problems.append(f"{manager.name}: unreachable")
-            continue
-        try:
-            return manager, ask(manager)
-        except LookupError as exc:
-            problems.append(f"{manager.name}: {exc}")
-    raise LookupError("no manager of the inventory answered: " + "; ".join(problems or ["there are none"]))
+    managers = list(state.inventory.get_group(MANAGERS, []))
+    try:
+        return first_answer(managers, lambda manager: (manager, ask(manager)), connect=True)
+    except LookupError as exc:
+        raise LookupError(f"no manager of the inventory answered: {exc}") from None
 
 
 def read_swarm(state: State) -> tuple[Host, list[str]]:
@@ -164,21 +158,20 @@ def report(state: State, through: Host, lines: list[str], now: datetime.datetime
     by_address = {h.data.get("swarm_advertise_addr"): h.name for h in hosts}
     absent = {h.name for h in hosts if setting(h, "swarm_state") == "absent"}
     nodes = []
-    for node in raw_nodes:
-        manager = node.get("ManagerStatus") or {}
-        addr = node["Status"].get("Addr", "")
+    for entry in map(node_entry, raw_nodes):
+        addr = entry["addr"] or ""
         nodes.append({
-            "hostname": node["Description"]["Hostname"],
+            "hostname": entry["hostname"],
             "inventory_host": by_address.get(addr),
-            "role": node["Spec"]["Role"],
-            "leader": bool(manager.get("Leader")),
-            "reachability": manager.get("Reachability"),
-            "availability": node["Spec"]["Availability"],
-            "state": node["Status"]["State"],
-            "engine": node["Description"].get("Engine", {}).get("EngineVersion", ""),
+            "role": entry["role"],
+            "leader": entry["leader"],
+            "reachability": entry["reachability"],
+            "availability": entry["availability"],
+            "state": entry["state"],
+            "engine": entry["engine"],
             "addr": addr,
-            "labels": node["Spec"].get("Labels") or {},
-            "maintenance": (node["Spec"].get("Labels") or {}).get(DRAINED_LABEL),
+            "labels": entry["labels"],
+            "maintenance": entry["labels"].get(DRAINED_LABEL),
             "pending": (engines.get(by_address.get(addr) or "") or {}).get("pending"),
         })  # fmt: skip
     managers = [n for n in nodes if n["role"] == "manager"]
@@ -239,12 +232,7 @@ def _judge_day2(nodes: list, lock: dict | None, wanted: dict[str, str], problems
 
 def _services(sections: dict[str, list[str]], down: set[str]) -> list[dict[str, Any]]:
     """The services; running = tasks meant to run and running, on nodes that are up."""
-    replicas = {}
-    for line in sections["replicas"]:
-        name, _, counts = line.strip().partition(" ")
-        up, _, wanted = counts.split(" ")[0].partition("/")
-        if up.isdigit() and wanted.isdigit():
-            replicas[name] = (int(up), int(wanted))
+    replicas = parse_replicas(sections["replicas"])
     errors: dict[str, str] = {}
     running_tasks: dict[str, int] = {}
     for line in sections["tasks"]:

@@ -87,6 +87,11 @@ def host(
     sections["firewalld_zone"] = (extra or {}).get("--list-all", [])
     for fact_name in [*HOST_FACTS, *firewall_facts(data.get("swarm_firewall", "auto"))]:
         bundle += [*sections[fact_name], Bundle.SEPARATOR]
+    # A manager's node list comes last in the same command (a worker has no such section to read).
+    if nodes is None and swarm is not None and json.loads(swarm).get("ControlAvailable"):
+        nodes = json.dumps([_self_node(json.loads(swarm)["NodeID"], hostname or name)])
+    if nodes is not None:
+        bundle += [nodes, Bundle.SEPARATOR]
     responses: dict[Any, Any] = {
         "echo apparmor=": bundle[:-1],  # the Bundle of registered facts (planned ones answer nothing)
         "config create --label pyinfra-swarm.lock.run": ["locked"],  # the cluster lock is free
@@ -95,8 +100,6 @@ def host(
         "dpkg -l": [f"ii  {pkg}  {version}  amd64  package" for pkg, version in (packages or {}).items()],
         "rpm --queryformat": [f"{pkg} {version}" for pkg, version in (packages or {}).items()],
     }
-    if nodes is None and swarm is not None and json.loads(swarm).get("ControlAvailable"):
-        nodes = json.dumps([_self_node(json.loads(swarm)["NodeID"], hostname or name)])
     if nodes is not None:
         responses["docker node inspect"] = [nodes]
     responses.update(extra or {})

@@ -16,7 +16,7 @@ from cryptography import x509
 from pyinfra_swarm.deploys.artifacts import context_archive
 from pyinfra_swarm.deploys.objects import versioned
 from pyinfra_swarm.deploys.registry import host_config, htpasswd, service_stack
-from pyinfra_swarm.operations.swarm import replica_counts
+from pyinfra_swarm.facts import parse_replicas
 from pyinfra_swarm.pki import server_certificate
 from pyinfra_swarm.stackfiles import StackError, check, render
 
@@ -146,8 +146,8 @@ def test_build_context_archive_is_deterministic(tmp_path):
     assert context_archive(tmp_path)[1] != first[1]
 
 
-def test_replica_counts():
-    assert replica_counts(["demo_web 2/3", "demo_client 1/1", "demo_x 1/1 (max 1 per node)", "junk"]) == {
+def test_parse_replicas():
+    assert parse_replicas(["demo_web 2/3", "demo_client 1/1", "demo_x 1/1 (max 1 per node)", "junk"]) == {
         "demo_web": (2, 3), "demo_client": (1, 1), "demo_x": (1, 1)
     }  # fmt: skip
 

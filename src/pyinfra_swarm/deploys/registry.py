@@ -166,6 +166,11 @@ def service_secrets(plan: ClusterPlan) -> dict[str, str]:
     return secrets
 
 
+def service_secret_names(plan: ClusterPlan) -> dict[str, str]:
+    """{name: versioned name} of the registry service's secrets, as `versioned_names` gives the data's."""
+    return {name.rsplit("_", 1)[0]: name for name in service_secrets(plan)}
+
+
 def _service(plan: ClusterPlan, target: Registry, cert: str, key: str, auth: str) -> None:
     secrets = service_secrets(plan)
     names = sorted(secrets)

@@ -17,7 +17,7 @@ from pyinfra.operations import server
 
 from pyinfra_swarm.deploys.artifacts import built_this_run
 from pyinfra_swarm.deploys.objects import versioned_names
-from pyinfra_swarm.deploys.registry import service_secrets
+from pyinfra_swarm.deploys.registry import service_secret_names
 from pyinfra_swarm.deploys.step import step
 from pyinfra_swarm.layout import stack_path
 from pyinfra_swarm.operations import swarm
@@ -95,7 +95,7 @@ def prune_objects(plan: ClusterPlan, this: Host) -> None:
     """On the manager acting for the cluster, after the stacks moved to the current versions: remove the older
     versions of the data's (and the registry's) secrets and configs. A version some service still uses is
     kept (Docker refuses to remove it), and tried again next run."""
-    registry = {name.rsplit("_", 1)[0]: name for name in service_secrets(plan)}
+    registry = service_secret_names(plan)
     current = {
         "secret": {**versioned_names(this, "swarm_secrets"), **registry},
         "config": versioned_names(this, "swarm_configs"),

@@ -13,7 +13,7 @@ from pyinfra.operations import server
 
 from pyinfra_swarm.deploys.firewall import CHAIN, FORWARD_CHAIN, NFT_TABLE, UFW_COMMENT
 from pyinfra_swarm.deploys.objects import versioned_names
-from pyinfra_swarm.deploys.registry import STACK, service_secrets
+from pyinfra_swarm.deploys.registry import STACK, service_secret_names
 from pyinfra_swarm.deploys.stacks import stale_versions
 from pyinfra_swarm.deploys.step import step
 from pyinfra_swarm.facts import FirewalldZone, UfwState, read
@@ -75,7 +75,7 @@ def _remove_workloads(plan: ClusterPlan) -> None:
         server.shell(name="Wait until the stacks' tasks stopped", commands=waits)
     objects = plan.fact("swarm_objects") or {"network": [], "secret": [], "config": []}
     names = {
-        "secret": {**versioned_names(this, "swarm_secrets"), **_registry_names(plan)},
+        "secret": {**versioned_names(this, "swarm_secrets"), **service_secret_names(plan)},
         "config": versioned_names(this, "swarm_configs"),
     }
     commands = [
@@ -88,10 +88,6 @@ def _remove_workloads(plan: ClusterPlan) -> None:
                  if name in objects["network"]]  # fmt: skip
     if commands:
         server.shell(name="Remove the secrets, configs and networks of this project", commands=commands)
-
-
-def _registry_names(plan: ClusterPlan) -> dict[str, str]:
-    return {name.rsplit("_", 1)[0]: name for name in service_secrets(plan)}
 
 
 def _remove_firewall(plan: ClusterPlan) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from pyinfra import logger
 from pyinfra.api import Host, State
@@ -26,3 +26,24 @@ def expected_failures(function: Callable[..., None]) -> Callable[..., bool]:
         return True
 
     return callback
+
+
+T = TypeVar("T")
+
+
+def first_answer(hosts: list[Host], ask: Callable[[Host], T], connect: bool = False) -> T:
+    """What `ask` gets from the first of `hosts` (managers, in order) that answers; `ask` raises LookupError
+    when a host doesn't. LookupError naming every host's problem when none does. A host not connected is
+    connected to first with `connect` (one at a time, only as far as needed), else "unreachable"."""
+    problems = []
+    for target in hosts:
+        if connect and not target.connected:
+            target.connect(show_errors=False)
+        if not target.connected:
+            problems.append(f"{target.name}: unreachable")
+            continue
+        try:
+            return ask(target)
+        except LookupError as exc:
+            problems.append(f"{target.name}: {exc}")
+    raise LookupError("; ".join(problems or ["there are none"]))

@@ -23,7 +23,7 @@ from pyinfra.api import Host, State, StringCommand, operation
 from pyinfra.api.command import FunctionCommand
 from pyinfra.api.exceptions import OperationError
 
-from pyinfra_swarm.facts import DockerSwarm, LocalSwarm, SwarmObjects, read
+from pyinfra_swarm.facts import DockerSwarm, LocalSwarm, SwarmObjects, docker_post, read
 from pyinfra_swarm.operations.callbacks import expected_failures
 from pyinfra_swarm.operations.swarm import connector_args
 
@@ -35,10 +35,7 @@ ROTATIONS = {
     "unlock_key": None,  # a callback: the new key goes to the key file
     "registry_cert": None,  # made on the controller by the registry step; only recorded here
 }
-UNLOCK_REQUEST = (
-    "curl -sS --unix-socket /var/run/docker.sock -H 'Content-Type: application/json' --data-binary @- "
-    "-w '\\n%{http_code}' http://localhost/swarm/unlock"
-)
+UNLOCK_REQUEST = docker_post("/swarm/unlock")
 
 
 def rotation_marker(what: str, request: str) -> str:

@@ -25,9 +25,10 @@ from pyinfra.api.command import FunctionCommand
 from pyinfra.api.exceptions import OperationError
 
 from pyinfra_swarm import controller
-from pyinfra_swarm.operations.callbacks import expected_failures
+from pyinfra_swarm.facts import parse_replicas
+from pyinfra_swarm.operations.callbacks import expected_failures, first_answer
 from pyinfra_swarm.operations.credentials import unlock_locked
-from pyinfra_swarm.operations.swarm import DRAINED_LABEL, RESTORE_LABEL, connector_args, replica_counts
+from pyinfra_swarm.operations.swarm import DRAINED_LABEL, RESTORE_LABEL, connector_args
 
 POLL = 1.0
 DEFAULT_GRACE = 10  # seconds: Docker's stop_grace_period for a service that sets none
@@ -161,23 +162,25 @@ def _manager_run(state: State, host: Host, managers: list[str], command: str) ->
     restarting); its output lines. OperationError naming every manager's answer when none does."""
     hosts = [state.inventory.get_host(name) for name in managers]
     ordered = [m for m in hosts if m is not host] + [m for m in hosts if m is host]
-    problems = []
-    for manager in ordered:
-        if not manager.connected:
-            continue
+
+    def ask(manager: Host) -> list[str]:
         status, output = manager.run_shell_command(
             StringCommand(command), print_output=False, **connector_args(state, manager)
         )
-        if status:
-            return output.stdout_lines
-        problems.append(f"{manager.name}: {output.stderr.strip()}")
-    raise OperationError(f"no manager answered `{command}` ({'; '.join(problems) or 'none connected'})")
+        if not status:
+            raise LookupError(output.stderr.strip())
+        return output.stdout_lines
+
+    try:
+        return first_answer([m for m in ordered if m.connected], ask)
+    except LookupError as exc:
+        raise OperationError(f"no manager answered `{command}` ({exc})") from None
 
 
 def _services_below(state: State, host: Host, managers: list[str]) -> set[str]:
     """Services running fewer tasks than they want."""
     lines = _manager_run(state, host, managers, "docker service ls --format '{{.Name}} {{.Replicas}}'")
-    return {name for name, (running, desired) in replica_counts(lines).items() if running < desired}
+    return {name for name, (running, desired) in parse_replicas(lines).items() if running < desired}
 
 
 def _wait(what: str, host: Host, timeout: float, check: Callable[[], str]) -> None:

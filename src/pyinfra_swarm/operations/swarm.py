@@ -39,10 +39,12 @@ from pyinfra_swarm.facts import (
     SwarmNodes,
     SwarmObjects,
     SwarmStacks,
+    docker_post,
+    parse_replicas,
     read,
     sha256_text,
 )
-from pyinfra_swarm.operations.callbacks import expected_failures
+from pyinfra_swarm.operations.callbacks import expected_failures, first_answer
 from pyinfra_swarm.operations.private import write_command
 
 SWARM_PORT = 2377
@@ -56,10 +58,7 @@ RETRIES = 15  # transient errors (leader election) are retried for RETRIES * RET
 RETRY_DELAY = 2.0
 POLL = 2.0
 # `docker swarm join` takes the token only as an argument; Docker's API takes it in the request body.
-JOIN_REQUEST = (
-    "curl -sS --unix-socket /var/run/docker.sock -H 'Content-Type: application/json' --data-binary @- "
-    "-w '\\n%{http_code}' http://localhost/swarm/join"
-)
+JOIN_REQUEST = docker_post("/swarm/join")
 
 
 def _in_a_swarm() -> str | None:
@@ -523,9 +522,8 @@ def join_info(state: State, role: str, managers: dict[str, str]) -> tuple[str, l
 
 def _fetch_join_info(state: State, role: str, managers: dict[str, str]) -> tuple[str, list[str]]:
     candidates = [state.inventory.get_host(name) for name in managers]
-    candidates = [m for m in candidates if m.connected and m not in state.failed_hosts]
-    problems = []
-    for manager in candidates:
+
+    def ask(manager: Host) -> tuple[str, list[str]]:
         for _ in range(RETRIES):
             status, output = manager.run_shell_command(
                 StringCommand("docker", "swarm", "join-token", "-q", role), print_output=False,
@@ -538,8 +536,12 @@ def _fetch_join_info(state: State, role: str, managers: dict[str, str]) -> tuple
             if not transient(output.stderr):
                 break
             gevent.sleep(RETRY_DELAY)
-        problems.append(f"{manager.name}: {output.stderr.strip() or 'no token'}")
-    raise OperationError(f"no manager gave a {role} join token ({'; '.join(problems) or 'none reachable'})")
+        raise LookupError(output.stderr.strip() or "no token")
+
+    try:
+        return first_answer([m for m in candidates if m not in state.failed_hosts], ask)
+    except LookupError as exc:
+        raise OperationError(f"no manager gave a {role} join token ({exc})") from None
 
 
 @expected_failures
@@ -580,17 +582,6 @@ def _join(state: State, host: Host, role: str, advertise_addr: str, managers: di
 # Stacks: convergence on the services' present spec.
 
 
-def replica_counts(output: list[str]) -> dict[str, tuple[int, int]]:
-    """`docker stack services --format '{{.Name}} {{.Replicas}}'` -> {service: (running, desired)}."""
-    counts = {}
-    for line in output:
-        name, _, replicas = line.strip().partition(" ")
-        running, _, desired = replicas.split(" ")[0].partition("/")
-        if name and running.isdigit() and desired.isdigit():
-            counts[name] = (int(running), int(desired))
-    return counts
-
-
 def progress_command(stack: str) -> str:
     """One command that prints where a stack stands: `replicas NAME R/D` per service, `service<TAB>ID<TAB>NAME
     <TAB>UPDATE-STATUS-JSON<TAB>TEMPLATE-JSON` per service and `task SERVICE-ID STATE SPEC-JSON` per task meant
@@ -629,7 +620,7 @@ def stack_progress(output: list[str]) -> dict[str, dict[str, Any]]:
         kind, _, rest = line.strip().partition(" ")
         if kind == "replicas":
             service, _, replicas = rest.partition(" ")
-            for name, (running, desired) in replica_counts([f"{service} {replicas}"]).items():
+            for name, (running, desired) in parse_replicas([f"{service} {replicas}"]).items():
                 services[name] = {"running": running, "desired": desired, "update": "none", "current": 0, "stale": 0}
         elif line.startswith("service\t"):
             _, service_id, name, status, template = line.strip().split("\t", 4)

@@ -1,0 +1,75 @@
+"""What planning reads from each host, counted on pyinfra's fake connector while the whole deploy is planned:
+every fact of this package comes from the plan's Bundle, one command per host plus one for what depends on the
+plan where there is any; deploy code reads none on its own. (pyinfra's own operations read their facts for the
+changes they plan; a converged cluster plans none: the e2e no-op runs and `make bench` count those commands.)"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+from pyinfra.api import Host
+
+from pyinfra_swarm.deploys.cluster import swarm_cluster
+from tests.unit.fakes import host, plan
+from tests.unit.test_swarm import node, nodes, swarm
+
+
+@pytest.fixture
+def reads(monkeypatch: pytest.MonkeyPatch) -> Counter:
+    """(host, fact) -> how many times planning read it; a Bundle counts as "Bundle", this package's other
+    facts by class name, pyinfra's own as "pyinfra"."""
+    seen: Counter = Counter()
+    get_fact = Host.get_fact
+
+    def counting(self, cls, *args, **kwargs):
+        ours = cls.__module__.startswith("pyinfra_swarm")
+        seen[(self.name.removeprefix("@fake/"), cls.__name__ if ours else "pyinfra")] += 1
+        return get_fact(self, cls, *args, **kwargs)
+
+    monkeypatch.setattr(Host, "get_fact", counting)
+    return seen
+
+
+def ours(reads: Counter) -> dict[tuple[str, str], int]:
+    return {key: count for key, count in reads.items() if key[1] != "pyinfra"}
+
+
+def cluster_only(**data):
+    return {"registry_mode": None, "docker_image_archives": [], "swarm_stacks": [], **data}
+
+
+def test_a_formed_cluster_is_read_in_one_command_per_host(reads: Counter) -> None:
+    members = nodes(node("m1", "m1", "manager"), node("w1", "w1"), node("w2", "w2"), node("w3", "w3"))
+    manager = host("m1", "10.1.0.1", swarm=swarm("m1", True), nodes=members, docker_running=True,
+                   **cluster_only())  # fmt: skip
+    workers = [host(f"w{i}", f"10.1.0.{i + 1}", swarm=swarm(f"w{i}", False), docker_running=True, **cluster_only())
+               for i in (1, 2, 3)]  # fmt: skip
+    planned = plan([swarm_cluster], [manager], workers)
+    assert all(steps is not None for steps in planned.values())
+    assert ours(reads) == {(name, "Bundle"): 1 for name in ("m1", "w1", "w2", "w3")}
+
+
+def test_new_hosts_read_one_more_command_only_for_what_depends_on_the_plan(reads: Counter) -> None:
+    manager = host("m1", "10.1.0.1", **cluster_only())
+    workers = [host(f"w{i}", f"10.1.0.{i + 1}", **cluster_only()) for i in (1, 2, 3)]
+    plan([swarm_cluster], [manager], workers)
+    # m1 inits (nothing there depends on the plan); each worker also pings the manager it joins through.
+    assert ours(reads) == {("m1", "Bundle"): 1, **{(f"w{i}", "Bundle"): 2 for i in (1, 2, 3)}}
+
+
+def test_workloads_are_read_in_one_more_command_on_the_acting_manager(reads: Counter) -> None:
+    members = nodes(node("m1", "m1", "manager"), node("w1", "w1"))
+    data = cluster_only(swarm_networks={"backend": {"attachable": True}})
+    manager = host("m1", "10.1.0.1", swarm=swarm("m1", True), nodes=members, docker_running=True, **data)
+    worker = host("w1", "10.1.0.2", swarm=swarm("w1", False), docker_running=True, **data)
+    plan([swarm_cluster], [manager], [worker])
+    assert ours(reads) == {("m1", "Bundle"): 2, ("w1", "Bundle"): 1}
+
+
+def test_a_bundle_reads_the_firewall_front_end_only_where_data_may_use_it() -> None:
+    from pyinfra_swarm.plan.observe import firewall_facts
+
+    assert set(firewall_facts("auto")) == {"ufw", "firewalld_zone"}
+    assert set(firewall_facts("ufw")) == {"ufw"}
+    assert firewall_facts("iptables") == firewall_facts(False) == {}
