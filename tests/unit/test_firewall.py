@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from pyinfra_swarm.deploys.firewall import (
-    configure_firewall,
+from pyinfra_swarm.deploys.firewall import configure_firewall, resolve_backend
+from pyinfra_swarm.operations.firewall import (
     firewalld_commands,
     iptables_script,
     nftables_rules,
     node_policy,
-    resolve_backend,
     ufw_commands,
     ufw_rules,
 )

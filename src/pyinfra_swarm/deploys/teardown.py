@@ -11,7 +11,6 @@ from pyinfra import host
 from pyinfra.api import Host
 from pyinfra.operations import server
 
-from pyinfra_swarm.deploys.firewall import CHAIN, FORWARD_CHAIN, NFT_TABLE, UFW_COMMENT
 from pyinfra_swarm.deploys.objects import versioned_names
 from pyinfra_swarm.deploys.registry import STACK, service_secret_names
 from pyinfra_swarm.deploys.stacks import stale_versions
@@ -19,7 +18,17 @@ from pyinfra_swarm.deploys.step import step
 from pyinfra_swarm.facts import FirewalldZone, UfwState, read
 from pyinfra_swarm.layout import ENGINE_PACKAGES
 from pyinfra_swarm.operations import maintenance, swarm
-from pyinfra_swarm.operations.firewall import FIREWALLD_ZONE, IPTABLES_RULES, NFT_RULES, UNIT, UNIT_FILE
+from pyinfra_swarm.operations.firewall import (
+    CHAIN,
+    FIREWALLD_ZONE,
+    FORWARD_CHAIN,
+    IPTABLES_RULES,
+    NFT_RULES,
+    NFT_TABLE,
+    UFW_COMMENT,
+    UNIT,
+    UNIT_FILE,
+)
 from pyinfra_swarm.plan import ClusterPlan, current_host
 from pyinfra_swarm.settings import is_manager, setting
 
