@@ -54,13 +54,14 @@ def docker_api(path: str) -> str:
     return f"{{ command -v curl >/dev/null && curl -sf --unix-socket /var/run/docker.sock http://docker{path}; }}"
 
 
-def docker_post(path: str) -> str:
+def docker_post(path: str, with_status: bool = True) -> str:
     """Shell that POSTs its stdin (JSON) to `path` of the local Docker engine's API and prints the answer, then
-    the HTTP status on a line of its own: how a secret (a join token, an unlock key) reaches the engine
-    without a command line."""
+    the HTTP status on a line of its own (how a secret, a join token or an unlock key, reaches the engine
+    without a command line); without `with_status`, an HTTP error fails the command instead."""
+    report = "-w '\\n%{http_code}'" if with_status else "-f"
     return (
         "curl -sS --unix-socket /var/run/docker.sock -H 'Content-Type: application/json' --data-binary @- "
-        f"-w '\\n%{{http_code}}' http://localhost{path}"
+        f"{report} 'http://localhost{path}'"
     )
 
 

@@ -26,6 +26,7 @@ from pyinfra.api.exceptions import DeployError
 from pyinfra.api.state import BaseStateCallback
 
 from pyinfra_swarm import controller
+from pyinfra_swarm.facts import docker_api, docker_post
 from pyinfra_swarm.operations.swarm import LOCK_CONFIG, connector_args
 
 PKI_RECORD = "pyinfra-swarm.pki."  # + the PKI directory's identity (pki.identity)
@@ -175,11 +176,10 @@ class ClusterLock:
                 logger.warning("the cluster lock's heartbeat failed: no manager answered, or the lock was broken")
 
     def _beat_once(self, count: int) -> bool:
-        api = "curl -sf --unix-socket /var/run/docker.sock"
         for manager in self.managers:
             if not manager.connected:
                 continue
-            status, lines, _ = _run(self.state, manager, f"{api} http://docker/configs/{LOCK_CONFIG}")
+            status, lines, _ = _run(self.state, manager, docker_api(f"/configs/{LOCK_CONFIG}"))
             if not status:
                 continue
             config = json.loads("".join(lines))
@@ -188,8 +188,7 @@ class ClusterLock:
                 return False
             spec["Labels"][f"{LABEL}beat"] = str(count)
             version = config["Version"]["Index"]
-            update = (f"{api} -X POST -H 'Content-Type: application/json' --data-binary @- "
-                      f"'http://docker/configs/{config['ID']}/update?version={version}'")  # fmt: skip
+            update = docker_post(f"/configs/{config['ID']}/update?version={version}", with_status=False)
             return _run(self.state, manager, update, json.dumps(spec))[0]
         return False
 

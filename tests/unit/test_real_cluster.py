@@ -20,7 +20,7 @@ from pyinfra_swarm.facts import Bundle, LocalSwarm
 from pyinfra_swarm.operations.registry import login_digest
 from pyinfra_swarm.operations.swarm import converged, join_body, join_result, stack_progress
 from pyinfra_swarm.plan.checks import warn_clock_skew, warn_small_mtu
-from pyinfra_swarm.plan.managers import choose_init_host
+from pyinfra_swarm.plan.managers import choose_init_host, choose_primary
 from pyinfra_swarm.settings import DEFAULTS, validate_host_data
 from tests.unit.fakes import commands, host, plan
 from tests.unit.test_swarm import node, nodes, swarm
@@ -302,3 +302,23 @@ def test_clock_skew_and_small_mtus_are_reported(caplog):
         warn_small_mtu({m1: "10.1.0.1"}, {m1: ({"eth0": ["10.1.0.1"]}, {"eth0": 1450})})
     assert "m2: its clock is +30 s off" in caplog.text and "m1: its clock" not in caplog.text
     assert "m1: eth0 has MTU 1450: overlay networks need mtu 1400 or less" in caplog.text
+
+
+def test_the_acting_manager_is_one_that_stays_and_this_run_may_change():
+    m1, m2, m3 = _fake("m1"), _fake("m2"), _fake("m3")
+    member = LocalSwarm("active", control=True, cluster={"ID": "c1"})
+    swarms = {m1: member, m2: member, m3: LocalSwarm("active", control=True)}  # m3 reaches no leader yet
+    assert choose_primary([m1, m2, m3], [m1, m2, m3], [], swarms) == (m1, [m1, m2, m3], False)
+    assert choose_primary([m1, m2, m3], [m2, m3], [], swarms)[0] is m2  # m1 is outside --limit
+    assert choose_primary([m1, m2, m3], [m1, m2, m3], [m1], swarms)[0] is m2  # m1 is being taken out
+    assert choose_primary([m3, m1], [m3, m1], [], swarms)[0] is m1  # one that knows the swarm goes first
+
+
+def test_managers_in_two_swarms_stop_the_plan_and_locked_ones_are_only_unlocked():
+    m1, m2 = _fake("m1"), _fake("m2")
+    other = {m1: LocalSwarm("active", control=True, cluster={"ID": "c1"}),
+             m2: LocalSwarm("active", control=True, cluster={"ID": "c2"})}  # fmt: skip
+    with pytest.raises(DeployError, match=r"different swarms: m1 \(c1\), m2 \(c2\)"):
+        choose_primary([m1, m2], [m1, m2], [], other)
+    locked = {m1: LocalSwarm("locked"), m2: LocalSwarm("locked")}
+    assert choose_primary([m1, m2], [m1, m2], [], locked) == (None, [], True)
