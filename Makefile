@@ -18,11 +18,11 @@ demo: $(STAMP) engine lab-up ## bring the lab up, run deploy.py against it, say 
 
 test: $(STAMP) engine lint ## unit tests, then end-to-end tests on a lab of their own
 	@scripts/ensure-test-tools
-	$(BIN)/pytest -v -m "not vm" tests
+	$(BIN)/pytest -v --durations=25 -m "not vm" tests
 
 test-vm: $(STAMP) engine ## the real-kernel tests: QEMU VMs and the Vagrant lab with libvirt (root; builds the VM image once)
 	@scripts/ensure-vm-tools
-	$(BIN)/pytest -v -m vm tests
+	$(BIN)/pytest -v --durations=10 -m vm tests
 
 unit: $(STAMP) ## the fast unit-only tests
 	$(BIN)/pytest -q -m "not e2e and not vagrant and not vm" tests
