@@ -73,3 +73,38 @@ def test_a_bundle_reads_the_firewall_front_end_only_where_data_may_use_it() -> N
     assert set(firewall_facts("auto")) == {"ufw", "firewalld_zone"}
     assert set(firewall_facts("ufw")) == {"ufw"}
     assert firewall_facts("iptables") == firewall_facts(False) == {}
+
+
+@pytest.fixture
+def node_lists(monkeypatch: pytest.MonkeyPatch) -> Counter:
+    """How many commands asked each fake host for the swarm's node list while planning."""
+    from pyinfra.connectors.fake import FakeConnector
+
+    seen: Counter = Counter()
+    run = FakeConnector.run_shell_command
+
+    def counting(self, command, *args, **kwargs):
+        if "/nodes" in str(command) or "docker node inspect" in str(command):
+            seen[self.host.name.removeprefix("@fake/")] += 1
+        return run(self, command, *args, **kwargs)
+
+    monkeypatch.setattr(FakeConnector, "run_shell_command", counting)
+    return seen
+
+
+def _three_managers() -> tuple[list, list]:
+    members = nodes(node("m1", "m1", "manager"), node("m2", "m2", "manager"), node("m3", "m3", "manager"),
+                    node("w1", "w1"))  # fmt: skip
+    managers = [host(f"m{i}", f"10.1.0.{i}", swarm=swarm(f"m{i}", True), nodes=members, docker_running=True,
+                     **cluster_only()) for i in (1, 2, 3)]  # fmt: skip
+    return managers, [host("w1", "10.1.0.9", swarm=swarm("w1", False), docker_running=True, **cluster_only())]
+
+
+def test_only_the_manager_that_acts_lists_the_nodes(node_lists: Counter) -> None:
+    managers, workers = _three_managers()
+    planned = plan([swarm_cluster], managers, workers)
+    assert all(steps is not None for steps in planned.values())
+    assert node_lists == Counter({"m1": 1})
+    node_lists.clear()
+    plan([swarm_cluster], *_three_managers(), limit=["m2", "w1"])  # m1 is read, not changed: m2 acts
+    assert node_lists == Counter({"m2": 1})

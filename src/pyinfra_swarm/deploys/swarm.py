@@ -78,19 +78,20 @@ def configure_nodes(plan: ClusterPlan, this: Host) -> None:
     targets = [t for t in plan.reachable if not plan.steps[t].stopped and t in plan.in_limit and plan.takes_part(t)]
     # A host not in this swarm now (not stopped, locked or restarting): an entry with its hostname is its past self.
     rejoining = [t for t in targets if plan.node_of(t) is None and not plan.steps[t].found_by_address]
-    stale = [n for t in rejoining for n in plan.nodes if n["hostname"] == plan.hostnames[t]]
-    for entry in host.loop(stale):
-        swarm.node(name=f"Remove the stale entry of {entry['hostname']}", node=entry["id"], present=False)
-    for target in host.loop(targets):
+    stale = [n["id"] for t in rejoining for n in plan.nodes if n["hostname"] == plan.hostnames[t]]
+    wanted = []
+    for target in targets:
         entry = plan.node_of(target)
-        swarm.node(
-            name=f"Node {plan.hostnames[target]}: role, labels, availability",
-            node=entry["id"] if entry else plan.hostnames[target],
-            role="manager" if is_manager(target) else "worker",
-            labels=setting(target, "swarm_labels"),
-            availability=setting(target, "swarm_availability"),
-            joining=entry is None,
-        )
+        wanted.append({
+            "node": entry["id"] if entry else plan.hostnames[target],
+            "role": "manager" if is_manager(target) else "worker",
+            "labels": setting(target, "swarm_labels"),
+            "availability": setting(target, "swarm_availability"),
+            "joining": entry is None,
+        })  # fmt: skip
+    if wanted or stale:
+        swarm.nodes(name="Node roles, labels and availability (stale entries of rejoining hosts removed)"
+                    if stale else "Node roles, labels and availability", wanted=wanted, remove=stale)  # fmt: skip
 
 
 @step("Take hosts out of the swarm", runs_on="every host")

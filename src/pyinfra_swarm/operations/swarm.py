@@ -221,19 +221,66 @@ def node(
         swarm.node(name="Label db1", node="db1", labels={"db": "true"}, availability="active")
     """
     nodes = [] if joining else read(SwarmNodes) or []
-    entry = next((n for n in nodes if node in (n["id"], n["hostname"])), None)
     if not present:
-        if entry is None:
+        commands = _removal_commands(node, nodes)
+        if not commands:
             host.noop(f"node {node} is not in the swarm")
-            return
-        if entry["role"] == "manager":
-            # A manager dropped from raft (by --force-new-cluster) is demoted by its removal alone.
-            yield (
-                f'out=$(docker node demote {entry["id"]} 2>&1) || case "$out" in '
-                '*"can\'t find manager in raft memberlist"*) ;; *) echo "$out" >&2; exit 1 ;; esac'
-            )
-        yield f"docker node rm --force {entry['id']}"
+        yield from commands
         return
+    commands = _node_commands(nodes, node, role, labels, availability, joining)
+    if not commands:
+        host.noop(f"node {node} has its role, labels and availability")
+    yield from commands
+
+
+@operation()
+def nodes(wanted: list[dict[str, Any]], remove: list[str] | None = None):
+    """Bring the swarm's nodes to their roles, labels and availability in one operation on a manager, from one
+    read of the node list: only the differences, a command or two per node that differs (what `node` does
+    for one node).
+
+    + wanted: one mapping per node with the arguments of `node` (``node``, and ``role``, ``labels``,
+      ``availability``, ``joining`` as it takes them)
+    + remove: nodes (IDs or hostnames) whose entries are removed first (demoted first if managers)
+
+    **Example:**
+
+    .. code:: python
+
+        swarm.nodes(name="Nodes", wanted=[{"node": "db1", "labels": {"db": "true"}},
+                                          {"node": "web1", "role": "worker", "availability": "active"}])
+    """
+    listed = read(SwarmNodes) or []
+    commands = [command for node in remove or [] for command in _removal_commands(node, listed)]
+    for entry in wanted:
+        options = {key: entry.get(key) for key in ("role", "labels", "availability")}
+        joining = bool(entry.get("joining"))
+        commands += _node_commands([] if joining else listed, entry["node"], joining=joining, **options)
+    if not commands:
+        host.noop(f"{len(wanted)} node(s) have their role, labels and availability")
+    yield from commands
+
+
+def _removal_commands(node: str, listed: list[dict[str, Any]]) -> list[str]:
+    """What removes a node's entry (none when it isn't listed)."""
+    entry = next((n for n in listed if node in (n["id"], n["hostname"])), None)
+    if entry is None:
+        return []
+    commands = []
+    if entry["role"] == "manager":
+        # A manager dropped from raft (by --force-new-cluster) is demoted by its removal alone.
+        commands.append(
+            f'out=$(docker node demote {entry["id"]} 2>&1) || case "$out" in '
+            '*"can\'t find manager in raft memberlist"*) ;; *) echo "$out" >&2; exit 1 ;; esac'
+        )
+    return [*commands, f"docker node rm --force {entry['id']}"]
+
+
+def _node_commands(listed: list[dict[str, Any]], node: str, role: str | None = None,
+                   labels: dict[str, Any] | None = None, availability: str | None = None,
+                   joining: bool = False) -> list[str]:  # fmt: skip
+    """What brings one node to its role, labels and availability (see `node`); none when it has them."""
+    entry = next((n for n in listed if node in (n["id"], n["hostname"])), None)
     current = entry or {"role": role, "labels": {}, "availability": "active"}
     target = entry["id"] if entry else node
     commands = []
@@ -242,18 +289,15 @@ def node(
     update = _update_args(current, labels, _availability(node, current, availability))
     if update:
         commands.append(shlex.join(["docker", "node", "update", *update, target]))
-    if not commands:
-        host.noop(f"node {node} has its role, labels and availability")
-    elif joining:
+    if commands and joining:
         # The host joins earlier in this run; if it failed before that, the manager leaves it for the next run
         # rather than fail too.
         skipped = shlex.quote(
             f"node {node} is not in the swarm (its host failed before joining): left for the next run"
         )
-        listed = f"docker node inspect {shlex.quote(node)} >/dev/null 2>&1"
-        yield f"if {listed}; then {' && '.join(commands)}; else echo {skipped}; fi"
-        return
-    yield from commands
+        listed_now = f"docker node inspect {shlex.quote(node)} >/dev/null 2>&1"
+        return [f"if {listed_now}; then {' && '.join(commands)}; else echo {skipped}; fi"]
+    return commands
 
 
 def _availability(node: str, current: dict[str, Any], wanted: str | None) -> str | None:

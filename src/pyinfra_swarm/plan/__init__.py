@@ -24,6 +24,7 @@ from pyinfra_swarm.plan.model import ClusterPlan, Registry, RunStore, current_ho
 from pyinfra_swarm.plan.observe import (
     archives_for,
     connect_outside_limit,
+    expected_acting,
     gather,
     host_spec,
     image_references,
@@ -84,7 +85,8 @@ def observe(state: State) -> Observation:
             logger.warning(f"{host.name} is unreachable: left as it is this run")
         elif host not in in_limit:
             logger.info(f"{host.name} is outside --limit: read, not changed")
-    specs = {h: host_spec(h) for h in reachable}
+    lister = expected_acting(hosts, reachable, in_limit)
+    specs = {h: host_spec(h, lists_nodes=h is lister) for h in reachable}
     facts = gather(state, specs)
     addresses = {}
     for host in hosts:

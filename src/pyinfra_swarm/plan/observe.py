@@ -72,7 +72,8 @@ FIREWALL_FACTS: dict[str, Spec] = {
     "ufw": {"ufw": (UfwState, {})},
     "firewalld": {"firewalld_zone": (FirewalldZone, {"zone": FIREWALLD_ZONE})},
 }
-# Managers also list the swarm's nodes in the same command (nothing when they aren't in one).
+# The manager expected to act for the cluster also lists the swarm's nodes in the same command (nothing when
+# it isn't in one); only that list is used.
 MANAGER_FACTS: Spec = {"nodes": (SwarmNodes, {})}
 # The facts that depend on the plan (`planned_facts`); NAME:... ones come one per image or stack.
 PLANNED = ("registry_ca", "registry_image", "users", "archive_images", "built_image", "stack_file", "stack_services",
@@ -91,10 +92,18 @@ def firewall_facts(firewall: str | bool) -> Spec:
             for name, fact in spec.items()}  # fmt: skip
 
 
-def host_spec(host: Host) -> Spec:
-    """What the first command reads from a host."""
+def host_spec(host: Host, lists_nodes: bool = False) -> Spec:
+    """What the first command reads from a host (with the node list on the manager expected to act)."""
     return {**HOST_FACTS, **firewall_facts(setting(host, "swarm_firewall")),
-            **(MANAGER_FACTS if is_manager(host) else {})}  # fmt: skip
+            **(MANAGER_FACTS if lists_nodes else {})}  # fmt: skip
+
+
+def expected_acting(hosts: list[Host], reachable: list[Host], in_limit: list[Host]) -> Host | None:
+    """The manager most likely to act for the cluster, before anything is read: the first reachable manager
+    this run may change that stays in the swarm (managers.choose_primary decides; when it picks another, the
+    node list is read there)."""
+    return next((h for h in hosts if is_manager(h) and h in reachable and h in in_limit
+                 and setting(h, "swarm_state") != "absent"), None)  # fmt: skip
 
 
 def image_references(registry: str, entries: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
