@@ -129,7 +129,9 @@ class Step(tuple):
     serial: bool
 
 
-def plan(deploys: list, managers: list, workers: list | None = None, limit: list[str] | None = None) -> dict[str, Any]:
+def plan(
+    deploys: list, managers: list, workers: list | None = None, limit: list[str] | None = None, parallel: int = 0
+) -> dict[str, Any]:
     """{host: [(operation name, [command, ...]), ...]} that the deploys plan for each host; None for a host
     the deploys stopped (failed), or outside `limit`. Each call is a run of its own (its own State)."""
     workers = workers or []
@@ -138,7 +140,7 @@ def plan(deploys: list, managers: list, workers: list | None = None, limit: list
         swarm_managers=([name for name, _ in managers], {}),
         swarm_workers=([name for name, _ in workers], {}),
     )
-    state = State(inventory, Config())
+    state = State(inventory, Config(PARALLEL=parallel))
     if limit is not None:  # as `pyinfra --limit`
         state.limit_hosts = [inventory.get_host(f"@fake/{name}") for name in limit]
     connect_all(state)

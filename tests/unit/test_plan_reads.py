@@ -108,3 +108,25 @@ def test_only_the_manager_that_acts_lists_the_nodes(node_lists: Counter) -> None
     node_lists.clear()
     plan([swarm_cluster], *_three_managers(), limit=["m2", "w1"])  # m1 is read, not changed: m2 acts
     assert node_lists == Counter({"m2": 1})
+
+
+def test_hosts_are_read_no_more_at_once_than_parallel_allows(monkeypatch: pytest.MonkeyPatch) -> None:
+    import gevent
+
+    running, most = 0, 0
+    get_fact = Host.get_fact
+
+    def slow(self, cls, *args, **kwargs):
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        gevent.sleep(0.01)
+        try:
+            return get_fact(self, cls, *args, **kwargs)
+        finally:
+            running -= 1
+
+    monkeypatch.setattr(Host, "get_fact", slow)
+    workers = [host(f"w{i}", f"10.1.0.{i + 1}", **cluster_only()) for i in range(1, 7)]
+    plan([swarm_cluster], [host("m1", "10.1.0.1", **cluster_only())], workers, parallel=3)
+    assert most == 3

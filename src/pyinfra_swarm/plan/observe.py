@@ -8,6 +8,7 @@ import ipaddress
 from typing import TYPE_CHECKING, Any
 
 import gevent
+from gevent.pool import Pool
 from pyinfra.api import Host, State
 from pyinfra.api.exceptions import DeployError
 from pyinfra.facts.server import Hostname
@@ -117,10 +118,12 @@ def archives_for(target: Host, entries: list[dict[str, Any]]) -> list[dict[str, 
 
 
 def gather(state: State, specs: dict[Host, Spec]) -> dict[Host, dict[str, Any]]:
-    """One Bundle command per host, all hosts at once; a Bundle that printed nothing gives the defaults.
-    What is gathered is also kept for `facts.read`."""
+    """One Bundle command per host, as many hosts at once as --parallel allows (pyinfra's default: 20 per
+    CPU, at most the number of hosts); a Bundle that printed nothing gives the defaults. What is gathered is
+    also kept for `facts.read`."""
     specs = {target: spec for target, spec in specs.items() if spec}
-    greenlets = {target: gevent.spawn(target.get_fact, Bundle, facts=spec) for target, spec in specs.items()}
+    pool = Pool(state.config.PARALLEL or None)
+    greenlets = {target: pool.spawn(target.get_fact, Bundle, facts=spec) for target, spec in specs.items()}
     gevent.joinall(list(greenlets.values()), raise_error=True)
     values = {}
     for target, greenlet in greenlets.items():
@@ -133,7 +136,8 @@ def connect_outside_limit(state: State, hosts: list[Host]) -> list[Host]:
     """Connect to the swarm hosts outside --limit, to read their state (nothing runs on them): without
     that, a run limited to a new manager would not see the swarm the others are in. Returns those reached."""
     outside = [h for h in hosts if not state.is_host_in_limit(h) and not h.connected]
-    greenlets = [gevent.spawn(h.connect, show_errors=False) for h in outside]
+    pool = Pool(state.config.PARALLEL or None)
+    greenlets = [pool.spawn(h.connect, show_errors=False) for h in outside]
     gevent.joinall(greenlets)
     return [h for h in outside if h.connected]
 
