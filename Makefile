@@ -10,7 +10,7 @@ export PYINFRA_SWARM_LAB := $(LAB)
 
 ANSIBLE_VENV := benchmarks/.venv-ansible
 
-.PHONY: demo test test-vm unit lint engine lab-up lab-down lab-status bench bench-compare clean vagrant-up vagrant-deploy vagrant-down
+.PHONY: demo test test-vm unit lint engine lab-up lab-down lab-status bench bench-compare bench-scale clean vagrant-up vagrant-deploy vagrant-down
 
 demo: $(STAMP) engine lab-up ## bring the lab up, run deploy.py against it, say where to look
 	$(BIN)/pyinfra -y inventory/lab.py deploy.py
@@ -53,6 +53,9 @@ bench-compare: $(STAMP) engine ## pyinfra-swarm and Ansible side by side (SIZES=
 		$(ANSIBLE_VENV)/bin/pip install -q 'ansible~=12.3'; }
 	@$(BIN)/python -c 'import matplotlib' 2>/dev/null || $(BIN)/pip install -q 'matplotlib~=3.9'
 	$(BIN)/python benchmarks/compare.py $(if $(SIZES),--sizes $(SIZES))
+
+bench-scale: $(STAMP) engine ## the controller at 16 to 500 hosts: facts recorded once from a lab, replayed (SCALE_SIZES=16,100)
+	$(BIN)/python benchmarks/scale.py $(if $(SCALE_SIZES),--sizes $(SCALE_SIZES))
 
 # Every Vagrant target reads $(PYINFRA_SWARM_VAGRANT_SETTINGS) when set, else vagrant/settings.yml.
 VAGRANT_SETTINGS = $(abspath $(or $(PYINFRA_SWARM_VAGRANT_SETTINGS),vagrant/settings.yml))

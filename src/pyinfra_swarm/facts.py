@@ -396,13 +396,14 @@ class FirewallTools(FactBase[dict[str, Any]]):
 
     @staticmethod
     def default() -> Any:
-        return {"ufw": None, "firewalld": False, "nft": False, "iptables": False, "chain": False, "table": False}
+        return {"ufw": None, "firewalld": False, "nft": False, "iptables": False, "ipset": False, "chain": False,
+                "table": False}  # fmt: skip
 
     def command(self) -> str:
         return (
             "echo ufw=$(command -v ufw >/dev/null && (ufw status 2>/dev/null | head -1 | cut -d' ' -f2)); "
             "echo firewalld=$(systemctl is-active firewalld 2>/dev/null); "
-            "echo nft=$(command -v nft); echo iptables=$(command -v iptables); "
+            "echo nft=$(command -v nft); echo iptables=$(command -v iptables); echo ipset=$(command -v ipset); "
             "echo chain=$(iptables -w -C INPUT -j PYINFRA-SWARM 2>/dev/null && echo yes); "
             "echo table=$(nft list table inet pyinfra_swarm >/dev/null 2>&1 && echo yes)"
         )
@@ -414,6 +415,7 @@ class FirewallTools(FactBase[dict[str, Any]]):
             "firewalld": values.get("firewalld") == "active",
             "nft": bool(values.get("nft")),
             "iptables": bool(values.get("iptables")),
+            "ipset": bool(values.get("ipset")),
             # whether our own iptables chain is hooked into INPUT / our nftables table is loaded
             "chain": values.get("chain") == "yes",
             "table": values.get("table") == "yes",

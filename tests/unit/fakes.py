@@ -74,7 +74,10 @@ def host(
             f"UnitFileState={'enabled' if docker_running else 'disabled'}",
         ],
         "firewall_service": [],
-        "firewall": [f"{key}={value}" for key, value in {"iptables": "/usr/sbin/iptables", **(firewall or {})}.items()],
+        "firewall": [
+            f"{key}={value}"
+            for key, value in {"iptables": "/usr/sbin/iptables", "ipset": "/usr/sbin/ipset", **(firewall or {})}.items()
+        ],
         "firewall_files": [],
         "mtus": [f"2: eth0: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu {mtu} qdisc noqueue state UP"],
         "clock": [f"{time.time():.3f}"],

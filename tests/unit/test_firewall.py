@@ -28,14 +28,32 @@ def test_manager_policy_opens_2377_and_workers_do_not():
 
 def test_iptables_script_accepts_peers_only_and_rejects_the_rest():
     script = iptables_script(_policy(esp=True))
-    assert "-A PYINFRA-SWARM -s 10.1.0.2 -p udp --dport 4789 -j ACCEPT" in script
-    assert "-A PYINFRA-SWARM -s 10.1.0.1 -p esp -j ACCEPT" in script
+    peers = "-m set --match-set pyinfra-swarm-peers4 src"
+    assert f"-A PYINFRA-SWARM {peers} -p udp --dport 4789 -j ACCEPT" in script
+    assert f"-A PYINFRA-SWARM {peers} -p esp -j ACCEPT" in script
     swarm_accepts = [line for line in script.splitlines() if "--dport 4789" in line or "--dport 7946" in line]
-    assert swarm_accepts and all(" -s 10.1.0." in line for line in swarm_accepts if "ACCEPT" in line)
+    assert swarm_accepts and all(
+        "--match-set pyinfra-swarm-peers" in line for line in swarm_accepts if "ACCEPT" in line
+    )
+    # The peers are a set, filled aside and swapped in at once; IPv6 gets its own (empty here).
+    fill = script[script.index("ipset -exist restore <<'PEERS'") : script.index("PEERS\n  ipset swap")]
+    assert fill.splitlines()[1:] == ["add pyinfra-swarm-peers4-next 10.1.0.1", "add pyinfra-swarm-peers4-next 10.1.0.2"]
+    assert "ipset swap pyinfra-swarm-peers4-next pyinfra-swarm-peers4" in script
+    assert "ipset -exist create pyinfra-swarm-peers6 hash:ip family inet6" in script
+    assert script.index("ipset swap pyinfra-swarm-peers4-next") < script.index("iptables-restore -w")
     assert "-A PYINFRA-SWARM -p tcp --dport 8000:8100 -j ACCEPT" in script
     assert script.rstrip().endswith("fi")
     assert "-A PYINFRA-SWARM -j REJECT" in script
     assert "iptables -w -C INPUT -j PYINFRA-SWARM 2>/dev/null || iptables -w -I INPUT 1 -j PYINFRA-SWARM" in script
+
+
+def test_the_rules_do_not_grow_with_the_peers():
+    def rules(peers: int) -> list[str]:
+        policy = node_policy(True, [f"10.2.{i // 250}.{i % 250 + 1}" for i in range(peers)], ["22/tcp"], 4789,
+                             True, True)  # fmt: skip
+        return [line for line in iptables_script(policy).splitlines() if line.startswith("-A ")]
+
+    assert rules(500) == rules(3)
 
 
 def test_iptables_rules_are_applied_in_one_transaction_per_family():
@@ -54,7 +72,7 @@ def test_published_ports_pass_docker_user_only_from_peers_and_to_allowed_ports()
     assert forward[:2] == ["-A PYINFRA-SWARM-FWD -m conntrack --ctstate ESTABLISHED,RELATED -j RETURN",
                            "-A PYINFRA-SWARM-FWD -m conntrack ! --ctstate DNAT -j RETURN"]  # fmt: skip
     assert "-A PYINFRA-SWARM-FWD -i docker_gwbridge -j RETURN" in forward
-    assert "-A PYINFRA-SWARM-FWD -s 10.1.0.2 -j RETURN" in forward
+    assert "-A PYINFRA-SWARM-FWD -m set --match-set pyinfra-swarm-peers4 src -j RETURN" in forward
     assert "-A PYINFRA-SWARM-FWD -p tcp -m conntrack --ctorigdstport 8000:8100 -j RETURN" in forward
     assert forward[-1] == "-A PYINFRA-SWARM-FWD -j REJECT"
     assert "iptables -w -C DOCKER-USER -j PYINFRA-SWARM-FWD 2>/dev/null || " in script

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pyinfra import host
 from pyinfra.api import Host
-from pyinfra.operations import server
+from pyinfra.operations import apt, dnf
 
 from pyinfra_swarm.deploys.step import step
 from pyinfra_swarm.operations import firewall
@@ -53,13 +53,23 @@ def configure_firewall(plan: ClusterPlan, this: Host) -> None:
     )
     if backend in ("iptables", "nftables"):
         if backend == "nftables" and not tools["nft"]:
-            server.packages(name="Install nftables", packages=["nftables"])
+            _install(plan, "nftables")
+        if backend == "iptables" and not tools["ipset"]:  # the peers are one set the rules match
+            _install(plan, "ipset")
         text = firewall.iptables_script(policy) if backend == "iptables" else firewall.nftables_rules(policy)
         firewall.rules(name=f"Firewall rules ({backend}), applied now and at boot", backend=backend, text=text)
         return
     if backend == "ufw" and tools["ufw"] is None:
-        server.packages(name="Install ufw", packages=["ufw"])
+        _install(plan, "ufw")
     apply = firewall.ufw if backend == "ufw" else firewall.firewalld
     apply(name=f"Open the swarm ports to peers ({backend})", peers=list(policy.peers),
           swarm_ports=list(policy.swarm_ports), allow=list(policy.allow), esp=policy.esp,
           deny_other=policy.deny_other)  # fmt: skip
+
+
+def _install(plan: ClusterPlan, package: str) -> None:
+    """A package the firewall needs, with the host's package manager (apt or dnf)."""
+    if plan.fact("packages")["manager"] == "dnf":
+        dnf.packages(name=f"Install {package}", packages=[package])
+    else:
+        apt.packages(name=f"Install {package}", packages=[package], update=True)

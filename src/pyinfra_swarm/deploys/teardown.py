@@ -25,6 +25,7 @@ from pyinfra_swarm.operations.firewall import (
     IPTABLES_RULES,
     NFT_RULES,
     NFT_TABLE,
+    PEER_SETS,
     UFW_COMMENT,
     UNIT,
     UNIT_FILE,
@@ -36,7 +37,7 @@ STACK_GONE_WAIT = 60  # seconds to wait for a removed stack's tasks to stop (its
 
 
 def remove_iptables_commands() -> list[str]:
-    """Unhook and delete our chains, IPv4 and IPv6."""
+    """Unhook and delete our chains, IPv4 and IPv6, then the peers' sets."""
     commands = []
     for binary in ("iptables", "ip6tables"):
         ipt = f"{binary} -w"
@@ -46,7 +47,8 @@ def remove_iptables_commands() -> list[str]:
             f"while {ipt} -D DOCKER-USER -j {FORWARD_CHAIN} 2>/dev/null; do :; done; "
             f"for c in {CHAIN} {FORWARD_CHAIN}; do {ipt} -F $c 2>/dev/null; {ipt} -X $c 2>/dev/null; done; fi; true"
         )
-    return commands
+    sets = " ".join(name for name, _ in PEER_SETS.values())
+    return [*commands, f"for s in {sets}; do ipset destroy $s 2>/dev/null; done; true"]
 
 
 @step("Tear the swarm down", runs_on="every host", build=False)

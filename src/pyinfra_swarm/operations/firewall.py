@@ -9,7 +9,6 @@ through. ufw and firewalld don't see published ports (Docker's rules come first)
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 
 from pyinfra import host
@@ -50,6 +49,7 @@ DOCKER_BRIDGES = ("docker0", "docker_gwbridge", "br-+")  # containers' own traff
 
 
 NFT_TABLE = "pyinfra_swarm"
+PEER_SETS = {4: ("pyinfra-swarm-peers4", "inet"), 6: ("pyinfra-swarm-peers6", "inet6")}  # ipset name, family
 
 
 UFW_COMMENT = "pyinfra-swarm"
@@ -64,6 +64,10 @@ class Policy:
     allow: tuple[str, ...]
     esp: bool
     deny_other: bool  # refuse everything else inbound (policy deny), or only the swarm ports from others
+
+    def of_family(self, family: int) -> list[str]:
+        """The peers of one IP family (4 or 6), in order."""
+        return [peer for peer in self.peers if (6 if ":" in peer else 4) == family]
 
 
 def node_policy(manager: bool, peers: list[str], allow: list[str], data_path_port: int, esp: bool,
@@ -80,18 +84,18 @@ def _split(port: str) -> tuple[str, str]:
 
 
 def _input_rules(policy: Policy, family: int) -> list[str]:
+    """The rules of our INPUT chain: as many whatever the number of peers (they are matched as one set)."""
     icmp = "icmp" if family == 4 else "ipv6-icmp"
-    peers = [p for p in policy.peers if ipaddress.ip_address(p).version == family]
+    peers = f"-m set --match-set {PEER_SETS[family][0]} src"
     rules = ["-i lo -j ACCEPT", "-m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT", f"-p {icmp} -j ACCEPT"]
     for port in policy.allow:
         number, proto = _split(port)
         rules.append(f"-p {proto} --dport {number} -j ACCEPT")
-    for peer in peers:
-        for port in policy.swarm_ports:
-            number, proto = _split(port)
-            rules.append(f"-s {peer} -p {proto} --dport {number} -j ACCEPT")
-        if policy.esp:
-            rules.append(f"-s {peer} -p esp -j ACCEPT")
+    for port in policy.swarm_ports:
+        number, proto = _split(port)
+        rules.append(f"{peers} -p {proto} --dport {number} -j ACCEPT")
+    if policy.esp:
+        rules.append(f"{peers} -p esp -j ACCEPT")
     if policy.deny_other:
         return [*rules, "-p tcp -j REJECT --reject-with tcp-reset", "-j REJECT"]
     for port in policy.swarm_ports:
@@ -108,7 +112,7 @@ def _forward_rules(policy: Policy, family: int) -> list[str]:
         return []
     rules = ["-m conntrack --ctstate ESTABLISHED,RELATED -j RETURN", "-m conntrack ! --ctstate DNAT -j RETURN"]
     rules += [f"-i {bridge} -j RETURN" for bridge in DOCKER_BRIDGES]
-    rules += [f"-s {peer} -j RETURN" for peer in policy.peers if ipaddress.ip_address(peer).version == family]
+    rules.append(f"-m set --match-set {PEER_SETS[family][0]} src -j RETURN")
     for port in policy.allow:
         number, proto = _split(port)
         rules.append(f"-p {proto} -m conntrack --ctorigdstport {number} -j RETURN")
@@ -116,9 +120,10 @@ def _forward_rules(policy: Policy, family: int) -> list[str]:
 
 
 def iptables_script(policy: Policy) -> str:
-    """A shell script that replaces our chains for IPv4 and IPv6 in one iptables-restore transaction each (a
-    bad rule leaves the previous rules in force) and hooks them into INPUT and DOCKER-USER; run at boot and
-    on change."""
+    """A shell script that replaces the peers' set (ipset: filled aside, then swapped in at once) and our chains
+    for IPv4 and IPv6, in one iptables-restore transaction each (a bad rule leaves the previous rules in force),
+    and hooks them into INPUT and DOCKER-USER; run at boot and on change. The rules don't grow with the
+    peers: a peer more or less is a change of the set."""
     lines = [
         "#!/bin/sh",
         "# Managed by pyinfra-swarm: inbound rules of this swarm node. Docker's chains are not touched, but for a",
@@ -130,8 +135,17 @@ def iptables_script(policy: Policy) -> str:
         ruleset = ["*filter", f":{CHAIN} - [0:0]", f":{FORWARD_CHAIN} - [0:0]"]
         ruleset += [f"-A {CHAIN} {rule}" for rule in _input_rules(policy, family)]
         ruleset += [f"-A {FORWARD_CHAIN} {rule}" for rule in _forward_rules(policy, family)]
+        name, ipset_family = PEER_SETS[family]
         lines += [
             f"if command -v {binary}-restore >/dev/null; then",
+            f"  ipset -exist create {name} hash:ip family {ipset_family}",
+            f"  ipset -exist create {name}-next hash:ip family {ipset_family}",
+            f"  ipset flush {name}-next",
+            "  ipset -exist restore <<'PEERS'",
+            *(f"add {name}-next {peer}" for peer in policy.of_family(family)),
+            "PEERS",
+            f"  ipset swap {name}-next {name}",
+            f"  ipset destroy {name}-next",
             f"  {binary}-restore -w --noflush <<'RULES'",
             *ruleset,
             "COMMIT",
@@ -161,7 +175,7 @@ def nftables_rules(policy: Policy) -> str:
         if ports(proto, policy.allow):
             body.append(f"    {proto} dport {{ {ports(proto, policy.allow)} }} accept")
     for family, name in ((4, "ip"), (6, "ip6")):
-        peers = [p for p in policy.peers if ipaddress.ip_address(p).version == family]
+        peers = policy.of_family(family)
         if not peers:
             continue
         peer_set = "{ " + ", ".join(peers) + " }"
@@ -183,7 +197,7 @@ def nftables_rules(policy: Policy) -> str:
         forward += ["    ct state established,related accept"]
         forward += [f'    ct status dnat iifname "{bridge.replace("+", "*")}" accept' for bridge in DOCKER_BRIDGES]
         for family, name in ((4, "ip"), (6, "ip6")):
-            peers = [p for p in policy.peers if ipaddress.ip_address(p).version == family]
+            peers = policy.of_family(family)
             if peers:
                 forward.append(f"    ct status dnat {name} saddr {{ {', '.join(peers)} }} accept")
         for proto in ("tcp", "udp"):

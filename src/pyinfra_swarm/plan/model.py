@@ -62,6 +62,7 @@ class ClusterPlan:
     registry: Registry | None = None
     run: RunStore = field(default_factory=RunStore)
     lock: ClusterLock | None = None  # this run's cluster lock (none while there is no swarm, or no leader)
+    _peers: list[str] | None = field(default=None, repr=False)
 
     def swarm_of(self, host: Host) -> LocalSwarm:
         """A reachable host's own membership (empty for others, and where Docker isn't installed)."""
@@ -133,5 +134,9 @@ class ClusterPlan:
         return self.swarm_of(host).active and self.node_of(host) is not None
 
     def peers(self) -> list[str]:
-        """The addresses the swarm ports are open to: every host of the inventory but those being removed."""
-        return sorted({a for h, a in self.addresses.items() if h not in self.removed}, key=ipaddress.ip_address)
+        """The addresses the swarm ports are open to: every host of the inventory but those being removed
+        (worked out once: every host's firewall asks)."""
+        if self._peers is None:
+            kept = {a for h, a in self.addresses.items() if h not in self.removed}
+            self._peers = sorted(kept, key=ipaddress.ip_address)
+        return list(self._peers)
