@@ -302,8 +302,10 @@ def main() -> None:
     print(f"  the plan's one command on a real node: {1000 * recorded['manager']['node_cpu']:.0f} ms CPU on the "
           f"manager, {1000 * recorded['worker']['node_cpu']:.0f} ms on a worker (measured there)")  # fmt: skip
     for peers, figure in recorded.get("firewall", {}).items():
-        print(f"  the firewall's script applied on a node with {peers} peers: {1000 * figure['apply_cpu_s']:.0f} ms CPU, "
-              f"{figure['rules']} rules in our chain (the peers are one set)")  # fmt: skip
+        print(
+            f"  the firewall's script applied on a node with {peers} peers: "
+            f"{1000 * figure['apply_cpu_s']:.0f} ms CPU, {figure['rules']} rules in our chain (the peers: one set)"
+        )
     print(f"  {'hosts':>6} {'wall s':>7} {'(plan':>6} {'run)':>6} {'CPU s':>6} {'ms/host':>8} {'peak MB':>8} "
           f"{'cmds/host':>9} {'changes':>8} {'lines':>6}")  # fmt: skip
     figures = []

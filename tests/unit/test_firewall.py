@@ -80,7 +80,7 @@ def test_published_ports_pass_docker_user_only_from_peers_and_to_allowed_ports()
     assert not [line for line in iptables_script(_policy(deny=False)).splitlines() if "-A PYINFRA-SWARM-FWD" in line]
     rules = nftables_rules(_policy())
     assert "type filter hook forward priority filter - 1; policy accept;" in rules
-    assert "ct status dnat ip saddr { 10.1.0.1, 10.1.0.2 } accept" in rules
+    assert "ct status dnat ip saddr @peers4 accept" in rules
     assert "ct status dnat meta l4proto tcp ct original proto-dst { 22, 8000-8100 } accept" in rules
     assert rules.index("ct status dnat meta l4proto tcp reject") > rules.index("ct original proto-dst")
 
@@ -95,9 +95,10 @@ def test_allow_policy_only_rejects_swarm_ports_from_others():
 def test_nftables_table_is_replaced_atomically():
     rules = nftables_rules(_policy(esp=True))
     assert rules.splitlines()[1:3] == ["table inet pyinfra_swarm", "delete table inet pyinfra_swarm"]
-    assert "ip saddr { 10.1.0.1, 10.1.0.2 } udp dport { 7946, 4789 } accept" in rules
-    assert "ip saddr { 10.1.0.1, 10.1.0.2 } tcp dport { 2377, 7946 } accept" in rules
-    assert "ip saddr { 10.1.0.1, 10.1.0.2 } meta l4proto esp accept" in rules
+    assert "  set peers4 { type ipv4_addr; elements = { 10.1.0.1, 10.1.0.2 }; }" in rules
+    assert "ip saddr @peers4 udp dport { 7946, 4789 } accept" in rules
+    assert "ip saddr @peers4 tcp dport { 2377, 7946 } accept" in rules
+    assert "ip saddr @peers4 meta l4proto esp accept" in rules
     assert "tcp dport { 22, 8000-8100 } accept" in rules
 
 

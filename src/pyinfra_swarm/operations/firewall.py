@@ -158,8 +158,16 @@ def iptables_script(policy: Policy) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _nft_peer_set(policy: Policy, family: int, kind: str) -> list[str]:
+    """A named set of the peers of one family, in our table."""
+    peers = policy.of_family(family)
+    elements = f" elements = {{ {', '.join(peers)} }};" if peers else ""
+    return [f"  set peers{family} {{ type {kind};{elements} }}"]
+
+
 def nftables_rules(policy: Policy) -> str:
-    """An nft script that replaces our table atomically; run at boot and on change."""
+    """An nft script that replaces our table atomically, the peers as a named set of each family that the rules
+    match (they don't grow with the cluster); run at boot and on change."""
 
     def ports(proto: str, wanted: tuple[str, ...]) -> str:
         numbers = [_split(p)[0].replace(":", "-") for p in wanted if _split(p)[1] == proto]
@@ -175,10 +183,7 @@ def nftables_rules(policy: Policy) -> str:
         if ports(proto, policy.allow):
             body.append(f"    {proto} dport {{ {ports(proto, policy.allow)} }} accept")
     for family, name in ((4, "ip"), (6, "ip6")):
-        peers = policy.of_family(family)
-        if not peers:
-            continue
-        peer_set = "{ " + ", ".join(peers) + " }"
+        peer_set = f"@peers{family}"
         for proto in ("tcp", "udp"):
             if ports(proto, policy.swarm_ports):
                 body.append(
@@ -197,9 +202,7 @@ def nftables_rules(policy: Policy) -> str:
         forward += ["    ct state established,related accept"]
         forward += [f'    ct status dnat iifname "{bridge.replace("+", "*")}" accept' for bridge in DOCKER_BRIDGES]
         for family, name in ((4, "ip"), (6, "ip6")):
-            peers = policy.of_family(family)
-            if peers:
-                forward.append(f"    ct status dnat {name} saddr {{ {', '.join(peers)} }} accept")
+            forward.append(f"    ct status dnat {name} saddr @peers{family} accept")
         for proto in ("tcp", "udp"):
             if ports(proto, policy.allow):
                 forward.append(
@@ -214,6 +217,8 @@ def nftables_rules(policy: Policy) -> str:
                 f"table inet {NFT_TABLE}",
                 f"delete table inet {NFT_TABLE}",
                 f"table inet {NFT_TABLE} {{",
+                *_nft_peer_set(policy, 4, "ipv4_addr"),
+                *_nft_peer_set(policy, 6, "ipv6_addr"),
                 "  chain input {",
                 *body,
                 "  }",
