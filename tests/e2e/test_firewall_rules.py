@@ -32,10 +32,9 @@ def test_the_iptables_script_loads_with_the_peers_as_one_set(tmp_path: Path, den
     rules.write_text(firewall.iptables_script(firewall.node_policy(True, PEERS, ["22/tcp"], 4789, True, deny)))
     fewer = tmp_path / "fewer.sh"
     fewer.write_text(firewall.iptables_script(firewall.node_policy(True, PEERS[:2], ["22/tcp"], 4789, True, deny)))
-    out = in_namespace(tmp_path, f"iptables -w -N DOCKER-USER\nsh -e {rules}\nsh -e {rules}\n"
-                                 "iptables -w -S PYINFRA-SWARM | wc -l\nipset list pyinfra-swarm-peers4 | grep -c '^10\\.'\n"
-                                 f"sh -e {fewer}\niptables -w -S PYINFRA-SWARM | wc -l\n"
-                                 "ipset list pyinfra-swarm-peers4 | grep -c '^10\\.'\nipset list -n\n"
+    count = "iptables -w -S PYINFRA-SWARM | wc -l\nipset list pyinfra-swarm-peers4 | grep -c '^10\\.'\n"
+    out = in_namespace(tmp_path, f"iptables -w -N DOCKER-USER\nsh -e {rules}\nsh -e {rules}\n{count}"
+                                 f"sh -e {fewer}\n{count}ipset list -n\n"
                                  "iptables -w -S INPUT; iptables -w -S DOCKER-USER\n")  # fmt: skip
     lines = out.split()
     rules_300, members_300, rules_2, members_2 = (int(v) for v in lines[:4])
