@@ -448,31 +448,44 @@ class UfwState(FactBase[dict[str, Any]]):
 
 
 class FirewalldZone(FactBase[dict[str, Any] | None]):
-    """A firewalld zone's permanent sources, ports, protocols, target and description, and the default
-    zone's permanent ports; None when the zone doesn't exist."""
+    """A firewalld zone's permanent sources, ports, protocols, target and description (`exists`: whether the
+    zone does), the default zone's name and permanent ports, and the entries of the permanent ipsets asked for
+    (an ipset missing from `ipsets` doesn't exist); None when firewalld doesn't answer."""
 
-    def requires_command(self, zone: str) -> str:
+    def requires_command(self, zone: str, ipsets: tuple[str, ...] = ()) -> str:
         return "firewall-cmd"
 
-    def command(self, zone: str) -> str:
+    def command(self, zone: str, ipsets: tuple[str, ...] = ()) -> str:
         zone = shlex.quote(zone)
+        names = " ".join(shlex.quote(name) for name in ipsets)
         return (
-            f"firewall-cmd --permanent --zone={zone} --list-all 2>/dev/null || exit 0; "
+            f"firewall-cmd --permanent --zone={zone} --list-all 2>/dev/null && "
             f'echo "description: $(firewall-cmd --permanent --zone={zone} --get-description 2>/dev/null)"; '
-            'echo "default-ports: $(firewall-cmd --permanent --list-ports 2>/dev/null)"'
+            # By name: without --zone, firewall-cmd warns on stdout when the default zone isn't an active one.
+            'd=$(firewall-cmd --get-default-zone 2>/dev/null) && echo "default-zone: $d" && '
+            'echo "default-ports: $(firewall-cmd --permanent --zone="$d" --list-ports 2>/dev/null)"; '
+            f"for s in {names}; do "
+            'e=$(firewall-cmd --permanent --ipset="$s" --get-entries 2>/dev/null) && echo "ipset $s:" $e; done; '
+            "exit 0"
         )
 
     def process(self, output: list[str]) -> dict[str, Any] | None:
         if not output:
             return None
-        zone: dict[str, Any] = {"sources": [], "ports": [], "protocols": [], "target": "default", "description": "",
-                                "default-ports": []}  # fmt: skip
+        zone: dict[str, Any] = {"exists": False, "sources": [], "ports": [], "protocols": [], "target": "default",
+                                "description": "", "default-zone": "", "default-ports": [], "ipsets": {}}  # fmt: skip
         for line in output:
             key, _, value = line.strip().partition(":")
-            if key in ("target", "description"):
-                zone[key] = value.strip()
-            elif key in zone:
-                zone[key] = value.split()
+            if key.startswith("ipset "):
+                zone["ipsets"][key.removeprefix("ipset ")] = value.split()
+            elif key in ("default-zone", "default-ports"):
+                zone[key] = value.strip() if key == "default-zone" else value.split()
+            else:
+                zone["exists"] = True  # the zone's own listing
+                if key in ("target", "description"):
+                    zone[key] = value.strip()
+                elif key in zone:
+                    zone[key] = value.split()
         return zone
 
 

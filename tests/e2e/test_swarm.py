@@ -7,6 +7,8 @@ import itertools
 import json
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -285,13 +287,28 @@ def test_one_manager_eleven_workers_form(make_lab, workers):
     assert lab.deploy(group_data={"all": SWARM_ONLY}).changed == []
 
 
-def test_a_mixed_cluster_of_debian_12_managers_and_debian_13_workers_forms(make_lab):
+def test_a_mixed_cluster_of_debian_12_managers_and_debian_13_workers_forms_behind_firewalld(make_lab):
+    """firewalld running on every node: `swarm_firewall: auto` takes it, the peers are two firewalld ipsets
+    (the zone's sources), the swarm forms through it and a stranger is refused."""
     lab = make_lab("e2e-mixed")
     lab.up("--managers", "1", "--workers", "2", "--distro", "bookworm", "--worker-distro", "trixie")
+    names = ["manager1", "worker1", "worker2"]
+    install = "apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q firewalld netbase"
+    # firewalld's start flushes the node's iptables NAT table, where Docker answers the container's DNS: the
+    # nodes then ask this machine's resolver directly (a lab matter; a server's DNS isn't NATed so).
+    resolver = next(line.split()[1] for line in Path("/etc/resolv.conf").read_text().splitlines()
+                    if line.startswith("nameserver") and not line.split()[1].startswith("127."))  # fmt: skip
+    start = f"systemctl start firewalld && echo 'nameserver {resolver}' > /etc/resolv.conf"
+    with ThreadPoolExecutor(len(names)) as pool:
+        list(pool.map(lambda node: lab.sh(node, f"{install} >/dev/null && {start}"), names))
     run = lab.deploy(group_data={"all": SWARM_ONLY})
     assert run.returncode == 0, run
+    assert "Open the swarm ports to peers (firewalld)" in run.output, run
     engines = lab.sh("manager1", "docker node ls --format '{{.Hostname}} {{.Status}} {{.EngineVersion}}'").split("\n")
     versions = {line.split()[0].split("-", 2)[-1]: line.split()[2] for line in engines if line.strip()}
     assert versions["manager1"].startswith("20.10.") and versions["worker1"].startswith("26."), versions
     assert all(" Ready " in f" {line} " for line in engines if line.strip()), engines
+    peers = lab.sh("worker1", "firewall-cmd --ipset=pyinfra-swarm-zone-peers4 --get-entries").split()
+    assert sorted(peers) == sorted(lab.address(node) for node in names), peers
+    assert not can_connect(lab.address("worker1"), 7946)  # this machine is no peer
     assert lab.deploy(group_data={"all": SWARM_ONLY}).changed == []

@@ -83,11 +83,15 @@ def test_ufw_state_and_firewalld_zone():
     ])  # fmt: skip
     assert state == {"active": True, "incoming": "deny", "rules": ["allow 22/tcp comment 'pyinfra-swarm'"]}
     zone = FirewalldZone().process(
-        ["pyinfra-swarm", "  sources: 10.1.0.1 10.1.0.2", "  ports: 7946/tcp", "  protocols:"]
+        ["pyinfra-swarm", "  sources: ipset:p4", "  ports: 7946/tcp", "  protocols:", "ipset p4: 10.1.0.1 10.1.0.2"]
     )
-    assert zone == {"sources": ["10.1.0.1", "10.1.0.2"], "ports": ["7946/tcp"], "protocols": [], "target": "default",
-                    "description": "", "default-ports": []}  # fmt: skip
+    assert zone == {"exists": True, "sources": ["ipset:p4"], "ports": ["7946/tcp"], "protocols": [],
+                    "target": "default", "description": "", "default-ports": [],
+                    "ipsets": {"p4": ["10.1.0.1", "10.1.0.2"]}}  # fmt: skip
+    assert FirewalldZone().process(["ipset p6:"]) == {**zone, "exists": False, "sources": [], "ports": [],
+                                                      "ipsets": {"p6": []}}  # fmt: skip
     assert FirewalldZone().process([]) is None
+    assert '--ipset="$s" --get-entries' in FirewalldZone().command("z", ipsets=("p4", "p6"))
 
 
 def test_image_contexts_tell_missing_from_unlabelled_images():

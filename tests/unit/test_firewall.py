@@ -115,29 +115,46 @@ def test_ufw_commands_add_missing_rules_and_remove_stale_ones():
 
 def test_firewalld_zone_holds_peers_and_swarm_ports():
     fresh = firewalld_commands(_policy(manager=False, esp=True), None)
-    assert fresh[0] == "firewall-cmd --permanent --new-zone=pyinfra-swarm"
-    assert "firewall-cmd --permanent --zone=pyinfra-swarm --add-source=10.1.0.2" in fresh
-    assert "firewall-cmd --permanent --zone=pyinfra-swarm --add-port=4789/udp" in fresh
-    assert "firewall-cmd --permanent --zone=pyinfra-swarm --add-protocol=esp" in fresh
-    # Peers land in our zone only: SSH and the allow list must be open there too.
-    assert "firewall-cmd --permanent --zone=pyinfra-swarm --add-port=22/tcp" in fresh
-    assert "firewall-cmd --permanent --zone=pyinfra-swarm --add-port=8000-8100/tcp" in fresh
-    assert "firewall-cmd --permanent --add-port=8000-8100/tcp" in fresh  # everyone, in the default zone
-    assert (
-        fresh[-1] == "firewall-cmd --permanent --zone=pyinfra-swarm --set-description='pyinfra-swarm allow: "
-        "22/tcp 8000-8100/tcp'"
-    )
+    zone = "firewall-cmd --permanent --zone=pyinfra-swarm"
+    assert fresh == [
+        "firewall-cmd --permanent --new-zone=pyinfra-swarm",
+        "firewall-cmd --permanent --new-ipset=pyinfra-swarm-zone-peers4 --type=hash:ip --option=family=inet",
+        "firewall-cmd --permanent --ipset=pyinfra-swarm-zone-peers4 --add-entry=10.1.0.1 --add-entry=10.1.0.2",
+        "firewall-cmd --permanent --new-ipset=pyinfra-swarm-zone-peers6 --type=hash:ip --option=family=inet6",
+        f"{zone} --add-source=ipset:pyinfra-swarm-zone-peers4 --add-source=ipset:pyinfra-swarm-zone-peers6",
+        # Peers land in our zone only: SSH and the allow list must be open there too.
+        f"{zone} --add-port=7946/tcp --add-port=7946/udp --add-port=4789/udp --add-port=22/tcp"
+        " --add-port=8000-8100/tcp",
+        f"{zone} --add-protocol=esp",
+        "firewall-cmd --permanent --add-port=22/tcp --add-port=8000-8100/tcp",  # everyone, in the default zone
+        f"{zone} --set-description='pyinfra-swarm allow: 22/tcp 8000-8100/tcp'",
+    ]
+
+
+def test_firewalld_calls_dont_grow_with_the_peers():
+    many = [f"10.1.{i // 250}.{i % 250 + 1}" for i in range(500)] + ["fd00::1"]
+    fresh = firewalld_commands(node_policy(False, many, ["22/tcp"], 4789, False, True), None)
+    assert len(fresh) == len(firewalld_commands(_policy(manager=False), None)) + 1  # the IPv6 entry's call
+    assert fresh[2].count("--add-entry=") == 500 and "--add-entry=fd00::1" in fresh[4]
 
 
 def test_firewalld_changes_only_what_differs_and_removes_dropped_ports():
     policy = _policy(manager=False)
-    zone = {"sources": ["10.1.0.1", "10.1.0.2"], "ports": ["7946/tcp", "7946/udp", "4789/udp", "22/tcp",
-            "8000-8100/tcp"], "protocols": [], "target": "default", "default-ports": ["22/tcp", "8000-8100/tcp"],
-            "description": "pyinfra-swarm allow: 22/tcp 8000-8100/tcp"}  # fmt: skip
+    zone = {"exists": True, "sources": ["ipset:pyinfra-swarm-zone-peers4", "ipset:pyinfra-swarm-zone-peers6"],
+            "ports": ["7946/tcp", "7946/udp", "4789/udp", "22/tcp", "8000-8100/tcp"], "protocols": [],
+            "target": "default", "default-ports": ["22/tcp", "8000-8100/tcp"],
+            "description": "pyinfra-swarm allow: 22/tcp 8000-8100/tcp",
+            "ipsets": {"pyinfra-swarm-zone-peers4": ["10.1.0.1", "10.1.0.2"],
+                       "pyinfra-swarm-zone-peers6": []}}  # fmt: skip
     assert firewalld_commands(policy, zone) == []  # nothing differs: no reload
-    dropped = node_policy(False, PEERS, ["22/tcp"], 4789, False, True)
-    assert firewalld_commands(dropped, {**zone, "sources": [*zone["sources"], "10.1.0.9"]}) == [
-        "firewall-cmd --permanent --zone=pyinfra-swarm --remove-source=10.1.0.9",
+    dropped = node_policy(False, [*PEERS, "10.1.0.3"], ["22/tcp"], 4789, False, True)
+    sets = {**zone["ipsets"], "pyinfra-swarm-zone-peers4": ["10.1.0.9", "10.1.0.1", "10.1.0.2"]}
+    # A zone of an earlier release, the peers one source each: they go, the ipsets come.
+    old = {**zone, "ipsets": sets, "sources": ["10.1.0.1", *zone["sources"]]}
+    assert firewalld_commands(dropped, old) == [
+        "firewall-cmd --permanent --ipset=pyinfra-swarm-zone-peers4 --remove-entry=10.1.0.9",
+        "firewall-cmd --permanent --ipset=pyinfra-swarm-zone-peers4 --add-entry=10.1.0.3",
+        "firewall-cmd --permanent --zone=pyinfra-swarm --remove-source=10.1.0.1",
         "firewall-cmd --permanent --zone=pyinfra-swarm --remove-port=8000-8100/tcp",
         "firewall-cmd --permanent --remove-port=8000-8100/tcp",
         "firewall-cmd --permanent --zone=pyinfra-swarm --set-description='pyinfra-swarm allow: 22/tcp'",
@@ -149,9 +166,11 @@ def test_firewalld_changes_only_what_differs_and_removes_dropped_ports():
 
 
 def test_deploy_with_firewalld_reloads_only_on_change():
-    listing = ["pyinfra-swarm", "  target: default", "  sources: 10.1.0.1 10.1.0.2",
+    listing = ["pyinfra-swarm", "  target: default",
+               "  sources: ipset:pyinfra-swarm-zone-peers4 ipset:pyinfra-swarm-zone-peers6",
                "  ports: 2377/tcp 7946/tcp 7946/udp 4789/udp 22/tcp", "  protocols:",
-               "description: pyinfra-swarm allow: 22/tcp", "default-ports: 22/tcp"]  # fmt: skip
+               "description: pyinfra-swarm allow: 22/tcp", "default-ports: 22/tcp",
+               "ipset pyinfra-swarm-zone-peers4: 10.1.0.1 10.1.0.2", "ipset pyinfra-swarm-zone-peers6:"]  # fmt: skip
     manager = host("m1", "10.1.0.1", firewall={"firewalld": "active"}, extra={"--list-all": listing})
     assert commands(plan([configure_firewall], [manager], [host("w1", "10.1.0.2", swarm_firewall="none")])["m1"]) == []
     moved = host("m1", "10.1.0.1", firewall={"firewalld": "active"}, extra={"--list-all": listing}, sshd_ports=(2222,))

@@ -50,6 +50,9 @@ DOCKER_BRIDGES = ("docker0", "docker_gwbridge", "br-+")  # containers' own traff
 
 NFT_TABLE = "pyinfra_swarm"
 PEER_SETS = {4: ("pyinfra-swarm-peers4", "inet"), 6: ("pyinfra-swarm-peers6", "inet6")}  # ipset name, family
+# firewalld's own ipsets of the peers, our zone's sources (named apart from the iptables backend's kernel sets)
+FIREWALLD_IPSETS = {4: ("pyinfra-swarm-zone-peers4", "inet"), 6: ("pyinfra-swarm-zone-peers6", "inet6")}
+FIREWALLD_NAMES = tuple(name for name, _ in FIREWALLD_IPSETS.values())
 
 
 UFW_COMMENT = "pyinfra-swarm"
@@ -267,33 +270,53 @@ def _firewalld_port(port: str) -> str:
     return port.replace(":", "-")  # firewalld writes ranges as 8000-8100/tcp
 
 
+def _firewalld_batch(cmd: str, option: str, remove: list[str], add: list[str]) -> list[str]:
+    """At most two firewall-cmd calls, whatever the number of values (firewall-cmd takes an option many times,
+    but not adds and removes in one call)."""
+    calls = [[f"--remove-{option}={value}" for value in remove], [f"--add-{option}={value}" for value in add]]
+    return [f"{cmd} {' '.join(options)}" for options in calls if options]
+
+
+def _diff(current: list[str], wanted: list[str]) -> tuple[list[str], list[str]]:
+    """What to remove from `current` and what to add to it to make `wanted`, in order."""
+    return [v for v in current if v not in wanted], [v for v in wanted if v not in current]
+
+
 def firewalld_commands(policy: Policy, zone: dict | None) -> list[str]:
-    """firewall-cmd commands (empty when nothing differs) for a zone of ours with the peers as sources:
-    traffic from a peer lands in it and nowhere else, so it holds the swarm ports, the allow list and SSH
-    (policy deny: the rest is refused; allow: its target is ACCEPT). The allow list also goes to the default
-    zone, for everyone; the ports put there are recorded in our zone's description, so that ports dropped
-    from the data are removed again."""
+    """firewall-cmd commands (empty when nothing differs) for a zone of ours whose sources are two ipsets of
+    the peers (one per family): traffic from a peer lands in it and nowhere else, so it holds the swarm ports,
+    the allow list and SSH (policy deny: the rest is refused; allow: its target is ACCEPT). A peer more or less
+    is an ipset entry; each kind of change is one call, whatever the number of peers. The allow list also goes
+    to the default zone, for everyone; the ports put there are recorded in our zone's description, so that
+    ports dropped from the data are removed again."""
     cmd = f"firewall-cmd --permanent --zone={FIREWALLD_ZONE}"
-    commands = [] if zone is not None else [f"firewall-cmd --permanent --new-zone={FIREWALLD_ZONE}"]
-    zone = zone or {"sources": [], "ports": [], "protocols": [], "target": "default", "description": "",
-                    "default-ports": []}  # fmt: skip
+    zone = zone or {"exists": False, "ipsets": {}}
+    current = {"sources": [], "ports": [], "protocols": [], "target": "default", "description": "",
+               "default-ports": [], **zone}  # fmt: skip
+    commands = [] if current["exists"] else [f"firewall-cmd --permanent --new-zone={FIREWALLD_ZONE}"]
+    for family, (name, ipset_family) in FIREWALLD_IPSETS.items():
+        if name not in current["ipsets"]:
+            new = f"--new-ipset={name} --type=hash:ip --option=family={ipset_family}"
+            commands.append(f"firewall-cmd --permanent {new}")
+        entries = _diff(current["ipsets"].get(name, []), policy.of_family(family))
+        commands += _firewalld_batch(f"firewall-cmd --permanent --ipset={name}", "entry", *entries)
     allow = [_firewalld_port(port) for port in policy.allow]
     wanted = {
-        "sources": ("source", list(policy.peers)),
-        "ports": ("port", list(dict.fromkeys([*policy.swarm_ports, *allow]))),
-        "protocols": ("protocol", ["esp"] if policy.esp else []),
+        "source": (current["sources"], [f"ipset:{name}" for name in FIREWALLD_NAMES]),
+        "port": (current["ports"], list(dict.fromkeys([*policy.swarm_ports, *allow]))),
+        "protocol": (current["protocols"], ["esp"] if policy.esp else []),
     }
-    for key, (option, values) in wanted.items():
-        commands += [f"{cmd} --remove-{option}={v}" for v in zone[key] if v not in values]
-        commands += [f"{cmd} --add-{option}={v}" for v in values if v not in zone[key]]
+    for option, (values, want) in wanted.items():
+        commands += _firewalld_batch(cmd, option, *_diff(values, want))
     target = "default" if policy.deny_other else "ACCEPT"
-    if zone["target"] != target:
+    if current["target"] != target:
         commands.append(f"{cmd} --set-target={target}")
-    recorded = zone["description"].removeprefix("pyinfra-swarm allow:").split()
-    default_ports = zone["default-ports"]
+    recorded = current["description"].removeprefix("pyinfra-swarm allow:").split()
+    default_ports = current["default-ports"]
     stale = [port for port in recorded if port not in allow and port in default_ports]
-    commands += [f"firewall-cmd --permanent --remove-port={port}" for port in stale]
-    commands += [f"firewall-cmd --permanent --add-port={port}" for port in allow if port not in default_ports]
+    missing = [port for port in allow if port not in default_ports]
+    default_zone = f" --zone={current['default-zone']}" if current.get("default-zone") else ""
+    commands += _firewalld_batch(f"firewall-cmd --permanent{default_zone}", "port", stale, missing)
     if recorded != allow:
         commands.append(f"{cmd} --set-description='pyinfra-swarm allow: {' '.join(allow)}'")
     return commands
@@ -390,7 +413,7 @@ def firewalld(peers: list[str], swarm_ports: list[str], allow: list[str], esp: b
                            allow=["22/tcp"], esp=False, deny_other=True)
     """
     policy = Policy(tuple(peers), tuple(swarm_ports), tuple(allow), esp, deny_other)
-    commands = firewalld_commands(policy, read(FirewalldZone, zone=FIREWALLD_ZONE))
+    commands = firewalld_commands(policy, read(FirewalldZone, zone=FIREWALLD_ZONE, ipsets=FIREWALLD_NAMES))
     if not commands:
         host.noop("firewalld zone already in place")
         return

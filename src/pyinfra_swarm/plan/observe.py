@@ -42,7 +42,7 @@ from pyinfra_swarm.facts import (
 )
 from pyinfra_swarm.layout import DOCKER_APT_KEY, DOCKER_APT_SOURCE, PACKAGES, ca_path, stack_path
 from pyinfra_swarm.operations.firewall import FILES as FIREWALL_FILES
-from pyinfra_swarm.operations.firewall import FIREWALLD_ZONE
+from pyinfra_swarm.operations.firewall import FIREWALLD_NAMES, FIREWALLD_ZONE
 from pyinfra_swarm.operations.firewall import UNIT as FIREWALL_UNIT
 from pyinfra_swarm.settings import is_ip, is_manager, setting
 
@@ -71,7 +71,7 @@ HOST_FACTS: Spec = {
 # its tool is installed).
 FIREWALL_FACTS: dict[str, Spec] = {
     "ufw": {"ufw": (UfwState, {})},
-    "firewalld": {"firewalld_zone": (FirewalldZone, {"zone": FIREWALLD_ZONE})},
+    "firewalld": {"firewalld_zone": (FirewalldZone, {"zone": FIREWALLD_ZONE, "ipsets": FIREWALLD_NAMES})},
 }
 # The manager expected to act for the cluster also lists the swarm's nodes in the same command (nothing when
 # it isn't in one); only that list is used.
