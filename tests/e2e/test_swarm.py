@@ -220,6 +220,9 @@ def test_three_managers_survive_losing_one(make_lab, docker_api):
     assert sum(m["leader"] for m in managers) == 1
     assert all(n["state"] == "ready" for n in swarm.values())
     assert "Status: active" in lab.sh("worker1", "ufw status")
+    # ufw holds the allow list only; the swarm ports are our chain's, matched against the peers' set.
+    assert "allow from" not in lab.sh("worker1", "ufw show added")
+    assert "--match-set pyinfra-swarm-peers4 src" in lab.sh("worker1", "iptables -S PYINFRA-SWARM")
     assert lab.ssh("worker2", f"nc -z -w 3 {lab.address('worker1')} 22").returncode == 0
 
     # A manager demoted by hand is promoted back to match the inventory.

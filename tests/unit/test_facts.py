@@ -83,12 +83,21 @@ def test_ufw_state_and_firewalld_zone():
     ])  # fmt: skip
     assert state == {"active": True, "incoming": "deny", "rules": ["allow 22/tcp comment 'pyinfra-swarm'"]}
     zone = FirewalldZone().process(
-        ["pyinfra-swarm", "  sources: ipset:p4", "  ports: 7946/tcp", "  protocols:", "ipset p4: 10.1.0.1 10.1.0.2"]
+        [
+            "pyinfra-swarm",
+            "  sources: ipset:p4",
+            "  ports: 7946/tcp",
+            "  protocols:",
+            "default-zone: public",
+            "default-ports: 22/tcp",
+            "ipset p4: 10.1.0.1 10.1.0.2",
+        ]
     )
     assert zone == {"exists": True, "sources": ["ipset:p4"], "ports": ["7946/tcp"], "protocols": [],
-                    "target": "default", "description": "", "default-ports": [],
+                    "target": "default", "description": "", "default-zone": "public", "default-ports": ["22/tcp"],
                     "ipsets": {"p4": ["10.1.0.1", "10.1.0.2"]}}  # fmt: skip
     assert FirewalldZone().process(["ipset p6:"]) == {**zone, "exists": False, "sources": [], "ports": [],
+                                                      "default-zone": "", "default-ports": [],
                                                       "ipsets": {"p6": []}}  # fmt: skip
     assert FirewalldZone().process([]) is None
     assert '--ipset="$s" --get-entries' in FirewalldZone().command("z", ipsets=("p4", "p6"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pyinfra_swarm.deploys.firewall import configure_firewall, resolve_backend
+from pyinfra_swarm.operations import firewall
 from pyinfra_swarm.operations.firewall import (
     firewalld_commands,
     iptables_script,
@@ -103,14 +104,14 @@ def test_nftables_table_is_replaced_atomically():
 
 
 def test_ufw_commands_add_missing_rules_and_remove_stale_ones():
-    policy = _policy(manager=False)
-    fresh = ufw_commands(policy, {"active": False, "incoming": None, "rules": []})
-    assert fresh[0] == "ufw allow 22/tcp comment 'pyinfra-swarm'"
-    assert "ufw allow from 10.1.0.2 to any port 4789 proto udp comment 'pyinfra-swarm'" in fresh
-    assert fresh[-2:] == ["ufw default deny incoming", "ufw --force enable"]
+    fresh = ufw_commands(["22/tcp", "8000:8100/tcp"], True, {"active": False, "incoming": None, "rules": []})
+    assert fresh == ["ufw allow 22/tcp comment 'pyinfra-swarm'", "ufw allow 8000:8100/tcp comment 'pyinfra-swarm'",
+                     "ufw default deny incoming", "ufw --force enable"]  # fmt: skip
+    # A per-peer rule of an earlier release goes; the user's own rules stay.
     stale = "allow from 10.9.9.9 to any port 7946 proto tcp comment 'pyinfra-swarm'"
-    current = {"active": True, "incoming": "deny", "rules": [*ufw_rules(policy), stale, "allow 80/tcp"]}
-    assert ufw_commands(policy, current) == [f"ufw delete {stale}"]
+    current = {"active": True, "incoming": "deny", "rules": [*ufw_rules(["22/tcp"]), stale, "allow 80/tcp"]}
+    assert ufw_commands(["22/tcp"], True, current) == [f"ufw delete {stale}"]
+    assert ufw_commands(["22/tcp"], False, current)[-1] == "ufw default allow incoming"
 
 
 def test_firewalld_zone_holds_peers_and_swarm_ports():
@@ -198,12 +199,22 @@ def test_deploy_writes_rules_with_every_peer_and_a_boot_unit():
                          "systemctl enable pyinfra-swarm-firewall.service"]  # fmt: skip
 
 
-def test_deploy_with_ufw_active_uses_ufw():
+def test_deploy_with_ufw_active_uses_ufw_and_our_chain_for_the_swarm_ports(monkeypatch):
+    rendered = []
+    monkeypatch.setattr(firewall, "iptables_script", lambda policy: rendered.append(iptables_script(policy)) or "")
     ufw = {"ufw status verbose": ["Status: active", "Default: deny (incoming), allow (outgoing), disabled (routed)"]}
     manager = host("m1", "10.1.0.1", firewall={"ufw": "active"}, extra=ufw)
-    planned = plan([configure_firewall], [manager], [host("w1", "10.1.0.2")])
-    cmds = commands(planned["m1"])
-    assert "ufw allow from 10.1.0.2 to any port 2377 proto tcp comment 'pyinfra-swarm'" in " ".join(cmds)
+    many = [host(f"w{i}", f"10.1.0.{i + 2}") for i in range(50)]
+    cmds = commands(plan([configure_firewall], [manager], many)["m1"])
+    ufw_calls = [c for c in cmds if c.startswith("ufw ")]
+    assert ufw_calls == ["ufw allow 22/tcp comment 'pyinfra-swarm'"]  # whatever the number of peers
+    assert any("/etc/pyinfra-swarm/firewall.sh" in c for c in cmds)
+    script = next(text for text in rendered if "--dport 2377" in text)  # the manager's
+    assert "add pyinfra-swarm-peers4-next 10.1.0.51" in script
+    # Our chain: the swarm ports from peers, refused to others; the rest is left to ufw.
+    assert "-A PYINFRA-SWARM -m set --match-set pyinfra-swarm-peers4 src -p tcp --dport 2377 -j ACCEPT" in script
+    assert "-A PYINFRA-SWARM -p tcp --dport 2377 -j REJECT --reject-with tcp-reset" in script
+    assert "--dport 22 -j ACCEPT" not in script and "-A PYINFRA-SWARM -j RETURN" in script
 
 
 def test_firewall_none_plans_nothing():

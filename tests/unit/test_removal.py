@@ -106,3 +106,17 @@ def test_teardown_removes_workloads_then_workers_then_managers_then_our_firewall
     again = plan([teardown], [host("m1", "10.1.0.1", swarm=json.dumps({"LocalNodeState": "inactive"}))],
                  [host("w1", "10.1.0.11", swarm=json.dumps({"LocalNodeState": "inactive"}))])  # fmt: skip
     assert commands(again["m1"]) == [] and commands(again["w1"]) == []
+
+
+def test_teardown_removes_our_firewalld_zone_then_its_ipsets():
+    listing = ["pyinfra-swarm", "  sources: ipset:pyinfra-swarm-zone-peers4 ipset:pyinfra-swarm-zone-peers6",
+               "default-zone: public", "ipset pyinfra-swarm-zone-peers4: 10.1.0.1",
+               "ipset pyinfra-swarm-zone-peers6:"]  # fmt: skip
+    inactive = json.dumps({"LocalNodeState": "inactive"})
+    manager = host("m1", "10.1.0.1", swarm=inactive, firewall={"firewalld": "active"}, extra={"--list-all": listing})
+    assert commands(plan([teardown], [manager])["m1"]) == [
+        "firewall-cmd --permanent --delete-zone=pyinfra-swarm",
+        "firewall-cmd --permanent --delete-ipset=pyinfra-swarm-zone-peers4",
+        "firewall-cmd --permanent --delete-ipset=pyinfra-swarm-zone-peers6",
+        "firewall-cmd --reload",
+    ]

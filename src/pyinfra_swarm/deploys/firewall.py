@@ -1,9 +1,12 @@
 """Open the swarm ports to the cluster's own addresses only: 2377/tcp on managers, 7946/tcp+udp and the
-data path port (4789/udp) on every node, ESP when encrypted overlays are on. Backends: ufw, firewalld, or a
-chain / table of our own for iptables or nftables, applied atomically and restored at boot (what each lets
-in, and how published ports are filtered: operations/firewall.py)."""
+data path port (4789/udp) on every node, ESP when encrypted overlays are on. Backends: a chain / table of our
+own for iptables or nftables, applied atomically and restored at boot; ufw (our chain for the swarm ports, ufw
+for the rest); firewalld (a zone of ours). What each lets in, and how published ports are filtered:
+operations/firewall.py."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 from pyinfra import host
 from pyinfra.api import Host
@@ -51,20 +54,27 @@ def configure_firewall(plan: ClusterPlan, this: Host) -> None:
         # A host-mode registry listens on the host itself: its port is opened to the peers.
         peer_ports=(f"{registry.port}/tcp",) if registry and registry.host is this and registry.mode == "host" else (),
     )
-    if backend in ("iptables", "nftables"):
-        if backend == "nftables" and not tools["nft"]:
-            _install(plan, "nftables")
-        if backend == "iptables" and not tools["ipset"]:  # the peers are one set the rules match
-            _install(plan, "ipset")
-        text = firewall.iptables_script(policy) if backend == "iptables" else firewall.nftables_rules(policy)
-        firewall.rules(name=f"Firewall rules ({backend}), applied now and at boot", backend=backend, text=text)
-        return
+    if backend == "nftables" and not tools["nft"]:
+        _install(plan, "nftables")
+    if backend in ("iptables", "ufw") and not tools["ipset"]:  # the peers are one set the rules match
+        _install(plan, "ipset")
     if backend == "ufw" and tools["ufw"] is None:
         _install(plan, "ufw")
-    apply = firewall.ufw if backend == "ufw" else firewall.firewalld
-    apply(name=f"Open the swarm ports to peers ({backend})", peers=list(policy.peers),
-          swarm_ports=list(policy.swarm_ports), allow=list(policy.allow), esp=policy.esp,
-          deny_other=policy.deny_other)  # fmt: skip
+    if backend == "nftables":
+        firewall.rules(name="Firewall rules (nftables), applied now and at boot", backend=backend,
+                       text=firewall.nftables_rules(policy))  # fmt: skip
+    elif backend in ("iptables", "ufw"):
+        # With ufw, our chain holds only the swarm ports (peers in, others refused) and ufw the rest.
+        swarm_only = replace(policy, allow=(), deny_other=False) if backend == "ufw" else policy
+        firewall.rules(name="Firewall rules (iptables), applied now and at boot", backend="iptables",
+                       text=firewall.iptables_script(swarm_only))  # fmt: skip
+    if backend == "ufw":
+        firewall.ufw(name="ufw: ports open to anyone, default policy", allow=list(policy.allow),
+                     deny_other=policy.deny_other)  # fmt: skip
+    elif backend == "firewalld":
+        firewall.firewalld(name="Open the swarm ports to peers (firewalld)", peers=list(policy.peers),
+                           swarm_ports=list(policy.swarm_ports), allow=list(policy.allow), esp=policy.esp,
+                           deny_other=policy.deny_other)  # fmt: skip
 
 
 def _install(plan: ClusterPlan, package: str) -> None:

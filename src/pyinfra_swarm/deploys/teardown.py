@@ -20,6 +20,7 @@ from pyinfra_swarm.layout import ENGINE_PACKAGES
 from pyinfra_swarm.operations import maintenance, swarm
 from pyinfra_swarm.operations.firewall import (
     CHAIN,
+    FIREWALLD_NAMES,
     FIREWALLD_ZONE,
     FORWARD_CHAIN,
     IPTABLES_RULES,
@@ -117,8 +118,11 @@ def _remove_firewall(plan: ClusterPlan) -> None:
     if tools.get("ufw") == "active":
         ours = [rule for rule in read(UfwState)["rules"] if UFW_COMMENT in rule]
         commands += [f"ufw delete {rule}" for rule in ours]
-    if tools.get("firewalld") and read(FirewalldZone, zone=FIREWALLD_ZONE) is not None:
-        commands += [f"firewall-cmd --permanent --delete-zone={FIREWALLD_ZONE}", "firewall-cmd --reload"]
+    zone = read(FirewalldZone, zone=FIREWALLD_ZONE, ipsets=FIREWALLD_NAMES) if tools.get("firewalld") else None
+    if zone and (zone["exists"] or zone["ipsets"]):  # the zone first: its sources are the ipsets
+        commands += [f"firewall-cmd --permanent --delete-zone={FIREWALLD_ZONE}"] if zone["exists"] else []
+        commands += [f"firewall-cmd --permanent --delete-ipset={name}" for name in zone["ipsets"]]
+        commands.append("firewall-cmd --reload")
     if commands:
         server.shell(name="Remove this project's firewall rules", commands=commands)
     else:

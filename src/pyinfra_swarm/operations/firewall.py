@@ -235,30 +235,19 @@ def nftables_rules(policy: Policy) -> str:
     )
 
 
-def ufw_rules(policy: Policy) -> list[str]:
-    """The ufw rules we own, in `ufw show added` form (without the leading `ufw `)."""
-    comment = f"comment '{UFW_COMMENT}'"
-    rules = [f"allow {port} {comment}" for port in policy.allow]
-    for peer in policy.peers:
-        for port in policy.swarm_ports:
-            number, proto = _split(port)
-            rules.append(f"allow from {peer} to any port {number} proto {proto} {comment}")
-        if policy.esp:
-            rules.append(f"allow from {peer} to any proto esp {comment}")
-    if not policy.deny_other:
-        rules += [f"deny {port} {comment}" for port in policy.swarm_ports]
-    return rules
+def ufw_rules(allow: list[str]) -> list[str]:
+    """The ufw rules we own, in `ufw show added` form (without the leading `ufw `): the ports open to anyone."""
+    return [f"allow {port} comment '{UFW_COMMENT}'" for port in allow]
 
 
-def ufw_commands(policy: Policy, current: dict) -> list[str]:
-    """ufw commands that turn `current` (the UfwState fact) into `policy`; empty when nothing differs."""
-    desired = ufw_rules(policy)
+def ufw_commands(allow: list[str], deny_other: bool, current: dict) -> list[str]:
+    """ufw commands that turn `current` (the UfwState fact) into the allow list and default policy asked
+    for; empty when nothing differs. Rules of ours not asked for (the per-peer rules of earlier releases
+    among them) are deleted."""
+    desired = ufw_rules(allow)
     commands = [f"ufw delete {rule}" for rule in current["rules"] if UFW_COMMENT in rule and rule not in desired]
-    for rule in desired:
-        if rule not in current["rules"]:
-            # Allow rules go first, so a peer added later still comes before our deny rules.
-            commands.append(f"ufw insert 1 {rule}" if rule.startswith("allow") and current["rules"] else f"ufw {rule}")
-    incoming = "deny" if policy.deny_other else "allow"
+    commands += [f"ufw {rule}" for rule in desired if rule not in current["rules"]]
+    incoming = "deny" if deny_other else "allow"
     if current["incoming"] != incoming:
         commands.append(f"ufw default {incoming} incoming")
     if not current["active"]:
@@ -373,25 +362,22 @@ def rules(backend: str, text: str):
 
 
 @operation()
-def ufw(peers: list[str], swarm_ports: list[str], allow: list[str], esp: bool, deny_other: bool):
-    """ufw opened to the swarm's peers: the swarm ports (and ESP) from `peers` only, `allow` from anyone, the
-    default incoming policy, ufw enabled; rules of ours the policy no longer has are deleted.
+def ufw(allow: list[str], deny_other: bool):
+    """ufw with the ports open to anyone and the default incoming policy, enabled; rules of ours no longer
+    asked for are deleted. The swarm ports go in our own chain (``rules``), matched against the peers' set
+    ahead of ufw's chains (ufw appends to INPUT and leaves other chains alone), so ufw's rules don't grow
+    with the cluster.
 
-    + peers: the cluster's addresses
-    + swarm_ports: the swarm ports of this node (``2377/tcp`` on managers, ``7946/tcp``, ...)
     + allow: ports open to anyone (with sshd's own)
-    + esp: let ESP in from peers (encrypted overlays)
-    + deny_other: refuse everything else inbound (policy deny), or only the swarm ports from others
+    + deny_other: refuse everything else inbound (policy deny), or let it in
 
     **Example:**
 
     .. code:: python
 
-        firewall.ufw(name="Swarm ports (ufw)", peers=["10.0.0.11", "10.0.0.12"], swarm_ports=["7946/tcp"],
-                     allow=["22/tcp"], esp=False, deny_other=True)
+        firewall.ufw(name="ufw: ports open to anyone", allow=["22/tcp"], deny_other=True)
     """
-    policy = Policy(tuple(peers), tuple(swarm_ports), tuple(allow), esp, deny_other)
-    commands = ufw_commands(policy, read(UfwState))
+    commands = ufw_commands(allow, deny_other, read(UfwState))
     if not commands:
         host.noop("ufw rules already in place")
         return
@@ -403,7 +389,11 @@ def firewalld(peers: list[str], swarm_ports: list[str], allow: list[str], esp: b
     """A firewalld zone of ours with the swarm's peers as sources (see `firewalld_commands`), reloaded only
     when it changed (a reload drops the rules older engines add at run time).
 
-    + peers, swarm_ports, allow, esp, deny_other: as for ``ufw``
+    + peers: the cluster's addresses
+    + swarm_ports: the swarm ports of this node (``2377/tcp`` on managers, ``7946/tcp``, ...)
+    + allow: ports open to anyone (with sshd's own)
+    + esp: let ESP in from peers (encrypted overlays)
+    + deny_other: refuse everything else inbound (policy deny), or only the swarm ports from others
 
     **Example:**
 
