@@ -130,3 +130,17 @@ def test_hosts_are_read_no_more_at_once_than_parallel_allows(monkeypatch: pytest
     workers = [host(f"w{i}", f"10.1.0.{i + 1}", **cluster_only()) for i in range(1, 7)]
     plan([swarm_cluster], [host("m1", "10.1.0.1", **cluster_only())], workers, parallel=3)
     assert most == 3
+
+
+def test_a_limited_run_reads_the_managers_and_hosts_to_take_out_not_other_workers(reads: Counter) -> None:
+    members = nodes(node("m1", "m1", "manager"), *(node(f"w{i}", f"w{i}") for i in (1, 2, 3)))
+    manager = host("m1", "10.1.0.1", swarm=swarm("m1", True), nodes=members, docker_running=True, **cluster_only())
+    workers = [host(f"w{i}", f"10.1.0.{i + 1}", swarm=swarm(f"w{i}", False), docker_running=True, **cluster_only())
+               for i in (1, 2)]  # fmt: skip
+    leaving = host("w3", "10.1.0.4", swarm=swarm("w3", False), docker_running=True, swarm_state="absent",
+                   **cluster_only())  # fmt: skip
+    named = host("w4", "10.1.0.5", swarm=swarm("w4", False), docker_running=True, swarm_advertise_addr="eth0",
+                 **cluster_only())  # fmt: skip
+    planned = plan([swarm_cluster], [manager], [*workers, leaving, named], limit=["w1"])
+    assert planned["w1"] is not None
+    assert {name for name, _ in ours(reads)} == {"m1", "w1", "w3", "w4"}  # w2 is not read

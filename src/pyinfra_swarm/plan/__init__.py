@@ -29,6 +29,7 @@ from pyinfra_swarm.plan.observe import (
     host_spec,
     image_references,
     planned_facts,
+    read_outside_limit,
     resolve_address,
 )
 from pyinfra_swarm.settings import setting, swarm_hosts, validate_inventory
@@ -74,17 +75,21 @@ class Observation:
 
 
 def observe(state: State) -> Observation:
-    """Read every swarm host (those outside --limit too, never changed) in one command each; resolve the
-    advertise addresses."""
+    """Read the swarm hosts in one command each: all of them, or with --limit those in it and, outside it
+    (never changed), what keeps the run safe (`read_outside_limit`); resolve the advertise addresses."""
     hosts = swarm_hosts(state)
     in_limit = [h for h in hosts if state.is_host_in_limit(h)]
-    read_only = connect_outside_limit(state, hosts) if len(in_limit) < len(hosts) else []
+    skipped = [h for h in hosts if h not in in_limit and not read_outside_limit(h)]
+    read_only = connect_outside_limit(state, [h for h in hosts if h not in in_limit and h not in skipped])
     reachable = [h for h in hosts if h in state.active_hosts or h in read_only]
-    for host in hosts:
+    for host in [h for h in hosts if h not in skipped]:
         if host not in reachable:
             logger.warning(f"{host.name} is unreachable: left as it is this run")
         elif host not in in_limit:
             logger.info(f"{host.name} is outside --limit: read, not changed")
+    if skipped:
+        logger.info(f"--limit: {len(skipped)} workers outside it not read (their addresses are in the inventory; "
+                    "managers and hosts to take out are read)")  # fmt: skip
     lister = expected_acting(hosts, reachable, in_limit)
     specs = {h: host_spec(h, lists_nodes=h is lister) for h in reachable}
     facts = gather(state, specs)

@@ -132,9 +132,18 @@ def gather(state: State, specs: dict[Host, Spec]) -> dict[Host, dict[str, Any]]:
     return values
 
 
+def read_outside_limit(host: Host) -> bool:
+    """Whether a host outside --limit is read: a manager (without them, a run limited to a new manager would
+    not see the swarm the others are in), a host to take out (never mistaken for an unreachable one, whose
+    entry is removed by force), or one whose advertise address is an interface name (the peers' firewall
+    rules need it). A worker that stays, its address an IP, is not: the run costs what its limit does."""
+    return (is_manager(host) or setting(host, "swarm_state") == "absent"
+            or not is_ip(setting(host, "swarm_advertise_addr")))  # fmt: skip
+
+
 def connect_outside_limit(state: State, hosts: list[Host]) -> list[Host]:
-    """Connect to the swarm hosts outside --limit, to read their state (nothing runs on them): without
-    that, a run limited to a new manager would not see the swarm the others are in. Returns those reached."""
+    """Connect to these hosts outside --limit, to read their state (nothing runs on them), as many at once as
+    --parallel allows. Returns those reached."""
     outside = [h for h in hosts if not state.is_host_in_limit(h) and not h.connected]
     pool = Pool(state.config.PARALLEL or None)
     greenlets = [pool.spawn(h.connect, show_errors=False) for h in outside]
