@@ -156,8 +156,9 @@ def _sections(lines: list[str], separator: str) -> list[list[str]]:
     return sections
 
 
-def replay(size: int, recorded: dict[str, Any]) -> dict[str, Any]:
-    """(In a process of its own.) Plan and run the full deploy on `size` replayed hosts; the figures."""
+def replay(size: int, recorded: dict[str, Any], limit: str | None = None) -> dict[str, Any]:
+    """(In a process of its own.) Plan and run the full deploy on `size` replayed hosts (as `--limit LIMIT`
+    when given); the figures."""
     os.environ["PYINFRA_FAKE_DELAY"] = os.environ["PYINFRA_FAKE_DELAY_JITTER"] = "0"
     import pyinfra
     from pyinfra.api import Config, Inventory, State
@@ -218,6 +219,8 @@ def replay(size: int, recorded: dict[str, Any]) -> dict[str, Any]:
     def entry(name: str) -> tuple[str, dict[str, Any]]:
         responses = {"echo apparmor=": bundle_lines(name), "config create --label pyinfra-swarm.lock.run": ["locked"]}
         role = "manager" if name.startswith("manager") else "worker"
+        if role == "manager":  # the node list read on its own (a run whose limit holds no manager)
+            responses["docker node inspect $ids"] = [json.dumps(node_list)]
         return f"@fake/{name}", {**repo_data(f"swarm_{role}s"), "swarm_advertise_addr": addresses[name],
                                  "fake_delay": 0, "fake_responses": responses}  # fmt: skip
 
@@ -243,6 +246,8 @@ def replay(size: int, recorded: dict[str, Any]) -> dict[str, Any]:
     inventory = Inventory((managers + workers, {}), swarm_managers=([n for n, _ in managers], {}),
                           swarm_workers=([n for n, _ in workers], {}))  # fmt: skip
     state = State(inventory, Config())
+    if limit is not None:
+        state.limit_hosts = [inventory.get_host(f"@fake/{limit}")]
     wall, cpu = time.monotonic(), time.process_time()
     connect_all(state)
     state.set_stage(StateStage.Prepare)
@@ -277,6 +282,7 @@ def replay(size: int, recorded: dict[str, Any]) -> dict[str, Any]:
         "operations_with_changes": changes,
         "output_lines": sum(lines.values()),
         "failed": failed,
+        "hosts_read": sum(1 for h in inventory if commands[h.name]),
     }  # fmt: skip
 
 
@@ -286,12 +292,13 @@ def main() -> None:
     parser.add_argument("--rerecord", action="store_true", help="record again from a lab")
     parser.add_argument("--capture", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--replay", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--limit", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.capture:
         capture()
         return
     if args.replay:
-        print(json.dumps(replay(args.replay, json.loads(RECORDING.read_text()))))
+        print(json.dumps(replay(args.replay, json.loads(RECORDING.read_text()), args.limit)))
         return
     RESULTS.mkdir(parents=True, exist_ok=True)
     if args.rerecord or not RECORDING.is_file():
@@ -325,9 +332,17 @@ def main() -> None:
     print(
         f"  per-host cost, {last['hosts']} vs {first['hosts']} hosts: {last['per_host_ms'] / first['per_host_ms']:.2f}x"
     )
+    out = subprocess.run([sys.executable, __file__, "--replay", str(last["hosts"]), "--limit", "worker1"],
+                         capture_output=True, text=True, cwd=ROOT)  # fmt: skip
+    if out.returncode != 0:
+        raise SystemExit(f"replay of {last['hosts']} hosts with --limit failed:\n{out.stderr[-3000:]}")
+    limited = json.loads(out.stdout.strip().splitlines()[-1])
+    print(f"  --limit worker1 of {last['hosts']} hosts: {limited['controller_s']:.2f} s wall, "
+          f"{limited['controller_cpu_s']:.2f} s CPU, {limited['hosts_read']} hosts read (the managers and the "
+          f"limit), {limited['operations_with_changes']} changes")  # fmt: skip
     node_cpu = {role: recorded[role]["node_cpu"] for role in ("manager", "worker")}
     (RESULTS / "scale.json").write_text(json.dumps({"node_cpu_s": node_cpu, "firewall": recorded.get("firewall"),
-                                                    "sizes": figures}, indent=1))  # fmt: skip
+                                                    "sizes": figures, "limited": limited}, indent=1))  # fmt: skip
     if any(f["operations_with_changes"] or f["failed"] for f in figures):
         raise SystemExit("a replayed no-op planned changes or failed: the replay isn't a converged cluster")
 
