@@ -49,7 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--workers", type=int, default=3, help="worker nodes (default: %(default)s)")
     up.add_argument("--subnet", help="IPv4 subnet of the lab network (default: a free /24 in 192.168.56.0/21)")
     up.add_argument("--distro", choices=DISTROS, default="bookworm", help="the nodes' Debian release: bookworm (12, "
-                    "docker.io 20.10) or trixie (13, docker.io 26.1) (default: %(default)s)")  # fmt: skip
+                    "docker.io 20.10), trixie (13, docker.io 26.1) or forky (14, testing: docker.io 28.5; container "
+                    "nodes only) (default: %(default)s)")  # fmt: skip
     up.add_argument("--worker-distro", choices=DISTROS, help="the workers' release, for a mixed cluster "
                     "(default: --distro)")  # fmt: skip
     up.add_argument(

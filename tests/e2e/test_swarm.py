@@ -94,14 +94,17 @@ def engine_restarts(lab: Lab, node_names: list[str]) -> dict[str, tuple[int, int
     return windows
 
 
-@pytest.mark.parametrize("distro", ["bookworm", "trixie"])
+@pytest.mark.parametrize("distro", ["bookworm", "forky"])
 def test_one_manager_three_workers(make_lab, distro):
-    """The whole swarm suite, on Debian 12 nodes (docker.io 20.10) and on Debian 13 nodes (docker.io 26.1)."""
-    lab = make_lab({"bookworm": "e2e-swarm", "trixie": "e2e-trixie"}[distro])
+    """The whole swarm suite, on Debian 12 nodes (docker.io 20.10) and on Debian 14 nodes (docker.io 28.5,
+    containerd 2; Debian 13's 26.1 runs in the mixed cluster and the rolling upgrade)."""
+    lab = make_lab({"bookworm": "e2e-swarm", "forky": "e2e-forky"}[distro])
     lab.up("--managers", "1", "--workers", "3", "--distro", distro)
 
     cold = lab.deploy("--debug", group_data=GROUP_DATA)
     assert cold.returncode == 0, cold
+    engine = lab.sh("worker3", "docker version --format '{{.Server.Version}}'").strip()
+    assert engine.startswith({"bookworm": "20.10.", "forky": "28."}[distro]), engine
     swarm = nodes(lab)
     assert sorted(swarm) == ["manager1", *WORKERS]
     assert all(n["state"] == "ready" and n["availability"] == "active" for n in swarm.values())
@@ -290,11 +293,12 @@ def test_one_manager_eleven_workers_form(make_lab, workers):
     assert lab.deploy(group_data={"all": SWARM_ONLY}).changed == []
 
 
-def test_a_mixed_cluster_of_debian_12_managers_and_debian_13_workers_forms_behind_firewalld(make_lab):
-    """firewalld running on every node: `swarm_firewall: auto` takes it, the peers are two firewalld ipsets
-    (the zone's sources), the swarm forms through it and a stranger is refused."""
+def test_a_mixed_cluster_of_debian_13_managers_and_debian_14_workers_forms_behind_firewalld(make_lab):
+    """Docker 26.1 managers, 28.5 workers (the engine that rewrote its iptables chains), firewalld running on
+    every node: `swarm_firewall: auto` takes it, the peers are two firewalld ipsets (the zone's sources), the
+    swarm forms through it and a stranger is refused."""
     lab = make_lab("e2e-mixed")
-    lab.up("--managers", "1", "--workers", "2", "--distro", "bookworm", "--worker-distro", "trixie")
+    lab.up("--managers", "1", "--workers", "2", "--distro", "trixie", "--worker-distro", "forky")
     names = ["manager1", "worker1", "worker2"]
     install = "apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q firewalld netbase"
     # firewalld's start flushes the node's iptables NAT table, where Docker answers the container's DNS: the
@@ -309,7 +313,7 @@ def test_a_mixed_cluster_of_debian_12_managers_and_debian_13_workers_forms_behin
     assert "Open the swarm ports to peers (firewalld)" in run.output, run
     engines = lab.sh("manager1", "docker node ls --format '{{.Hostname}} {{.Status}} {{.EngineVersion}}'").split("\n")
     versions = {line.split()[0].split("-", 2)[-1]: line.split()[2] for line in engines if line.strip()}
-    assert versions["manager1"].startswith("20.10.") and versions["worker1"].startswith("26."), versions
+    assert versions["manager1"].startswith("26.") and versions["worker1"].startswith("28."), versions
     assert all(" Ready " in f" {line} " for line in engines if line.strip()), engines
     peers = lab.sh("worker1", "firewall-cmd --ipset=pyinfra-swarm-zone-peers4 --get-entries").split()
     assert sorted(peers) == sorted(lab.address(node) for node in names), peers

@@ -129,6 +129,7 @@ def test_debian_13_gets_the_docker_cli_package_too():
     from pyinfra_swarm.deploys.install import distro_packages
 
     assert distro_packages("debian 13") == ["docker.io", "docker-cli"]
+    assert distro_packages("debian ") == ["docker.io", "docker-cli"]  # forky (testing): no VERSION_ID
     assert distro_packages("debian 12") == distro_packages("ubuntu 24.04") == ["docker.io"]
     # Debian 12's docker.io pinned on Debian 13 (a rolling upgrade's starting point) has its CLI inside.
     assert distro_packages("debian 13", "20.10.24+dfsg1-1+deb12u1+b6") == ["docker.io"]

@@ -41,9 +41,11 @@ def _major(version: str) -> int | None:
 
 def distro_packages(release: str, version: str | None = None) -> list[str]:
     """The distribution's Docker packages: from Debian 13 on, the CLI is a package of its own (`docker-cli`,
-    only recommended by docker.io), but for an older docker.io pinned from Debian 12 (20.10, CLI included)."""
+    only recommended by docker.io), but for an older docker.io pinned from Debian 12 (20.10, CLI included).
+    Debian testing and unstable (forky, sid) give no version number: they are the newest."""
     name, _, number = release.partition(" ")
-    split = name == "debian" and (_major(number) or 0) >= 13 and (_major(version or "") or 26) >= 26
+    newest = not number.strip()
+    split = name == "debian" and (newest or (_major(number) or 0) >= 13) and (_major(version or "") or 26) >= 26
     return [*DISTRO_PACKAGES, "docker-cli"] if split else list(DISTRO_PACKAGES)
 
 

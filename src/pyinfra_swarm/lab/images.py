@@ -1,5 +1,5 @@
-"""The node images: `FROM debian:<release>` (bookworm or trixie); that base is made with debootstrap where it
-can't be pulled."""
+"""The node images: `FROM debian:<release>` (bookworm, trixie or forky); that base is made with debootstrap
+where it can't be pulled."""
 
 from __future__ import annotations
 
@@ -75,7 +75,7 @@ def _debootstrap_base_image(api: docker.APIClient, progress: Progress, distro: s
     mirror = debian_mirror()
     with tempfile.TemporaryDirectory(prefix="pyinfra-swarm-rootfs-") as tmp:
         rootfs = Path(tmp) / "rootfs"
-        command = ["debootstrap", "--variant=minbase", distro, str(rootfs), mirror]
+        command = ["debootstrap", "--variant=minbase", distro, str(rootfs), mirror, *debootstrap_script(distro)]
         with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
             assert proc.stdout is not None
             for line in proc.stdout:
@@ -88,6 +88,15 @@ def _debootstrap_base_image(api: docker.APIClient, progress: Progress, distro: s
         progress(f"importing the root filesystem as {image}")
         repository, tag = image.split(":")
         api.import_image_from_file(str(tarball), repository=repository, tag=tag)
+
+
+def debootstrap_script(distro: str) -> list[str]:
+    """The script argument debootstrap needs for a release it has no script of its own for (Debian's testing,
+    newer than this host's debootstrap: unstable's script serves)."""
+    scripts = Path("/usr/share/debootstrap/scripts")
+    if (scripts / distro).exists() or not (scripts / "sid").exists():
+        return []
+    return [str(scripts / "sid")]
 
 
 def debian_mirror() -> str:

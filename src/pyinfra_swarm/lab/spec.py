@@ -27,7 +27,9 @@ def state_root() -> Path:
     return Path(os.environ.get("PYINFRA_SWARM_LAB_DIR", ".lab")).resolve()
 
 
-DISTROS = ("bookworm", "trixie")  # Debian 12 (docker.io 20.10) and Debian 13 (docker.io 26.1)
+# Debian 12 (docker.io 20.10), 13 (docker.io 26.1) and 14, testing (docker.io 28.5, containerd 2.1)
+DISTROS = ("bookworm", "trixie", "forky")
+VM_DISTROS = ("bookworm", "trixie")  # the VM lab's images
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pyinfra_swarm.lab import state
-from pyinfra_swarm.lab.spec import AUTO_SUBNETS, LabError, LabSpec, host_addresses
+from pyinfra_swarm.lab.spec import AUTO_SUBNETS, VM_DISTROS, LabError, LabSpec, host_addresses
 from pyinfra_swarm.lab.vmimage import HOST_KEY_MARK, VmImage, ensure_vm_image, run_checked
 
 Progress = Callable[[str], None]
@@ -45,6 +45,10 @@ def _ids(name: str) -> tuple[str, str]:
 
 def up(spec: LabSpec, progress: Progress, memory: int = MEMORY_MIB, accel: str = "auto") -> state.LabState:
     """Boot the lab's VMs (the ones not running already), in parallel, and wait until each answers SSH."""
+    unsupported = sorted({n.distro for n in spec.nodes} - set(VM_DISTROS))
+    if unsupported:
+        raise LabError(f"the VM lab has images of {', '.join(VM_DISTROS)} only, not {', '.join(unsupported)}: "
+                       "use the container lab (without --vm) for those")  # fmt: skip
     for tool in ("qemu-system-x86_64", "qemu-img", "ip", "iptables"):
         if not shutil.which(tool):
             raise LabError(f"{tool} is missing: apt-get install qemu-system-x86 qemu-utils iproute2 iptables")
