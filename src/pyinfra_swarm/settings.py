@@ -261,8 +261,9 @@ SCHEMA: tuple[Setting, ...] = (
     Setting("docker_ce_channel", "stable", (str,), "Docker CE's channel", "swarm"),
     Setting("docker_users", [], (list,), "existing users added to the `docker` group", "swarm", check=_list_of_str),
     Setting("docker_daemon_config", {"log-driver": "json-file", "log-opts": {"max-size": "10m", "max-file": "3"}},
-            (dict,), "`daemon.json`, passed through; known keys are type-checked; `live-restore: true` is refused "
-            "(not supported with swarm)", "swarm", check=_daemon_config, shown_default="json-file logs, 10m x 3"),
+            (dict,), "`daemon.json`, passed through; known keys are type-checked; `live-restore: true` and "
+            "`firewall-backend: nftables` are refused (not supported with swarm)", "swarm", check=_daemon_config,
+            shown_default="json-file logs, 10m x 3"),
     Setting("swarm_firewall", "auto", (str, bool), "`auto` (ufw or firewalld when active, else iptables), `ufw`, "
             "`firewalld`, `iptables`, `nftables`, `none`", "swarm",
             choices=("auto", "ufw", "firewalld", "iptables", "nftables", "none", False)),
@@ -368,7 +369,7 @@ DAEMON_KEY_TYPES: dict[str, type | tuple[type, ...]] = {
     "default-address-pools": list, "mtu": int, "metrics-addr": str, "live-restore": bool, "debug": bool,
     "experimental": bool, "max-concurrent-downloads": int, "max-concurrent-uploads": int, "storage-driver": str,
     "data-root": str, "labels": list, "dns": list, "features": dict, "iptables": bool, "ip-forward": bool,
-    "userland-proxy": bool, "shutdown-timeout": int,
+    "userland-proxy": bool, "shutdown-timeout": int, "firewall-backend": str,
 }  # fmt: skip
 
 
@@ -525,6 +526,12 @@ def validate_daemon_config(config: Any) -> list[str]:
     if config.get("live-restore") is True:
         problems.append(
             "docker_daemon_config['live-restore'] is true, which Docker does not support in swarm mode: remove it"
+        )
+    if config.get("firewall-backend") == "nftables":
+        problems.append(
+            "docker_daemon_config['firewall-backend'] is nftables, which Docker (29 and later) refuses to run with "
+            "swarm mode, and which has no DOCKER-USER chain for this project's published-port filter: remove it "
+            "(the iptables backend is the default)"
         )
     if "hosts" in config:
         tcp = [h for h in config["hosts"] if str(h).startswith("tcp://")] if isinstance(config["hosts"], list) else []

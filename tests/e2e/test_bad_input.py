@@ -56,6 +56,7 @@ GROUP_DATA = {
     "unknown docker_source": ({"docker_source": "snap"}, "docker_source 'snap' is unknown"),
     "daemon option type": ({"docker_daemon_config": {"mtu": "1500"}}, "docker_daemon_config['mtu'] must be a int"),
     "live-restore": ({"docker_daemon_config": {"live-restore": True}}, "'live-restore'] is true"),
+    "Docker's nftables backend": ({"docker_daemon_config": {"firewall-backend": "nftables"}}, "refuses to run with"),
     "daemon on TCP without TLS": (
         {"docker_daemon_config": {"hosts": ["unix://", "tcp://0.0.0.0:2375"]}},
         "without TLS",

@@ -1,7 +1,9 @@
 """A rolling engine upgrade between two real engine versions from Debian's mirror, on a 3 manager + 2 worker
-Debian 13 lab running the demo: docker.io 20.10 (Debian 12's, pinned; the nodes have bookworm as a second apt
-source, as an operator would add it) to 26.1 (Debian 13's). A client on this machine asks the demo's web port
-on both workers throughout: one of them always answers, and each is down for no longer than its own turn."""
+Debian 14 lab running the demo: docker.io 26.1 (Debian 13's, pinned; the nodes have trixie as a second apt
+source, as an operator would add it) to 28.5 (Debian 14's), across Docker 28.0's rewrite of its iptables
+chains. A client on this machine asks the demo's web port on both workers throughout: one of them always
+answers, and each is down for no longer than its own turn; after it, the firewall still lets this machine (no
+peer) in on the allowed port only."""
 
 from __future__ import annotations
 
@@ -12,10 +14,10 @@ import urllib.request
 
 from tests.conftest import ROOT
 from tests.e2e.test_stacks import DEMO_VARS, stacks, wait_running
-from tests.e2e.test_swarm import nodes
+from tests.e2e.test_swarm import can_connect, nodes
 
 NODES = ("manager1", "manager2", "manager3", "worker1", "worker2")
-BOOKWORM = "Types: deb\nURIs: {mirror}\nSuites: bookworm\nComponents: main\n"
+TRIXIE = "Types: deb\nURIs: {mirror}\nSuites: trixie\nComponents: main\n"
 
 
 def answers(address: str) -> bool:
@@ -39,19 +41,19 @@ def longest_gap(samples: list[tuple[float, bool]]) -> float:
     return longest
 
 
-def test_a_rolling_upgrade_from_docker_20_10_to_26_1(make_lab, tmp_path):
+def test_a_rolling_upgrade_from_docker_26_1_to_28_5(make_lab, tmp_path):
     lab = make_lab("e2e-upgrade")
-    lab.up("--managers", "3", "--workers", "2", "--distro", "trixie")
+    lab.up("--managers", "3", "--workers", "2", "--distro", "forky")
     mirror = lab.sh("worker1", "grep -rhoE 'https?://[^ ]+' /etc/apt/sources.list /etc/apt/sources.list.d/ | head -1")
     for node in NODES:
-        lab.sh(node, f"printf '{BOOKWORM.format(mirror=mirror.strip())}' > /etc/apt/sources.list.d/bookworm.sources"
+        lab.sh(node, f"printf '{TRIXIE.format(mirror=mirror.strip())}' > /etc/apt/sources.list.d/trixie.sources"
                      " && apt-get update -q >/dev/null")  # fmt: skip
     madison = lab.sh("worker1", "apt-cache madison docker.io")
     versions = {
         line.split("|")[2].split()[1].split("/")[0]: line.split("|")[1].strip() for line in madison.splitlines()
     }
-    old, new = versions["bookworm"], versions["trixie"]
-    assert old.startswith("20.10.") and new.startswith("26."), versions
+    old, new = versions["trixie"], versions["forky"]
+    assert old.startswith("26.") and new.startswith("28."), versions
 
     templates = tmp_path / "stacks"
     shutil.copytree(ROOT / "templates" / "stacks", templates)
@@ -61,7 +63,7 @@ def test_a_rolling_upgrade_from_docker_20_10_to_26_1(make_lab, tmp_path):
     assert cold.returncode == 0, cold
     before = nodes(lab)
     assert len(before) == 5
-    assert lab.sh("worker2", "docker version --format '{{.Server.Version}}'").startswith("20.10.")
+    assert lab.sh("worker2", "docker version --format '{{.Server.Version}}'").startswith("26.")
 
     samples: dict[str, list[tuple[float, bool]]] = {"worker1": [], "worker2": []}
     done = threading.Event()
@@ -98,4 +100,7 @@ def test_a_rolling_upgrade_from_docker_20_10_to_26_1(make_lab, tmp_path):
     managers = [n for n in swarm.values() if n["role"] == "manager"]
     assert all(m["reachability"] == "reachable" for m in managers) and sum(m["leader"] for m in managers) == 1
     wait_running(lab, "demo_web")
+    # Docker 28's chains: published ports still pass our filter from DOCKER-USER. This machine is no peer: the
+    # demo's port (in the allow list) answers, the registry's (not in it) is refused.
+    assert answers(lab.address("worker1")) and not can_connect(lab.address("manager1"), 5000)
     assert lab.deploy(group_data=data).changed == []  # the version in place: nothing to do

@@ -27,6 +27,7 @@ def _check(managers, workers=()):
         ({"docker_source": "snap"}, "docker_source 'snap' is unknown"),
         ({"docker_daemon_config": {"mtu": "1500"}}, "docker_daemon_config['mtu'] must be a int, not str"),
         ({"docker_daemon_config": {"live-restore": True}}, "live-restore'] is true, which Docker does not support"),
+        ({"docker_daemon_config": {"firewall-backend": "nftables"}}, "refuses to run with swarm mode"),
         ({"docker_daemon_config": ["debug"]}, "docker_daemon_config must be a mapping"),
         ({"swarm_labels": {"zone": ["a"]}}, "swarm_labels must map label names to plain values"),
         ({"swarm_availability": "off"}, "swarm_availability 'off' is unknown"),
