@@ -26,7 +26,7 @@ def _parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="the swarm's health, read only (exit 0 healthy, 1 problems, 2 none "
                                  "of the managers answered)")  # fmt: skip
     status.add_argument("inventory", help="a pyinfra inventory, e.g. inventory/lab.py")
-    status.add_argument("--json", action="store_true", help="print the report as JSON (schema: pyinfra-swarm.status/2)")
+    status.add_argument("--json", action="store_true", help="print the report as JSON (schema: pyinfra-swarm.status/3)")
     status.add_argument("--watch", action="store_true", help="refresh every 2 s until interrupted")
     lock = commands.add_parser("lock", help="who holds the cluster lock (exit 0 free, 1 held, 2 none of the managers "
                                "answered), or break it")  # fmt: skip

@@ -283,6 +283,46 @@ class EngineState(FactBase[dict[str, Any]]):
         return {**state, "pending": engine_pending(state)}
 
 
+class EngineVersions(FactBase[dict[str, Any]]):
+    """The running engine's version, its API version, containerd's version and the engine's firewall backend
+    (reported from Docker 28 on; None before, when those engines only had iptables), from Docker's API
+    (the CLI where curl is missing); all None where no engine answers."""
+
+    SEPARATOR = "#pyinfra-swarm-info"
+
+    @staticmethod
+    def default() -> Any:
+        return {"version": None, "api": None, "containerd": None, "firewall_backend": None}
+
+    def command(self) -> str:
+        return (
+            f"{{ {docker_api('/version')} || docker version --format '{{{{json .Server}}}}'; }} 2>/dev/null; "
+            f"echo; echo '{self.SEPARATOR}'; "
+            f"{{ {docker_api('/info')} || docker info --format '{{{{json .}}}}'; }} 2>/dev/null; true"
+        )
+
+    def process(self, output: list[str]) -> dict[str, Any]:
+        text = "\n".join(output)
+        version_text, _, info_text = text.partition(self.SEPARATOR)
+        version, info = _json_object(version_text), _json_object(info_text)
+        components = {c.get("Name"): c.get("Version") for c in version.get("Components") or [] if isinstance(c, dict)}
+        backend = info.get("FirewallBackend")
+        return {
+            "version": version.get("Version"),
+            "api": version.get("ApiVersion"),
+            "containerd": components.get("containerd"),
+            "firewall_backend": backend.get("Driver") if isinstance(backend, dict) else None,
+        }
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text.strip() or "{}")
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
 class KernelFeatures(FactBase[dict[str, bool | None]]):
     """Kernel options swarm relies on, from /proc/config.gz or /boot/config-*: True (built in or a module),
     False (not set), None (the kernel config can't be read). Also whether AppArmor is enabled."""

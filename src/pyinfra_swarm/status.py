@@ -4,14 +4,17 @@ expires, and who holds the cluster lock; and, from every host of the inventory a
 its engine still has to do (facts.EngineState). A table for people, `--json` for machines (schema below), an
 exit status for scripts.
 
-JSON schema `pyinfra-swarm.status/2` (/1 lacked `lock`, `maintenance`, `pending` and `taken_out`)::
+JSON schema `pyinfra-swarm.status/3` (/2 lacked `api`, `containerd` and `firewall_backend`; /1 also `lock`,
+`maintenance`, `pending` and `taken_out`)::
 
-    {"schema": "pyinfra-swarm.status/2", "through": str, "healthy": bool, "problems": [str], "warnings": [str],
+    {"schema": "pyinfra-swarm.status/3", "through": str, "healthy": bool, "problems": [str], "warnings": [str],
      "nodes": [{"hostname": str, "inventory_host": str|null, "role": "manager"|"worker", "leader": bool,
                 "reachability": str|null, "availability": str, "state": str, "engine": str, "addr": str,
                 "labels": {str: str},
                 "maintenance": str|null,     # drained for a turn by this run: "USER@HOST (pid N) since TIME"
-                "pending": [str]|null}],     # why its engine must restart; null: its host did not answer
+                "pending": [str]|null,       # why its engine must restart; null: its host did not answer
+                "api": str|null, "containerd": str|null,  # as its host reports them (null: not reported)
+                "firewall_backend": str|null}],  # the engine's own (Docker 28 on): iptables, nftables
      "quorum": {"managers": int, "reachable": int, "needed": int, "tolerates": int},
      "services": [{"name": str, "stack": str|null, "mode": "replicated"|"global", "running": int, "desired": int,
                    "image": str, "ports": [str], "last_error": str|null}],
@@ -41,14 +44,14 @@ from cryptography import x509
 from pyinfra.api import Config, Host, State, StringCommand
 
 from pyinfra_swarm import lock as cluster_lock
-from pyinfra_swarm.facts import EngineState, node_entry, parse_replicas
+from pyinfra_swarm.facts import EngineState, EngineVersions, node_entry, parse_replicas
 from pyinfra_swarm.lock import EXPIRY, INSPECT, holder_of
 from pyinfra_swarm.operations.callbacks import first_answer
 from pyinfra_swarm.operations.swarm import AVAILABILITY_LABEL, DRAINED_LABEL, connector_args
 from pyinfra_swarm.pki import pki_dir
 from pyinfra_swarm.settings import MANAGERS, is_ip, setting, swarm_hosts
 
-SCHEMA = "pyinfra-swarm.status/2"
+SCHEMA = "pyinfra-swarm.status/3"
 T = TypeVar("T")
 HEALTHY, PROBLEMS, UNREACHABLE = 0, 1, 2
 CERT_WARNING_DAYS = 30
@@ -102,18 +105,27 @@ def read_swarm(state: State) -> tuple[Host, list[str]]:
     return on_first_manager(state, ask)
 
 
+VERSIONS = "#pyinfra-swarm-versions"
+
+
 def read_engines(state: State) -> dict[str, dict[str, Any] | None]:
-    """Every swarm host's EngineState (None where it doesn't answer), one command each, all at once."""
-    fact = EngineState()
+    """Every swarm host's EngineState with its EngineVersions under "versions" (None where it doesn't answer),
+    one command each, all at once."""
+    fact, versions = EngineState(), EngineVersions()
+    command = f"{fact.command()}; echo '{VERSIONS}'; {versions.command()}"
 
     def engine(host: Host) -> dict[str, Any] | None:
         if not host.connected:
             host.connect(show_errors=False)
         if not host.connected:
             return None
-        status, output = host.run_shell_command(StringCommand(fact.command()), print_output=False,
+        status, output = host.run_shell_command(StringCommand(command), print_output=False,
                                                 **connector_args(state, host))  # fmt: skip
-        return fact.process(output.stdout_lines) if status else None
+        if not status:
+            return None
+        lines = output.stdout_lines
+        cut = lines.index(VERSIONS) if VERSIONS in lines else len(lines)
+        return {**fact.process(lines[:cut]), "versions": versions.process(lines[cut + 1 :])}
 
     hosts = [h for h in swarm_hosts(state) if setting(h, "swarm_state") != "absent"]
     greenlets = {host.name: gevent.spawn(engine, host) for host in hosts}
@@ -173,6 +185,7 @@ def report(state: State, through: Host, lines: list[str], now: datetime.datetime
             "labels": entry["labels"],
             "maintenance": entry["labels"].get(DRAINED_LABEL),
             "pending": (engines.get(by_address.get(addr) or "") or {}).get("pending"),
+            **_versions(engines.get(by_address.get(addr) or "")),
         })  # fmt: skip
     managers = [n for n in nodes if n["role"] == "manager"]
     reachable = sum(1 for n in managers if n["reachability"] == "reachable")
@@ -200,9 +213,33 @@ def report(state: State, through: Host, lines: list[str], now: datetime.datetime
     wanted = {h.name: setting(h, "swarm_availability") for h in hosts}
     problems, warnings = _judge(nodes, quorum, services, drift, expiry)
     problems, warnings = _judge_day2(nodes, lock, wanted, problems, warnings)
+    warnings += _mixed_generations(nodes)
     return {"schema": SCHEMA, "through": through.name, "healthy": not problems, "problems": problems,
             "warnings": warnings, "nodes": nodes, "quorum": quorum, "services": services, "drift": drift,
             "expiry": expiry, "lock": lock}  # fmt: skip
+
+
+def _versions(engine: dict[str, Any] | None) -> dict[str, Any]:
+    """A node's engine API, containerd and firewall backend, as its host reported them (None: not reported)."""
+    versions = (engine or {}).get("versions") or {}
+    return {key: versions.get(name) for key, name in (("api", "api"), ("containerd", "containerd"),
+                                                       ("firewall_backend", "firewall_backend"))}  # fmt: skip
+
+
+def _mixed_generations(nodes: list[dict[str, Any]]) -> list[str]:
+    """A warning when the nodes run engines of different major versions (an upgrade under way, or hosts set up
+    apart); Docker 29 beside older engines passes no traffic on encrypted overlays (moby#51798)."""
+    majors: dict[str, list[str]] = {}
+    for node in nodes:
+        major = str(node["engine"] or "?").split(".")[0]
+        majors.setdefault(major, []).append(node["hostname"])
+    if len(majors) < 2:
+        return []
+    listing = "; ".join(f"{major}.x: {', '.join(sorted(names))}" for major, names in sorted(majors.items()))
+    known = sorted(m for m in majors if m.isdigit())
+    encrypted = (" Docker 29 beside older engines passes no traffic on encrypted overlays (moby#51798)."
+                 if known and int(known[-1]) >= 29 and int(known[0]) < 29 else "")  # fmt: skip
+    return [f"engines of different generations ({listing}): finish the upgrade (docker_version).{encrypted}"]
 
 
 def _judge_day2(nodes: list, lock: dict | None, wanted: dict[str, str], problems: list[str],

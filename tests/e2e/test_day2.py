@@ -65,7 +65,7 @@ def test_status_and_safe_removal_on_three_managers_and_two_workers(make_lab, doc
     assert elapsed < 5, f"status took {elapsed:.1f} s"
     report = json.loads(status(lab, "--json").stdout)
     assert {key: type(report[key]) for key in STATUS_KEYS} == STATUS_KEYS
-    assert report["schema"] == "pyinfra-swarm.status/2" and report["quorum"]["tolerates"] == 1
+    assert report["schema"] == "pyinfra-swarm.status/3" and report["quorum"]["tolerates"] == 1
     assert {n["inventory_host"] for n in report["nodes"]} == {"manager1", "manager2", "manager3", "worker1", "worker2"}
 
     # A manager down: non-zero, the manager and the quorum risk named.

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import BIN
+from tests.conftest import run as run_command
 from tests.e2e.conftest import Lab
 
 WORKERS = ["worker1", "worker2", "worker3"]
@@ -319,3 +321,13 @@ def test_a_mixed_cluster_of_debian_13_managers_and_debian_14_workers_forms_behin
     assert sorted(peers) == sorted(lab.address(node) for node in names), peers
     assert not can_connect(lab.address("worker1"), 7946)  # this machine is no peer
     assert lab.deploy(group_data={"all": SWARM_ONLY}).changed == []
+    # status: each node's engine, API, containerd and firewall backend, and the two generations flagged.
+    report = json.loads(run_command([str(BIN / "pyinfra-swarm"), "status", "inventory/lab.py", "--json"],
+                                    env=lab.env, timeout=60).stdout)  # fmt: skip
+    engines = {n["inventory_host"]: n for n in report["nodes"]}
+    assert engines["worker1"]["api"] == "1.51" and engines["worker1"]["containerd"].startswith("2."), engines
+    # 28.5 says "iptables+firewalld" where firewalld runs; 26.1 reports none.
+    assert engines["worker1"]["firewall_backend"] == "iptables+firewalld", engines
+    assert engines["manager1"]["firewall_backend"] is None, engines
+    assert engines["manager1"]["api"] == "1.45", engines
+    assert any(w.startswith("engines of different generations (26.x: ") for w in report["warnings"]), report

@@ -162,3 +162,30 @@ def test_a_lock_without_heartbeat_is_a_killed_runs():
     state = _state(*HOSTS)
     status = report(state, state.inventory.get_host("m1"), _output(_healthy_nodes()) + _lock_output(700), NOW)
     assert not status["healthy"] and "has had no heartbeat for 700 s: a run that was killed" in status["problems"][0]
+
+
+def test_engine_versions_per_node_and_mixed_generations_flagged():
+    from pyinfra_swarm.facts import EngineVersions
+
+    fact = EngineVersions()
+    new = fact.process([json.dumps({"Version": "28.5.2", "ApiVersion": "1.51", "Components": [
+        {"Name": "Engine", "Version": "28.5.2"}, {"Name": "containerd", "Version": "2.1.9"}]}),
+        fact.SEPARATOR, json.dumps({"FirewallBackend": {"Driver": "iptables", "Info": []}})])  # fmt: skip
+    assert new == {"version": "28.5.2", "api": "1.51", "containerd": "2.1.9", "firewall_backend": "iptables"}
+    old = fact.process([json.dumps({"Version": "26.1.5", "ApiVersion": "1.45"}), fact.SEPARATOR, "{}"])
+    assert old["firewall_backend"] is None and old["api"] == "1.45"
+    assert fact.process([]) == fact.default()  # no engine answered
+
+    nodes = _healthy_nodes()
+    for node in nodes[3:]:
+        node["Description"]["Engine"]["EngineVersion"] = "29.1.3"
+    engines = {"w1": {"pending": [], "versions": new}}
+    state = _state(*HOSTS)
+    status = report(state, state.inventory.get_host("m1"), _output(nodes), NOW, engines)
+    w1 = status["nodes"][3]
+    assert (w1["api"], w1["containerd"], w1["firewall_backend"]) == ("1.51", "2.1.9", "iptables")
+    assert status["nodes"][0]["api"] is None  # its host did not report
+    assert status["healthy"] and status["warnings"] == [
+        "engines of different generations (20.x: lab-m1, lab-m2, lab-m3; 29.x: lab-w1, lab-w2): finish the upgrade "
+        "(docker_version). Docker 29 beside older engines passes no traffic on encrypted overlays (moby#51798)."
+    ]
