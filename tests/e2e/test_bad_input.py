@@ -142,7 +142,7 @@ def problem(run, name: str, message: str) -> str | None:
 
 
 def test_bad_input_is_refused_before_anything_runs(bad_lab: Lab, tmp_path: Path) -> None:
-    assert len(INVENTORIES) + len(GROUP_DATA) + len(TEMPLATES) == 62
+    assert len(INVENTORIES) + len(GROUP_DATA) + len(TEMPLATES) == 63
     inventory = tmp_path / "bad_inventory.py"
     problems = []
     for name, (change, message) in INVENTORIES.items():
