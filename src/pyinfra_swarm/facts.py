@@ -11,6 +11,7 @@ import shlex
 import weakref
 from dataclasses import dataclass, field
 from typing import Any
+from xml.etree import ElementTree
 
 from pyinfra.api import FactBase, Host, State
 from pyinfra.context import ctx_host
@@ -490,23 +491,23 @@ class UfwState(FactBase[dict[str, Any]]):
 class FirewalldZone(FactBase[dict[str, Any] | None]):
     """A firewalld zone's permanent sources, ports, protocols, target and description (`exists`: whether the
     zone does), the default zone's name and permanent ports, and the entries of the permanent ipsets asked for
-    (an ipset missing from `ipsets` doesn't exist); None when firewalld doesn't answer."""
+    (an ipset missing from `ipsets` doesn't exist); None when firewalld isn't installed. Read from firewalld's
+    permanent configuration files in one `cat` (each firewall-cmd call starts Python: six of them took about
+    two seconds per run); values in `firewall-cmd --list-all`'s form ("ipset:NAME", "8000-8100/tcp")."""
 
     def requires_command(self, zone: str, ipsets: tuple[str, ...] = ()) -> str:
         return "firewall-cmd"
 
     def command(self, zone: str, ipsets: tuple[str, ...] = ()) -> str:
-        zone = shlex.quote(zone)
         names = " ".join(shlex.quote(name) for name in ipsets)
         return (
-            f"firewall-cmd --permanent --zone={zone} --list-all 2>/dev/null && "
-            f'echo "description: $(firewall-cmd --permanent --zone={zone} --get-description 2>/dev/null)"; '
-            # By name: without --zone, firewall-cmd warns on stdout when the default zone isn't an active one.
-            'd=$(firewall-cmd --get-default-zone 2>/dev/null) && echo "default-zone: $d" && '
-            'echo "default-ports: $(firewall-cmd --permanent --zone="$d" --list-ports 2>/dev/null)"; '
-            f"for s in {names}; do "
-            'e=$(firewall-cmd --permanent --ipset="$s" --get-entries 2>/dev/null) && echo "ipset $s:" $e; done; '
-            "exit 0"
+            f"z=/etc/firewalld/zones/{shlex.quote(zone)}.xml; "
+            'if [ -r "$z" ]; then echo "#zone"; cat "$z"; echo; fi; '
+            "d=$(sed -n 's/^DefaultZone=//p' /etc/firewalld/firewalld.conf 2>/dev/null); d=${d:-public}; "
+            'echo "#default-zone $d"; '
+            'cat "/etc/firewalld/zones/$d.xml" 2>/dev/null || cat "/usr/lib/firewalld/zones/$d.xml" 2>/dev/null; echo; '
+            f"for s in {names}; do f=/etc/firewalld/ipsets/$s.xml; "
+            'if [ -r "$f" ]; then echo "#ipset $s"; cat "$f"; echo; fi; done; exit 0'
         )
 
     def process(self, output: list[str]) -> dict[str, Any] | None:
@@ -514,19 +515,46 @@ class FirewalldZone(FactBase[dict[str, Any] | None]):
             return None
         zone: dict[str, Any] = {"exists": False, "sources": [], "ports": [], "protocols": [], "target": "default",
                                 "description": "", "default-zone": "", "default-ports": [], "ipsets": {}}  # fmt: skip
+        documents: list[tuple[str, list[str]]] = []
         for line in output:
-            key, _, value = line.strip().partition(":")
-            if key.startswith("ipset "):
-                zone["ipsets"][key.removeprefix("ipset ")] = value.split()
-            elif key in ("default-zone", "default-ports"):
-                zone[key] = value.strip() if key == "default-zone" else value.split()
+            if line.startswith("#zone") or line.startswith("#default-zone ") or line.startswith("#ipset "):
+                documents.append((line, []))
+            elif documents:
+                documents[-1][1].append(line)
+        for marker, lines in documents:
+            root = _xml("\n".join(lines))
+            if marker == "#zone":
+                zone["exists"] = True
+                if root is not None:
+                    zone.update(_zone_settings(root))
+            elif marker.startswith("#default-zone "):
+                zone["default-zone"] = marker.split(" ", 1)[1].strip()
+                zone["default-ports"] = _zone_settings(root)["ports"] if root is not None else []
             else:
-                zone["exists"] = True  # the zone's own listing
-                if key in ("target", "description"):
-                    zone[key] = value.strip()
-                elif key in zone:
-                    zone[key] = value.split()
+                entries = [e.text.strip() for e in root.findall("entry") if e.text] if root is not None else []
+                zone["ipsets"][marker.split(" ", 1)[1].strip()] = entries
         return zone
+
+
+def _xml(text: str) -> ElementTree.Element | None:
+    try:
+        return ElementTree.fromstring(text.strip()) if text.strip() else None
+    except ElementTree.ParseError:
+        return None
+
+
+def _zone_settings(root: ElementTree.Element) -> dict[str, Any]:
+    """A firewalld zone file's settings, as `firewall-cmd --list-all` shows them."""
+    sources = [f"ipset:{s.get('ipset')}" if s.get("ipset") else s.get("address") or s.get("mac") or ""
+               for s in root.findall("source")]  # fmt: skip
+    description = root.find("description")
+    return {
+        "sources": [s for s in sources if s],
+        "ports": [f"{p.get('port')}/{p.get('protocol')}" for p in root.findall("port")],  # rich rules' are nested
+        "protocols": [p.get("value") for p in root.findall("protocol") if p.get("value")],
+        "target": root.get("target") or "default",
+        "description": (description.text or "").strip() if description is not None else "",
+    }
 
 
 def sha256_text(text: str) -> str:

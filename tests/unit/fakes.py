@@ -87,7 +87,7 @@ def host(
     bundle: list[str] = []
     # What the firewall front-ends say comes in the same command, where data may use them.
     sections["ufw"] = (extra or {}).get("ufw status verbose", [Bundle.MISSING])
-    sections["firewalld_zone"] = (extra or {}).get("--list-all", [])
+    sections["firewalld_zone"] = (extra or {}).get("firewalld files", [])
     for fact_name in [*HOST_FACTS, *firewall_facts(data.get("swarm_firewall", "auto"))]:
         bundle += [*sections[fact_name], Bundle.SEPARATOR]
     # A manager's node list comes last in the same command (a worker has no such section to read).
@@ -183,3 +183,18 @@ def plan(
 
 def commands(steps: list[tuple[str, list[str]]]) -> list[str]:
     return [command for _, step in steps for command in step]
+
+
+def firewalld_files(zone: str | None, default_ports: list[str], ipsets: dict[str, list[str]]) -> list[str]:
+    """What the FirewalldZone fact's command prints: our zone's file (`zone`: its XML body, None: no zone),
+    the default zone's, and the ipsets' files."""
+    lines = ["#zone", f"<zone>{zone}</zone>"] if zone is not None else []
+    ports = "".join(f'<port protocol="{p.split("/")[1]}" port="{p.split("/")[0]}"/>' for p in default_ports)
+    lines += [
+        "#default-zone public",
+        '<?xml version="1.0" encoding="utf-8"?>',
+        f"<zone><service name='ssh'/>{ports}</zone>",
+    ]
+    for name, entries in ipsets.items():
+        lines += [f"#ipset {name}", f'<ipset type="hash:ip">{"".join(f"<entry>{e}</entry>" for e in entries)}</ipset>']
+    return lines

@@ -82,25 +82,25 @@ def test_ufw_state_and_firewalld_zone():
         "ufw allow 22/tcp comment 'pyinfra-swarm'",
     ])  # fmt: skip
     assert state == {"active": True, "incoming": "deny", "rules": ["allow 22/tcp comment 'pyinfra-swarm'"]}
-    zone = FirewalldZone().process(
-        [
-            "pyinfra-swarm",
-            "  sources: ipset:p4",
-            "  ports: 7946/tcp",
-            "  protocols:",
-            "default-zone: public",
-            "default-ports: 22/tcp",
-            "ipset p4: 10.1.0.1 10.1.0.2",
-        ]
-    )
-    assert zone == {"exists": True, "sources": ["ipset:p4"], "ports": ["7946/tcp"], "protocols": [],
-                    "target": "default", "description": "", "default-zone": "public", "default-ports": ["22/tcp"],
+    ours = ('<?xml version="1.0" encoding="utf-8"?>', '<zone target="ACCEPT">',
+            "  <description>pyinfra-swarm allow: 22/tcp</description>", '  <source ipset="p4"/>',
+            '  <port protocol="tcp" port="7946"/>', '  <port protocol="tcp" port="8000-8100"/>',
+            '  <protocol value="esp"/>', '  <rule><source address="10.9.9.9"/><port protocol="tcp" port="1"/>'
+            "<accept/></rule>", "</zone>")  # fmt: skip
+    output = ["#zone", *ours, "", "#default-zone public", "<zone><service name='ssh'/>",
+              '<port protocol="tcp" port="22"/></zone>', "#ipset p4", '<ipset type="hash:ip">',
+              "<entry>10.1.0.1</entry><entry>10.1.0.2</entry></ipset>"]  # fmt: skip
+    zone = FirewalldZone().process(output)
+    assert zone == {"exists": True, "sources": ["ipset:p4"], "ports": ["7946/tcp", "8000-8100/tcp"],
+                    "protocols": ["esp"], "target": "ACCEPT", "description": "pyinfra-swarm allow: 22/tcp",
+                    "default-zone": "public", "default-ports": ["22/tcp"],
                     "ipsets": {"p4": ["10.1.0.1", "10.1.0.2"]}}  # fmt: skip
-    assert FirewalldZone().process(["ipset p6:"]) == {**zone, "exists": False, "sources": [], "ports": [],
-                                                      "default-zone": "", "default-ports": [],
-                                                      "ipsets": {"p6": []}}  # fmt: skip
+    fresh = FirewalldZone().process(["#default-zone public", "<zone/>", "#ipset p6", '<ipset type="hash:ip"/>'])
+    assert fresh == {"exists": False, "sources": [], "ports": [], "protocols": [], "target": "default",
+                     "description": "", "default-zone": "public", "default-ports": [],
+                     "ipsets": {"p6": []}}  # fmt: skip
     assert FirewalldZone().process([]) is None
-    assert '--ipset="$s" --get-entries' in FirewalldZone().command("z", ipsets=("p4", "p6"))
+    assert "/etc/firewalld/ipsets/$s.xml" in FirewalldZone().command("z", ipsets=("p4", "p6"))
 
 
 def test_image_contexts_tell_missing_from_unlabelled_images():

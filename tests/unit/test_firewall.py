@@ -12,7 +12,7 @@ from pyinfra_swarm.operations.firewall import (
     ufw_commands,
     ufw_rules,
 )
-from tests.unit.fakes import commands, host, plan
+from tests.unit.fakes import commands, firewalld_files, host, plan
 
 PEERS = ["10.1.0.1", "10.1.0.2"]
 
@@ -167,14 +167,17 @@ def test_firewalld_changes_only_what_differs_and_removes_dropped_ports():
 
 
 def test_deploy_with_firewalld_reloads_only_on_change():
-    listing = ["pyinfra-swarm", "  target: default",
-               "  sources: ipset:pyinfra-swarm-zone-peers4 ipset:pyinfra-swarm-zone-peers6",
-               "  ports: 2377/tcp 7946/tcp 7946/udp 4789/udp 22/tcp", "  protocols:",
-               "description: pyinfra-swarm allow: 22/tcp", "default-ports: 22/tcp",
-               "ipset pyinfra-swarm-zone-peers4: 10.1.0.1 10.1.0.2", "ipset pyinfra-swarm-zone-peers6:"]  # fmt: skip
-    manager = host("m1", "10.1.0.1", firewall={"firewalld": "active"}, extra={"--list-all": listing})
+    zone = ('<description>pyinfra-swarm allow: 22/tcp</description><source ipset="pyinfra-swarm-zone-peers4"/>'
+            '<source ipset="pyinfra-swarm-zone-peers6"/><port protocol="tcp" port="2377"/>'
+            '<port protocol="tcp" port="7946"/><port protocol="udp" port="7946"/><port protocol="udp" port="4789"/>'
+            '<port protocol="tcp" port="22"/>')  # fmt: skip
+    listing = firewalld_files(zone, ["22/tcp"], {"pyinfra-swarm-zone-peers4": ["10.1.0.1", "10.1.0.2"],
+                                                 "pyinfra-swarm-zone-peers6": []})  # fmt: skip
+    manager = host("m1", "10.1.0.1", firewall={"firewalld": "active"}, extra={"firewalld files": listing})
     assert commands(plan([configure_firewall], [manager], [host("w1", "10.1.0.2", swarm_firewall="none")])["m1"]) == []
-    moved = host("m1", "10.1.0.1", firewall={"firewalld": "active"}, extra={"--list-all": listing}, sshd_ports=(2222,))
+    moved = host(
+        "m1", "10.1.0.1", firewall={"firewalld": "active"}, extra={"firewalld files": listing}, sshd_ports=(2222,)
+    )
     cmds = commands(plan([configure_firewall], [moved], [host("w1", "10.1.0.2", swarm_firewall="none")])["m1"])
     assert "firewall-cmd --permanent --zone=pyinfra-swarm --add-port=2222/tcp" in cmds
     assert cmds[-1] == "firewall-cmd --reload"

@@ -13,7 +13,7 @@ from pyinfra_swarm.deploys.firewall import configure_firewall
 from pyinfra_swarm.deploys.install import install_docker
 from pyinfra_swarm.deploys.swarm import configure_nodes, join_swarm, remove_nodes
 from pyinfra_swarm.deploys.teardown import teardown
-from tests.unit.fakes import commands, host, plan
+from tests.unit.fakes import commands, firewalld_files, host, plan
 from tests.unit.test_swarm import node, nodes, swarm
 
 
@@ -109,11 +109,15 @@ def test_teardown_removes_workloads_then_workers_then_managers_then_our_firewall
 
 
 def test_teardown_removes_our_firewalld_zone_then_its_ipsets():
-    listing = ["pyinfra-swarm", "  sources: ipset:pyinfra-swarm-zone-peers4 ipset:pyinfra-swarm-zone-peers6",
-               "default-zone: public", "ipset pyinfra-swarm-zone-peers4: 10.1.0.1",
-               "ipset pyinfra-swarm-zone-peers6:"]  # fmt: skip
+    listing = firewalld_files(
+        '<source ipset="pyinfra-swarm-zone-peers4"/>',
+        [],
+        {"pyinfra-swarm-zone-peers4": ["10.1.0.1"], "pyinfra-swarm-zone-peers6": []},
+    )
     inactive = json.dumps({"LocalNodeState": "inactive"})
-    manager = host("m1", "10.1.0.1", swarm=inactive, firewall={"firewalld": "active"}, extra={"--list-all": listing})
+    manager = host(
+        "m1", "10.1.0.1", swarm=inactive, firewall={"firewalld": "active"}, extra={"firewalld files": listing}
+    )
     assert commands(plan([teardown], [manager])["m1"]) == [
         "firewall-cmd --permanent --delete-zone=pyinfra-swarm",
         "firewall-cmd --permanent --delete-ipset=pyinfra-swarm-zone-peers4",
