@@ -90,8 +90,7 @@ def test_a_rolling_upgrade_from_docker_26_1_to_28_5(make_lab, tmp_path):
     gaps = {worker: longest_gap(s) for worker, s in samples.items()}
     print(f"upgrade took {took:.0f} s; longest gap with no answer: {longest_gap(both):.1f} s; per worker: {gaps}")
     assert longest_gap(both) < 3, (gaps, turns)  # one of the workers answered throughout
-    # Each only during its own turn: here about 7 s of 100-130 s; once 39 s (a first download of the packages).
-    assert all(gap < took / 2 for gap in gaps.values()), (gaps, took)
+    assert all(gap < took / 3 for gap in gaps.values()), (gaps, took)  # each only during its own turn
 
     swarm = nodes(lab)
     assert set(swarm) == set(NODES) and all(n["state"] == "ready" for n in swarm.values())
