@@ -286,6 +286,16 @@ def replay(size: int, recorded: dict[str, Any], limit: str | None = None) -> dic
     }  # fmt: skip
 
 
+def _replay_apart(size: int, limit: str | None = None) -> dict[str, Any]:
+    """`replay` in a process of its own (a clean pyinfra state, its own peak memory); its figures."""
+    args = ["--replay", str(size), *(["--limit", limit] if limit else [])]
+    out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, cwd=ROOT)
+    if out.returncode != 0:
+        what = f" with --limit {limit}" if limit else ""
+        raise SystemExit(f"replay of {size} hosts{what} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="16,100,250,500", help="hosts per replayed cluster (default: %(default)s)")
@@ -317,11 +327,7 @@ def main() -> None:
           f"{'cmds/host':>9} {'changes':>8} {'lines':>6}")  # fmt: skip
     figures = []
     for size in (int(s) for s in args.sizes.split(",")):
-        out = subprocess.run([sys.executable, __file__, "--replay", str(size)], capture_output=True, text=True,
-                             cwd=ROOT)  # fmt: skip
-        if out.returncode != 0:
-            raise SystemExit(f"replay of {size} hosts failed:\n{out.stderr[-3000:]}")
-        result = json.loads(out.stdout.strip().splitlines()[-1])
+        result = _replay_apart(size)
         figures.append(result)
         print(f"  {size:>6} {result['controller_s']:>7.2f} {result['plan_wall']:>6.2f} {result['run_wall']:>6.2f} "
               f"{result['controller_cpu_s']:>6.2f} {result['per_host_ms']:>8.1f} {result['peak_mb']:>8.0f} "
@@ -332,11 +338,7 @@ def main() -> None:
     print(
         f"  per-host cost, {last['hosts']} vs {first['hosts']} hosts: {last['per_host_ms'] / first['per_host_ms']:.2f}x"
     )
-    out = subprocess.run([sys.executable, __file__, "--replay", str(last["hosts"]), "--limit", "worker1"],
-                         capture_output=True, text=True, cwd=ROOT)  # fmt: skip
-    if out.returncode != 0:
-        raise SystemExit(f"replay of {last['hosts']} hosts with --limit failed:\n{out.stderr[-3000:]}")
-    limited = json.loads(out.stdout.strip().splitlines()[-1])
+    limited = _replay_apart(last["hosts"], "worker1")
     print(f"  --limit worker1 of {last['hosts']} hosts: {limited['controller_s']:.2f} s wall, "
           f"{limited['controller_cpu_s']:.2f} s CPU, {limited['hosts_read']} hosts read (the managers and the "
           f"limit), {limited['operations_with_changes']} changes")  # fmt: skip
