@@ -200,6 +200,35 @@ class SwarmNodes(FactBase[list[dict[str, Any]] | None]):
         return [node_entry(node) for node in json.loads("".join(output))]
 
 
+class OverlayNetworks(FactBase[list[dict[str, Any]]]):
+    """The swarm's overlay networks as a manager sees them (those of stacks too): [{"name", "encrypted"}]."""
+
+    def requires_command(self) -> str:
+        return "docker"
+
+    def command(self) -> str:
+        overlay = "%7B%22driver%22%3A%7B%22overlay%22%3Atrue%7D%7D"  # {"driver":{"overlay":true}}
+        return (
+            f"{docker_api('/networks?filters=' + overlay)} || "
+            "{ ids=$(docker network ls --filter driver=overlay -q 2>/dev/null) && docker network inspect $ids; } || "
+            "echo '[]'"
+        )
+
+    @staticmethod
+    def default() -> list[dict[str, Any]]:
+        return []
+
+    def process(self, output: list[str]) -> list[dict[str, Any]]:
+        try:
+            networks = json.loads("".join(output) or "[]")
+        except ValueError:
+            return []
+        return [
+            {"name": n.get("Name", ""), "encrypted": (n.get("Options") or {}).get("encrypted", "false") != "false"}
+            for n in networks if isinstance(n, dict)
+        ]  # fmt: skip
+
+
 class DockerDaemonConfig(FactBase[dict[str, Any] | None]):
     """/etc/docker/daemon.json parsed; None when missing, {"__invalid__": text} when it isn't JSON."""
 
@@ -641,6 +670,82 @@ class DockerPackages(FactBase[dict[str, Any]]):
                 result["packages"][name] = version
                 if "held" in flags:
                     result["held"].append(name)
+        return result
+
+
+def engine_pins(packages: list[str]) -> str:
+    """Shell that writes to "$pins" an apt preferences file: the host's own preferences, then each installed
+    engine package pinned at the version it has, so that an upgrade through it (`-o
+    Dir::Etc::Preferences="$pins"`) leaves the engine as it is. Nothing of the host's changes."""
+    names = " ".join(shlex.quote(name) for name in packages)
+    return (
+        "pins=$(mktemp); { cat /etc/apt/preferences 2>/dev/null; "
+        f"dpkg-query -W -f '${{db:Status-Abbrev}} ${{Package}} ${{Version}}\\n' {names} 2>/dev/null | "
+        "awk '$1 ~ /^[ih]i/ {printf \"\\nPackage: %s\\nPin: version %s\\nPin-Priority: 1001\\n\", $2, $3}'; "
+        '} > "$pins"'
+    )
+
+
+def dnf_excludes(packages: list[str]) -> str:
+    """dnf's options that leave the engine packages as they are."""
+    return " ".join(f"--exclude={shlex.quote(name)}" for name in packages)
+
+
+# Why the host asks for a reboot, one `reboot REASON` line each: Debian's and Ubuntu's flag file, RHEL's
+# needs-restarting, or a kernel newer than the running one installed in /boot.
+REBOOT_REASONS = (
+    "[ -f /var/run/reboot-required ] && echo 'reboot /var/run/reboot-required'; "
+    "if command -v needs-restarting >/dev/null; then needs-restarting -r >/dev/null 2>&1; "
+    "[ $? -eq 1 ] && echo 'reboot needs-restarting -r'; fi; "
+    "newest=$(ls -1 /boot 2>/dev/null | sed -n 's/^vmlinuz-//p' | sort -V | tail -1); "
+    '[ -n "$newest" ] && [ -e "/boot/vmlinuz-$(uname -r)" ] && [ "$newest" != "$(uname -r)" ] && '
+    'echo "reboot kernel $newest installed, $(uname -r) running"; true'
+)
+
+
+class PendingPatches(FactBase[dict[str, Any]]):
+    """What an OS upgrade would do on the host, the engine packages left as they are: {"upgrades": [(package,
+    installed version or None, new version)], "reboot": [why the host asks for a reboot], "error": what failed
+    or None, "manager": "apt", "dnf" or None}. To be current it refreshes the package lists first (`apt-get
+    update`, dnf's metadata), the one thing it changes."""
+
+    @staticmethod
+    def default() -> Any:
+        return {"upgrades": [], "reboot": [], "error": None, "manager": None}
+
+    def command(self, engine_packages: list[str]) -> str:
+        apt = (
+            "export DEBIAN_FRONTEND=noninteractive; echo manager=apt; "
+            'if ! out=$(apt-get update -q 2>&1); then echo "error=apt-get update: $(echo "$out" | tail -2 | '
+            "tr '\\n' ' ')\"; fi; "
+            f"{engine_pins(engine_packages)}; "
+            'apt-get -s -o Dir::Etc::Preferences="$pins" upgrade --with-new-pkgs 2>/dev/null | '
+            'awk \'$1 == "Inst" {if ($3 ~ /^\\[/) {gsub(/[][]/, "", $3); print "upgrade", $2, $3, substr($4, 2)} '
+            'else print "upgrade", $2, "-", substr($3, 2)}\'; rm -f "$pins"'
+        )
+        dnf = (
+            "echo manager=dnf; "
+            f"dnf -q check-update {dnf_excludes(engine_packages)} 2>/dev/null | "
+            'awk \'NF == 3 && $1 ~ /\\./ {sub(/\\.[^.]*$/, "", $1); print "upgrade", $1, "-", $2}\''
+        )
+        return (
+            f"if command -v apt-get >/dev/null; then {apt}; elif command -v dnf >/dev/null; then {dnf}; fi; "
+            f"{REBOOT_REASONS}"
+        )
+
+    def process(self, output: list[str]) -> dict[str, Any]:
+        result = self.default()
+        for line in output:
+            kind, _, rest = line.strip().partition(" ")
+            if line.startswith("manager="):
+                result["manager"] = line.split("=", 1)[1].strip() or None
+            elif line.startswith("error="):
+                result["error"] = line.split("=", 1)[1].strip()
+            elif kind == "upgrade" and len(rest.split()) == 3:
+                name, old, new = rest.split()
+                result["upgrades"].append((name, None if old == "-" else old, new))
+            elif kind == "reboot" and rest:
+                result["reboot"].append(rest)
         return result
 
 

@@ -19,7 +19,8 @@ DNF_CONFLICTS = [
 ]  # fmt: skip
 PACKAGES = sorted(set(DOCKER_CE_PACKAGES + APT_CONFLICTS + DNF_CONFLICTS + ["apparmor", "curl", "ca-certificates"]))
 DOCKER_APT_SOURCE, DOCKER_APT_KEY = source_paths("docker")
-ENGINE_PACKAGES = sorted(set([*DOCKER_CE_PACKAGES, "docker.io", "containerd", "runc"]))  # what a purge removes
+# What a purge removes, and what OS patching leaves at its version.
+ENGINE_PACKAGES = sorted(set([*DOCKER_CE_PACKAGES, "docker.io", "docker-cli", "containerd", "runc"]))
 
 
 def stack_path(name: str) -> str:

@@ -298,6 +298,16 @@ SCHEMA: tuple[Setting, ...] = (
             "its turn (engine restarts, upgrades, removal); past it the node gets its availability back and the "
             "turns stop", "swarm", check=_port_number(1, 86400, "a number of seconds"),
             shown_default="its tasks' longest `stop_grace_period` + 60 s, at least 120"),
+    Setting("patch_reboot", "if-required", (str,), "`patch.py`: reboot a node when it asks for one "
+            "(`/var/run/reboot-required`, `needs-restarting -r`, a newer kernel installed), `always` (every node, "
+            "every run) or `never`", "swarm", choices=("if-required", "always", "never")),
+    Setting("patch_pause", 0, (int,), "`patch.py`: seconds to wait between one node's turn and the next", "swarm",
+            scope="cluster", check=_port_number(0, 86400, "a number of seconds")),
+    Setting("patch_reboot_timeout", 600, (int,), "`patch.py`: seconds a rebooting node may take to answer SSH "
+            "again; past it the run stops, naming it", "swarm", check=_port_number(10, 86400, "a number of seconds")),
+    Setting("swarm_allow_encrypted_mix", False, (bool,), "let a run put engines on both sides of moby#51798 "
+            "(29.0.0-29.2.0, 28.2.2, 25.0.13-14 against the others) in a swarm with encrypted overlay networks, "
+            "whose traffic between the two sides stops meanwhile (refused otherwise)", "swarm", scope="cluster"),
     Setting("swarm_lock_wait", 600, (int,), "seconds a run waits for the cluster lock that another run holds "
             "(see *One run at a time*), then stops naming the holder", "swarm", scope="cluster",
             check=_port_number(0, 86400, "a number of seconds")),

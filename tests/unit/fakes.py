@@ -50,10 +50,12 @@ def host(
     apt_files: dict[str, str] | None = None,
     engine: list[str] | None = None,
     extra: dict[Any, Any] | None = None,
+    networks: list[dict[str, Any]] | None = None,
     **data: Any,
 ) -> tuple[str, dict[str, Any]]:
     """An inventory entry for a fake host. `swarm` is the `docker info` Swarm JSON (None: Docker missing);
-    `apt_files` maps a path to its sha256 (those not given are missing); `engine` is EngineState's output (by
+    `apt_files` maps a path to its sha256 (those not given are missing); `networks`: a manager's overlay
+    networks as Docker's API lists them; `engine` is EngineState's output (by
     default: a running engine that runs its daemon.json); the other keywords shape what the host's gathered
     facts (hostfacts.Bundle) say."""
     installed = [f"{pkg} {version}" for pkg, version in {"curl": "7.88", **(packages or {})}.items()]
@@ -94,7 +96,7 @@ def host(
     if nodes is None and swarm is not None and json.loads(swarm).get("ControlAvailable"):
         nodes = json.dumps([_self_node(json.loads(swarm)["NodeID"], hostname or name)])
     if nodes is not None:
-        bundle += [nodes, Bundle.SEPARATOR]
+        bundle += [nodes, Bundle.SEPARATOR, json.dumps(networks or []), Bundle.SEPARATOR]
     responses: dict[Any, Any] = {
         "echo apparmor=": bundle[:-1],  # the Bundle of registered facts (planned ones answer nothing)
         "config create --label pyinfra-swarm.lock.run": ["locked"],  # the cluster lock is free

@@ -63,6 +63,7 @@ def test_every_operation_has_cases() -> None:
     import pyinfra_swarm.operations.images
     import pyinfra_swarm.operations.maintenance
     import pyinfra_swarm.operations.packages
+    import pyinfra_swarm.operations.patching
     import pyinfra_swarm.operations.private
     import pyinfra_swarm.operations.registry
     import pyinfra_swarm.operations.swarm
@@ -72,7 +73,7 @@ def test_every_operation_has_cases() -> None:
                    pyinfra_swarm.operations.firewall, pyinfra_swarm.operations.maintenance,
                    pyinfra_swarm.operations.packages, pyinfra_swarm.operations.credentials,
                    pyinfra_swarm.operations.backup, pyinfra_swarm.operations.private,
-                   pyinfra_swarm.operations.images):  # fmt: skip
+                   pyinfra_swarm.operations.images, pyinfra_swarm.operations.patching):  # fmt: skip
         short = module.__name__.rsplit(".", 1)[1]
         for name, value in vars(module).items():
             if hasattr(value, "_inner") and getattr(value, "__module__", "") == module.__name__ and name != "barrier":

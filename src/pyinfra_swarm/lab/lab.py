@@ -210,7 +210,12 @@ def _host_routes() -> list[ipaddress.IPv4Network]:
 
 def _runtime_options(api: docker.APIClient, image: str, progress: Progress, privileged: str) -> dict[str, Any]:
     """--privileged where the engine grants it, else every capability it can grant (see LAB-FACTS)."""
-    common: dict[str, Any] = {"cgroupns": "private", "tmpfs": {"/run": "exec,mode=755", "/run/lock": ""}}
+    # A node that reboots (`systemctl reboot`: its systemd exits) is started again by Docker, as a machine would.
+    common: dict[str, Any] = {
+        "cgroupns": "private",
+        "tmpfs": {"/run": "exec,mode=755", "/run/lock": ""},
+        "restart_policy": {"Name": "unless-stopped"},
+    }
     if privileged == "always" or (privileged == "auto" and _privileged_works(api, image)):
         return {**common, "privileged": True}
     progress("this engine can't run --privileged containers: using explicit capabilities instead")

@@ -104,26 +104,78 @@ def turn(state: State, host: Host, node_id: str, managers: list[str], commands: 
          availability: str, drain_timeout: int | None, ready_timeout: int, key_file: str | None,
          why: str) -> None:  # fmt: skip
     """A node's turn (see `drained`)."""
+    take_turn(state, host, Turn(node_id, managers, availability, drain_timeout, ready_timeout, key_file, why),
+              lambda: _run_all(state, host, commands), rollback)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Turn:
+    """A node's turn: which node, the managers to ask, and how long to wait for what (see `drained`)."""
+
+    node_id: str
+    managers: list[str]
+    availability: str = "active"
+    drain_timeout: int | None = None
+    ready_timeout: int = 180
+    key_file: str | None = None
+    why: str = "engine maintenance"
+
+
+def take_turn(state: State, host: Host, spec: Turn, work: Callable[[], str | None],
+              rollback: list[str]) -> None:  # fmt: skip
+    """Drain the node, do `work` (which returns what failed, or None), bring the node back, give it back
+    its availability and wait for the services (see the module docstring). Raises OperationError when the
+    turn fails, and the later turns of the run don't start."""
     turns = _turns(state)
     if turns.failed:
         raise OperationError(f"not started: the turn of {turns.failed} failed before this one; this node is left as "
                              "it is")  # fmt: skip
+    node_id, managers, availability = spec.node_id, spec.managers, spec.availability
     try:
+        _check_quorum(state, host, node_id, managers)
         below = _services_below(state, host, managers)
-        logger.info(f"{host.print_prefix}its turn: {why}")
-        _drain(state, host, node_id, managers, availability, drain_timeout)
-        failed = _run_all(state, host, commands)
-        if failed is None and key_file:
-            _unlock_if_locked(state, host, key_file)
-        problem = failed or _unhealthy_after(state, host, node_id, managers, ready_timeout)
+        logger.info(f"{host.print_prefix}its turn: {spec.why}")
+        _drain(state, host, node_id, managers, availability, spec.drain_timeout)
+        failed = work()
+        if failed is None and spec.key_file:
+            _unlock_if_locked(state, host, spec.key_file)
+        problem = failed or _unhealthy_after(state, host, node_id, managers, spec.ready_timeout)
         if problem:
-            _undo(state, host, node_id, managers, availability, rollback, ready_timeout, problem)
+            _undo(state, host, node_id, managers, availability, rollback, spec.ready_timeout, problem)
         _give_back(state, host, node_id, managers, availability)
-        _wait_services(state, host, managers, ready_timeout, below)
+        _wait_services(state, host, managers, spec.ready_timeout, below)
     except OperationError:
         turns.failed = host.name
         raise
     logger.info(f"{host.print_prefix}node {node_id} is back: Ready, {availability}")
+
+
+def quorum_problem(statuses: list[tuple[str, str]], node_id: str) -> str:
+    """Why taking node `node_id` out now would cost the swarm its quorum ("" when it would not), from the
+    managers' (ID, manager status) pairs. With every manager reachable the turn goes on (a swarm of one or two
+    managers has no other way to restart them); with one already out, it goes on only while the rest keep a
+    majority."""
+    ids = [i for i, _ in statuses]
+    if node_id not in ids:
+        return ""
+    up = [i for i, status in statuses if status in ("Leader", "Reachable")]
+    majority = len(statuses) // 2 + 1
+    left = len(up) - (node_id in up)
+    if len(up) == len(statuses) or left >= majority:
+        return ""
+    return (f"only {len(up)} of {len(statuses)} managers are reachable: taking this one out would leave {left}, "
+            f"fewer than the {majority} that keep quorum. Bring the others back first")  # fmt: skip
+
+
+def _check_quorum(state: State, host: Host, node_id: str, managers: list[str]) -> None:
+    """Refuse a manager's turn that would lose quorum (see `quorum_problem`)."""
+    lines = _manager_run(state, host, managers,
+                         "docker node ls --filter role=manager --format '{{.ID}} {{.ManagerStatus}}'")  # fmt: skip
+    statuses = [(fields[0], fields[1] if len(fields) > 1 else "") for fields in (line.split() for line in lines)
+                if fields]  # fmt: skip
+    problem = quorum_problem(statuses, node_id)
+    if problem:
+        raise OperationError(f"not started: {problem}; nothing was done on this node")
 
 
 def _undo(state: State, host: Host, node_id: str, managers: list[str], availability: str, rollback: list[str],

@@ -148,11 +148,13 @@ def _build(state: State, build: bool = True) -> ClusterPlan:
         unlock_only=unlock_only,
         data_path_port=int(cluster.get("DataPathPort") or 0) or setting(first, "swarm_data_path_port"),
         nodes=nodes,
+        networks=next((seen.facts[m].get("networks") or [] for m in in_swarm if seen.facts[m].get("nodes")), []),
     )
     if plan.acting_manager is not None:  # what `swarm.node` reads on the acting manager: the list used
         remember(state, plan.acting_manager, {"nodes": (SwarmNodes, {})}, {"nodes": plan.nodes})
     plan.steps = {host: step_for(plan, host) for host in seen.reachable}
     checks.check_removals(plan)
+    checks.check_encrypted_overlay_engines(plan)
     plan.registry = managers.choose_registry(plan)
     if plan.registry is not None and plan.registry.host in removed:
         raise DeployError(f"registry_node {plan.registry.host.name} has swarm_state: absent: move the registry first")

@@ -4,6 +4,7 @@ warnings for what works but could hurt (clock skew, small MTU, an even number of
 from __future__ import annotations
 
 import ipaddress
+import re
 from typing import Any
 
 from pyinfra import logger
@@ -183,3 +184,90 @@ def check_unique_hostnames(hostnames: dict[Host, str]) -> None:
                 "named by hostname, give each a unique one"
             )
         seen[hostname] = host.name
+
+
+# moby#51798: these engines compute the IPsec SPIs of encrypted overlays unlike every other release (fixed in
+# 29.2.1 by going back to the old way, moby#51951), so no encrypted traffic passes between them and the others.
+SPI_CHANGED = ((29, 0, 0), (29, 2, 0))
+SPI_CHANGED_ALSO = ((28, 2, 2), (25, 0, 13), (25, 0, 14))
+SPI_ENGINES = "29.0.0 to 29.2.0, 28.2.2, 25.0.13 and 25.0.14"
+
+
+def engine_release(version: str | None) -> tuple[int, int, int] | None:
+    """(major, minor, patch) of an engine version or a package version pin (`5:29.1.3-1~debian.12~bookworm`,
+    `28.5.2+dfsg4-5`), None when it has none."""
+    match = re.match(r"(?:\d+:)?(\d+)\.(\d+)\.(\d+)", version or "")
+    return (int(match[1]), int(match[2]), int(match[3])) if match else None
+
+
+def changed_spi(release: tuple[int, int, int]) -> bool:
+    """Whether an engine release computes encrypted overlays' SPIs the moby#51798 way."""
+    return SPI_CHANGED[0] <= release <= SPI_CHANGED[1] or release in SPI_CHANGED_ALSO
+
+
+def installed_engine(installed: dict[str, str]) -> str | None:
+    """The version of the engine package installed, of those given as {package: version}."""
+    return next((installed[p] for p in ("docker-ce", "docker.io", "moby-engine") if p in installed), None)
+
+
+def engines_after(plan: ClusterPlan) -> tuple[dict[str, tuple[int, int, int]], dict[str, tuple[int, int, int]]]:
+    """The engine releases of the swarm's nodes now, and once this run is done (by node hostname, or
+    inventory name for a host to join): a pinned `docker_version` where the run installs it, else what runs
+    or is installed. Releases that can't be known (an unpinned engine yet to install) are left out."""
+    now = {n["hostname"]: r for n in plan.nodes if (r := engine_release(n["engine"])) is not None}
+    after = dict(now)
+    for target in plan.reachable:
+        if target not in plan.in_limit or target in plan.removed:
+            continue
+        entry = plan.node_of(target) if plan.is_member(target) else None
+        installed = plan.fact("packages", target)["packages"]
+        version = setting(target, "docker_version") or (None if entry else installed_engine(installed))
+        release = engine_release(version)
+        if release is not None:
+            after[entry["hostname"] if entry else plan.hostnames.get(target, target.name)] = release
+    return now, after
+
+
+def check_encrypted_overlay_engines(plan: ClusterPlan) -> None:
+    """Stop, before any change, a run (a rolling upgrade, a join) that would put engines on both sides of
+    moby#51798 in one swarm while it has encrypted overlay networks (the data's or the swarm's): traffic on
+    them between the two sides would stop. `swarm_allow_encrypted_mix` accepts that, with a warning."""
+    first = plan.hosts[0]
+    data = {name for name, spec in setting(first, "swarm_networks").items() if spec.get("encrypted")}
+    encrypted = sorted({n["name"] for n in plan.networks if n["encrypted"]} | data)
+    if not encrypted:
+        return
+    now, after = engines_after(plan)
+    moving = [
+        name
+        for name, release in after.items()
+        if now.get(name) is None or changed_spi(release) != changed_spi(now[name])
+    ]
+    sides = {changed_spi(release) for release in [*now.values(), *after.values()]}
+    if len(sides) < 2 or not moving:
+        return
+
+    side = changed_spi(after[moving[0]])
+    meeting = {name: release for name, release in now.items() if changed_spi(release) != side}
+    meeting |= {name: release for name, release in after.items() if changed_spi(release) != side}
+    problem = (
+        f"this run would have {_on({n: after[n] for n in moving if changed_spi(after[n]) == side})} beside "
+        f"{_on(meeting)} in one swarm (for a rolling upgrade: until its last node), while encrypted overlay networks "
+        f"exist ({', '.join(encrypted)}); encrypted traffic does not pass between the two (moby#51798: {SPI_ENGINES} "
+        "compute IPsec SPIs unlike every other release)"
+    )
+    if setting(first, "swarm_allow_encrypted_mix"):
+        logger.warning(f"swarm_allow_encrypted_mix: {problem}")
+        return
+    raise DeployError(
+        f"{problem}. Pick engine versions on one side (29.2.1 and later work with 28.x and older, except 28.2.2), or "
+        "set swarm_allow_encrypted_mix: true to accept the cut for the length of the rolling upgrade"
+    )
+
+
+def _on(releases: dict[str, tuple[int, int, int]]) -> str:
+    """Nodes and their engine releases, in words: "m1, w1 on 28.5.2 and w2 on 29.1.3"."""
+    by_release: dict[tuple[int, int, int], list[str]] = {}
+    for name, release in sorted(releases.items()):
+        by_release.setdefault(release, []).append(name)
+    return " and ".join(f"{', '.join(names)} on {'.'.join(map(str, r))}" for r, names in sorted(by_release.items()))

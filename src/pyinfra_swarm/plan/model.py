@@ -58,6 +58,7 @@ class ClusterPlan:
     unlock_only: bool = False  # every manager reached is locked (autolock): this run unlocks them, nothing else
     data_path_port: int = 4789  # the VXLAN port the swarm uses (or will use, once initialised)
     nodes: list[dict[str, Any]] = field(default_factory=list)  # the primary's node list
+    networks: list[dict[str, Any]] = field(default_factory=list)  # the primary's overlay networks (name, encrypted)
     steps: dict[Host, Step] = field(default_factory=dict)  # membership step of each reachable host (step_for)
     registry: Registry | None = None
     run: RunStore = field(default_factory=RunStore)

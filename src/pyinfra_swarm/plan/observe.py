@@ -28,6 +28,7 @@ from pyinfra_swarm.facts import (
     ImageContexts,
     InterfaceMtus,
     KernelFeatures,
+    OverlayNetworks,
     Pingable,
     RegistryLogins,
     ServiceStates,
@@ -73,9 +74,9 @@ FIREWALL_FACTS: dict[str, Spec] = {
     "ufw": {"ufw": (UfwState, {})},
     "firewalld": {"firewalld_zone": (FirewalldZone, {"zone": FIREWALLD_ZONE, "ipsets": FIREWALLD_NAMES})},
 }
-# The manager expected to act for the cluster also lists the swarm's nodes in the same command (nothing when
-# it isn't in one); only that list is used.
-MANAGER_FACTS: Spec = {"nodes": (SwarmNodes, {})}
+# The manager expected to act for the cluster also lists the swarm's nodes and overlay networks in the same
+# command (nothing when it isn't in one); only its lists are used.
+MANAGER_FACTS: Spec = {"nodes": (SwarmNodes, {}), "networks": (OverlayNetworks, {})}
 # The facts that depend on the plan (`planned_facts`); NAME:... ones come one per image or stack.
 PLANNED = ("registry_ca", "registry_image", "users", "archive_images", "built_image", "stack_file", "stack_services",
            "swarm_stacks", "swarm_objects", "registry_logins", "ping_acting")  # fmt: skip
