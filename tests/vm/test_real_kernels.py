@@ -253,15 +253,29 @@ def booted(lab: Lab, node: str) -> str | None:
     return result.stdout.strip() if result.returncode == 0 else None
 
 
-def test_real_reboots_of_a_worker_and_a_manager(vm_lab: Lab, templates: Path):
+def test_real_reboots_of_a_worker_and_the_manager_through_patch_py(vm_lab: Lab, templates: Path):
+    """`patch.py` with `patch_reboot: always`, limited to worker2 and manager1: each drained, rebooted for real
+    (a new boot ID), its firewall in force before Docker started, back in the swarm before the next one."""
     lab = vm_lab
+    before = {node: booted(lab, node) for node in ("worker1", "worker2", "manager1")}
+    data = encrypted_data(templates)
+    data["all"]["patch_reboot"] = "always"
+    started = time.monotonic()
+    patched = lab.deploy("--limit", "worker2", "--limit", "manager1", group_data=data, file="patch.py")
+    assert patched.returncode == 0, patched
+    print(
+        f"\n[figures] patch.py rebooted manager1 and worker2 in turn in {time.monotonic() - started:.0f} s: "
+        + "; ".join(line.strip() for line in patched.output.splitlines() if "out of service" in line)
+    )
+    turns = [line.split("]")[0].strip(" [") for line in patched.output.splitlines() if "its turn:" in line]
+    assert turns == ["manager1", "worker2"], turns
+    assert booted(lab, "worker1") == before["worker1"]  # outside the limit
     for node in ("worker2", "manager1"):
-        before = booted(lab, node)
-        lab.ssh(node, "systemctl reboot")
-        started = time.monotonic()
-        wait_for(f"{node} to boot again", lambda n=node, b=before: booted(lab, n) not in (None, b), timeout=300)
-        print(f"\n[figures] {node} rebooted and answered SSH in {time.monotonic() - started:.0f} s")
-        # The firewall's rules were in force before Docker started.
+        assert booted(lab, node) not in (None, before[node]), node
+        [summary] = [line for line in patched.output.splitlines() if line.strip().startswith(f"{node}: ")
+                     and "out of service" in line]  # fmt: skip
+        assert "rebooted (patch_reboot: always)" in summary, summary
+        # The firewall's rules were in force before Docker started (patch.py checked it too).
         firewall, docker = (
             int(lab.sh(node, f"systemctl show -P {prop} {unit}"))
             for prop, unit in (("ActiveEnterTimestampMonotonic", "pyinfra-swarm-firewall"),
@@ -269,8 +283,8 @@ def test_real_reboots_of_a_worker_and_a_manager(vm_lab: Lab, templates: Path):
         )  # fmt: skip
         assert 0 < firewall < docker, (firewall, docker)
         assert "-j REJECT" in lab.sh(node, "iptables -S PYINFRA-SWARM")
-        wait_for(f"{node} Ready in the swarm", lambda: {n["state"] for n in nodes(lab).values()} == {"ready"},
-                 timeout=300)  # fmt: skip
+    swarm = nodes(lab)
+    assert {(n["state"], n["availability"]) for n in swarm.values()} == {("ready", "active")}
     for node in lab.nodes:
         wait_for(f"{node['node']}:8080 answers", lambda n=node: get(n["address"], 8080), timeout=300)
     wait_for("every service back at its replicas", lambda: converged(lab), timeout=300)
