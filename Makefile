@@ -9,6 +9,9 @@ WORKERS ?= 3
 export PYINFRA_SWARM_LAB := $(LAB)
 
 ANSIBLE_VENV := benchmarks/.venv-ansible
+# Ansible 14 runs on Python 3.12 or newer: the first that runs (pyenv's versions too; its shims may not run).
+ANSIBLE_PYTHON ?= $(shell for p in python3.14 python3.13 python3.12 $(HOME)/.pyenv/versions/3.1[2-9]*/bin/python; do \
+	"$$p" -c 'import sys; assert sys.version_info >= (3, 12)' 2>/dev/null && { echo "$$p"; break; }; done)
 
 .PHONY: demo test test-vm unit lint engine lab-up lab-down lab-status bench bench-compare bench-scale clean vagrant-up vagrant-deploy vagrant-down
 
@@ -48,9 +51,11 @@ lab-status: $(STAMP)
 bench: $(STAMP) engine ## print the lab and deploy figures
 	$(BIN)/python benchmarks/bench.py
 
-bench-compare: $(STAMP) engine ## pyinfra-swarm and Ansible side by side (SIZES=1+3,1+11): table, JSON, chart
-	@[ -x $(ANSIBLE_VENV)/bin/ansible-playbook ] || { python3 -m venv $(ANSIBLE_VENV) && \
-		$(ANSIBLE_VENV)/bin/pip install -q 'ansible~=12.3'; }
+bench-compare: $(STAMP) engine ## pyinfra-swarm and Ansible 14 side by side (SIZES=1+3,1+11): table, JSON, chart
+	@[ -n "$(ANSIBLE_PYTHON)" ] || { echo "Ansible 14 (ansible-core 2.21) needs Python 3.12 or newer, and none was found: set ANSIBLE_PYTHON" >&2; exit 1; }
+	@$(ANSIBLE_VENV)/bin/python -c 'import ansible.release as r; assert r.__version__.startswith("2.21")' 2>/dev/null || \
+		{ rm -rf $(ANSIBLE_VENV) && $(ANSIBLE_PYTHON) -m venv $(ANSIBLE_VENV) && \
+		$(ANSIBLE_VENV)/bin/pip install -q 'ansible~=14.5'; }
 	@$(BIN)/python -c 'import matplotlib' 2>/dev/null || $(BIN)/pip install -q 'matplotlib~=3.9'
 	$(BIN)/python benchmarks/compare.py $(if $(SIZES),--sizes $(SIZES))
 

@@ -254,6 +254,27 @@ def chart(rows: list[dict], path: Path, subtitle: str) -> None:
     figure.savefig(path, dpi=100)
 
 
+def tool_versions() -> dict[str, str]:
+    """The versions of ansible, ansible-core and community.docker in the benchmark's Ansible venv."""
+    venv = ANSIBLE.parent
+    pip = subprocess.run([str(venv / "pip"), "list", "--format", "json"], capture_output=True, text=True).stdout
+    packages = {p["name"]: p["version"] for p in json.loads(pip or "[]")}
+    listed = subprocess.run([str(venv / "ansible-galaxy"), "collection", "list", "community.docker"],
+                            capture_output=True, text=True).stdout  # fmt: skip
+    docker = next((line.split()[1] for line in listed.splitlines() if line.startswith("community.docker ")), "?")
+    return {"ansible": packages.get("ansible", "?"), "ansible-core": packages.get("ansible-core", "?"),
+            "community.docker": docker}  # fmt: skip
+
+
+def our_version() -> str:
+    """pyinfra's version beside this checkout's commit."""
+    pip = subprocess.run([str(BIN / "pip"), "show", "pyinfra"], capture_output=True, text=True).stdout
+    pyinfra = next((line.split()[1] for line in pip.splitlines() if line.startswith("Version:")), "?")
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()  # fmt: skip
+    return f"{commit} (pyinfra {pyinfra})"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="1+3,1+11", help="MANAGERS+WORKERS, comma-separated (%(default)s)")
@@ -265,9 +286,9 @@ def main() -> None:
         raise SystemExit(f"{ANSIBLE} is missing: `make bench-compare` installs Ansible into a venv of its own")
     stamp = time.strftime("%Y-%m-%d %H:%M")
     machine = f"{platform.node()}: {os.cpu_count()} cores, {platform.system()} {platform.release()}"
-    version = subprocess.run([str(ANSIBLE), "--version"], capture_output=True, text=True).stdout.splitlines()
+    versions = tool_versions() if THEIRS in tools else {}
     print(f"{stamp}, {machine}")
-    print(f"Ansible: {version[0] if version else 'not used'}, community.docker; forks = the node count, "
+    print(f"Ansible: {', '.join(f'{k} {v}' for k, v in versions.items()) or 'not used'}; forks = the node count, "
           "pipelining on, SSH ControlPersist (Ansible's default), facts gathered once per run (the labels need "
           "hostnames)")  # fmt: skip
     print("pyinfra-swarm: deploy.py with registry, images, stacks and firewall off; both: docker.io, daemon.json, "
@@ -282,7 +303,8 @@ def main() -> None:
     print(table(rows))
     RESULTS.mkdir(exist_ok=True)
     name = time.strftime("compare-%Y%m%d-%H%M%S")
-    (RESULTS / f"{name}.json").write_text(json.dumps({"date": stamp, "machine": machine, "rows": rows}, indent=1))
+    record = {"date": stamp, "machine": machine, "versions": {**versions, OURS: our_version()}, "rows": rows}
+    (RESULTS / f"{name}.json").write_text(json.dumps(record, indent=1))
     chart(rows, RESULTS / f"{name}.png", f"{stamp}, {machine}")
     print(f"\nwritten: {RESULTS / name}.json and .png")
 
