@@ -44,6 +44,7 @@ from cryptography import x509
 from pyinfra.api import Config, Host, State, StringCommand
 
 from pyinfra_swarm import lock as cluster_lock
+from pyinfra_swarm.engines import SPI_ENGINES, changed_spi, engine_release
 from pyinfra_swarm.facts import EngineState, EngineVersions, node_entry, parse_replicas
 from pyinfra_swarm.lock import EXPIRY, INSPECT, holder_of
 from pyinfra_swarm.operations.callbacks import first_answer
@@ -228,18 +229,21 @@ def _versions(engine: dict[str, Any] | None) -> dict[str, Any]:
 
 def _mixed_generations(nodes: list[dict[str, Any]]) -> list[str]:
     """A warning when the nodes run engines of different major versions (an upgrade under way, or hosts set up
-    apart); Docker 29 beside older engines passes no traffic on encrypted overlays (moby#51798)."""
+    apart), naming those whose encrypted overlay traffic can't reach each other (moby#51798)."""
     majors: dict[str, list[str]] = {}
     for node in nodes:
         major = str(node["engine"] or "?").split(".")[0]
         majors.setdefault(major, []).append(node["hostname"])
-    if len(majors) < 2:
-        return []
-    listing = "; ".join(f"{major}.x: {', '.join(sorted(names))}" for major, names in sorted(majors.items()))
-    known = sorted(m for m in majors if m.isdigit())
-    encrypted = (" Docker 29 beside older engines passes no traffic on encrypted overlays (moby#51798)."
-                 if known and int(known[-1]) >= 29 and int(known[0]) < 29 else "")  # fmt: skip
-    return [f"engines of different generations ({listing}): finish the upgrade (docker_version).{encrypted}"]
+    releases = {n["hostname"]: r for n in nodes if (r := engine_release(n["engine"])) is not None}
+    changed = sorted(name for name, release in releases.items() if changed_spi(release))
+    warnings = []
+    if len(majors) > 1:
+        listing = "; ".join(f"{major}.x: {', '.join(sorted(names))}" for major, names in sorted(majors.items()))
+        warnings.append(f"engines of different generations ({listing}): finish the upgrade (docker_version)")
+    if changed and len(changed) < len(releases):
+        warnings.append(f"no encrypted overlay traffic passes between {', '.join(changed)} and the other nodes: their "
+                        f"engines ({SPI_ENGINES}) compute IPsec SPIs unlike the others' (moby#51798)")  # fmt: skip
+    return warnings
 
 
 def _judge_day2(nodes: list, lock: dict | None, wanted: dict[str, str], problems: list[str],
@@ -346,12 +350,12 @@ def render(status: dict[str, Any], colour: bool) -> str:
 
     lines = [f"swarm status (through {status['through']}): "
              + (paint("healthy", "32") if status["healthy"] else paint("PROBLEMS", "31"))]  # fmt: skip
-    node_rows = [["NODE", "HOST", "ROLE", "MANAGER", "AVAILABILITY", "STATE", "ENGINE", "LABELS"]]
+    node_rows = [["NODE", "HOST", "ROLE", "MANAGER", "AVAILABILITY", "STATE", "ENGINE", "API", "FIREWALL", "LABELS"]]
     for n in status["nodes"]:
         manager = "leader" if n["leader"] else (n["reachability"] or "")
         labels = ",".join(f"{k}={v}" for k, v in sorted(n["labels"].items()) if not k.startswith("pyinfra-swarm."))
         node_rows.append([n["hostname"], n["inventory_host"] or "-", n["role"], manager, n["availability"], n["state"],
-                          n["engine"], labels or "-"])  # fmt: skip
+                          n["engine"], n["api"] or "-", n["firewall_backend"] or "-", labels or "-"])  # fmt: skip
     q = status["quorum"]
     lines += ["", "nodes", *table(node_rows), "",
               f"quorum: {q['reachable']}/{q['managers']} managers reachable, {q['needed']} needed, "

@@ -10,7 +10,7 @@ import pytest
 from pyinfra.api.exceptions import PyinfraError
 
 from pyinfra_swarm.deploys.swarm import join_swarm
-from pyinfra_swarm.plan.checks import changed_spi, engine_release
+from pyinfra_swarm.engines import changed_spi, engine_release
 from tests.unit.fakes import host, plan
 from tests.unit.test_removal import _address, _listing
 from tests.unit.test_swarm import swarm

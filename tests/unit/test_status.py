@@ -187,5 +187,11 @@ def test_engine_versions_per_node_and_mixed_generations_flagged():
     assert status["nodes"][0]["api"] is None  # its host did not report
     assert status["healthy"] and status["warnings"] == [
         "engines of different generations (20.x: lab-m1, lab-m2, lab-m3; 29.x: lab-w1, lab-w2): finish the upgrade "
-        "(docker_version). Docker 29 beside older engines passes no traffic on encrypted overlays (moby#51798)."
+        "(docker_version)",
+        "no encrypted overlay traffic passes between lab-w1, lab-w2 and the other nodes: their engines (29.0.0 to "
+        "29.2.0, 28.2.2, 25.0.13 and 25.0.14) compute IPsec SPIs unlike the others' (moby#51798)",
     ]
+    for node in nodes[3:]:
+        node["Description"]["Engine"]["EngineVersion"] = "29.3.0"  # fixed: on the side of the older engines
+    status = report(state, state.inventory.get_host("m1"), _output(nodes), NOW, engines)
+    assert status["warnings"] == [status["warnings"][0]] and "moby#51798" not in status["warnings"][0]

@@ -4,7 +4,6 @@ warnings for what works but could hurt (clock skew, small MTU, an even number of
 from __future__ import annotations
 
 import ipaddress
-import re
 from typing import Any
 
 from pyinfra import logger
@@ -12,6 +11,7 @@ from pyinfra.api import Host
 from pyinfra.api.exceptions import DeployError
 
 from pyinfra_swarm import pki
+from pyinfra_swarm.engines import SPI_ENGINES, Release, changed_spi, engine_release, shown
 from pyinfra_swarm.layout import ca_path
 from pyinfra_swarm.lock import PKI_RECORD, record_pki
 from pyinfra_swarm.plan.model import ClusterPlan
@@ -186,31 +186,12 @@ def check_unique_hostnames(hostnames: dict[Host, str]) -> None:
         seen[hostname] = host.name
 
 
-# moby#51798: these engines compute the IPsec SPIs of encrypted overlays unlike every other release (fixed in
-# 29.2.1 by going back to the old way, moby#51951), so no encrypted traffic passes between them and the others.
-SPI_CHANGED = ((29, 0, 0), (29, 2, 0))
-SPI_CHANGED_ALSO = ((28, 2, 2), (25, 0, 13), (25, 0, 14))
-SPI_ENGINES = "29.0.0 to 29.2.0, 28.2.2, 25.0.13 and 25.0.14"
-
-
-def engine_release(version: str | None) -> tuple[int, int, int] | None:
-    """(major, minor, patch) of an engine version or a package version pin (`5:29.1.3-1~debian.12~bookworm`,
-    `28.5.2+dfsg4-5`), None when it has none."""
-    match = re.match(r"(?:\d+:)?(\d+)\.(\d+)\.(\d+)", version or "")
-    return (int(match[1]), int(match[2]), int(match[3])) if match else None
-
-
-def changed_spi(release: tuple[int, int, int]) -> bool:
-    """Whether an engine release computes encrypted overlays' SPIs the moby#51798 way."""
-    return SPI_CHANGED[0] <= release <= SPI_CHANGED[1] or release in SPI_CHANGED_ALSO
-
-
 def installed_engine(installed: dict[str, str]) -> str | None:
     """The version of the engine package installed, of those given as {package: version}."""
     return next((installed[p] for p in ("docker-ce", "docker.io", "moby-engine") if p in installed), None)
 
 
-def engines_after(plan: ClusterPlan) -> tuple[dict[str, tuple[int, int, int]], dict[str, tuple[int, int, int]]]:
+def engines_after(plan: ClusterPlan) -> tuple[dict[str, Release], dict[str, Release]]:
     """The engine releases of the swarm's nodes now, and once this run is done (by node hostname, or
     inventory name for a host to join): a pinned `docker_version` where the run installs it, else what runs
     or is installed. Releases that can't be known (an unpinned engine yet to install) are left out."""
@@ -265,9 +246,9 @@ def check_encrypted_overlay_engines(plan: ClusterPlan) -> None:
     )
 
 
-def _on(releases: dict[str, tuple[int, int, int]]) -> str:
+def _on(releases: dict[str, Release]) -> str:
     """Nodes and their engine releases, in words: "m1, w1 on 28.5.2 and w2 on 29.1.3"."""
-    by_release: dict[tuple[int, int, int], list[str]] = {}
+    by_release: dict[Release, list[str]] = {}
     for name, release in sorted(releases.items()):
         by_release.setdefault(release, []).append(name)
-    return " and ".join(f"{', '.join(names)} on {'.'.join(map(str, r))}" for r, names in sorted(by_release.items()))
+    return " and ".join(f"{', '.join(names)} on {shown(r)}" for r, names in sorted(by_release.items()))
