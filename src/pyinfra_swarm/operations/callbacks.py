@@ -1,11 +1,13 @@
 """Callbacks (pyinfra's FunctionCommand) that fail the way an operation's command does: an expected failure
-(OperationError) is printed as one line on its host, with no traceback, and fails the operation there."""
+(OperationError) is printed as one line on its host, with no traceback, and fails the operation there; what
+callbacks of one run share (`PerRun`); the first manager that answers (`first_answer`)."""
 
 from __future__ import annotations
 
 import functools
+import weakref
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from pyinfra import logger
 from pyinfra.api import Host, State
@@ -47,3 +49,16 @@ def first_answer(hosts: list[Host], ask: Callable[[Host], T], connect: bool = Fa
         except LookupError as exc:
             problems.append(f"{target.name}: {exc}")
     raise LookupError("; ".join(problems or ["there are none"]))
+
+
+class PerRun(Generic[T]):
+    """What the callbacks of one run (pyinfra's State) share, made by `factory` on first use: `store(state)`."""
+
+    def __init__(self, factory: Callable[[], T]) -> None:
+        self._factory = factory
+        self._values: weakref.WeakKeyDictionary[State, T] = weakref.WeakKeyDictionary()
+
+    def __call__(self, state: State) -> T:
+        if state not in self._values:
+            self._values[state] = self._factory()
+        return self._values[state]

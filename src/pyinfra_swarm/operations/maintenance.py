@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import shlex
 import time
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -26,7 +25,7 @@ from pyinfra.api.exceptions import OperationError
 
 from pyinfra_swarm import controller
 from pyinfra_swarm.facts import parse_replicas
-from pyinfra_swarm.operations.callbacks import expected_failures, first_answer
+from pyinfra_swarm.operations.callbacks import PerRun, expected_failures, first_answer
 from pyinfra_swarm.operations.credentials import unlock_locked
 from pyinfra_swarm.operations.swarm import DRAINED_LABEL, RESTORE_LABEL, connector_args
 
@@ -45,11 +44,7 @@ class _Turns:
     below: dict[str, set[str]] = field(default_factory=dict)
 
 
-_RUNS: weakref.WeakKeyDictionary[State, _Turns] = weakref.WeakKeyDictionary()
-
-
-def _turns(state: State) -> _Turns:
-    return _RUNS.setdefault(state, _Turns())
+_turns = PerRun(_Turns)
 
 
 @operation(is_idempotent=False)

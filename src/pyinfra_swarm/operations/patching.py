@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import shlex
 import time
-import weakref
 from dataclasses import dataclass, field
 
 import gevent
@@ -20,7 +19,7 @@ from pyinfra.api.exceptions import OperationError
 from pyinfra.connectors.util import clear_askpass_cache, remove_any_sudo_askpass_file
 
 from pyinfra_swarm.facts import REBOOT_REASONS, dnf_excludes, engine_pins
-from pyinfra_swarm.operations.callbacks import expected_failures
+from pyinfra_swarm.operations.callbacks import PerRun, expected_failures
 from pyinfra_swarm.operations.maintenance import Turn, take_turn
 from pyinfra_swarm.operations.swarm import connector_args
 
@@ -65,17 +64,16 @@ class Outcome:
 
 @dataclass
 class _Run:
+    """What the patching turns of one run share: each node's outcome, the nodes left alone and why, how many
+    turns started (the pause comes before each but the first) and whether the summary was printed."""
+
     outcomes: dict[str, Outcome] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
     turns: int = 0
     reported: bool = False
 
 
-_RUNS: weakref.WeakKeyDictionary[State, _Run] = weakref.WeakKeyDictionary()
-
-
-def _run_of(state: State) -> _Run:
-    return _RUNS.setdefault(state, _Run())
+_run_of = PerRun(_Run)
 
 
 @operation(is_idempotent=False)

@@ -19,7 +19,6 @@ import base64
 import json
 import shlex
 import time
-import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,7 +43,7 @@ from pyinfra_swarm.facts import (
     read,
     sha256_text,
 )
-from pyinfra_swarm.operations.callbacks import expected_failures, first_answer
+from pyinfra_swarm.operations.callbacks import PerRun, expected_failures, first_answer
 from pyinfra_swarm.operations.private import write_command
 
 SWARM_PORT = 2377
@@ -550,14 +549,14 @@ class _Joins:
     info: dict[str, tuple[str, list[str]]] = field(default_factory=dict)
 
 
-_JOINS: weakref.WeakKeyDictionary[State, _Joins] = weakref.WeakKeyDictionary()
+_joins = PerRun(_Joins)
 
 
 def join_info(state: State, role: str, managers: dict[str, str]) -> tuple[str, list[str]]:
     """(token, manager addresses to join through) for `role`, read once per run from the first manager that
     answers: every joining host shares it, so a manager never gets more concurrent SSH sessions than sshd
     allows (MaxSessions)."""
-    joins = _JOINS.setdefault(state, _Joins())
+    joins = _joins(state)
     with joins.lock:
         if role not in joins.info:
             joins.info[role] = _fetch_join_info(state, role, managers)
@@ -702,7 +701,7 @@ class _Deploys:
     before: dict[tuple[str, str], dict[str, tuple[str, Any]]] = field(default_factory=dict)
 
 
-_DEPLOYS: weakref.WeakKeyDictionary[State, _Deploys] = weakref.WeakKeyDictionary()
+_deploys = PerRun(_Deploys)
 
 
 def _specs(state: State, host: Host, stack: str) -> dict[str, tuple[str, Any]]:
@@ -724,7 +723,7 @@ def _specs(state: State, host: Host, stack: str) -> dict[str, tuple[str, Any]]:
 
 @expected_failures
 def _before_deploy(state: State, host: Host, stack: str) -> None:
-    _DEPLOYS.setdefault(state, _Deploys()).before[host.name, stack] = _specs(state, host, stack)
+    _deploys(state).before[host.name, stack] = _specs(state, host, stack)
 
 
 @expected_failures
@@ -733,7 +732,7 @@ def converge(state: State, host: Host, stack: str, timeout: int, on_failure: str
     update is under way, seen twice in a row; fail with the tasks' errors after `timeout` seconds, or at once
     when an update that this deploy started paused or rolled back, having rolled back (`on_failure`) the
     services this deploy changed, and removed the staged file."""
-    before = _DEPLOYS.setdefault(state, _Deploys()).before.get((host.name, stack), {})
+    before = _deploys(state).before.get((host.name, stack), {})
     try:
         _wait_converged(state, host, stack, timeout, before)
     except OperationError as error:
