@@ -3,6 +3,7 @@ quorum rule of every drained turn; the fact that says what a node would upgrade;
 
 from __future__ import annotations
 
+import json
 import logging
 
 import pytest
@@ -11,8 +12,10 @@ from pyinfra_swarm.deploys.patch import patch_nodes
 from pyinfra_swarm.facts import PendingPatches
 from pyinfra_swarm.operations.maintenance import quorum_problem
 from pyinfra_swarm.operations.patching import Outcome, summary_lines, upgrade_command
-from tests.unit.fakes import plan
-from tests.unit.test_removal import _cluster
+from pyinfra_swarm.operations.swarm import DRAINED_LABEL, RESTORE_LABEL
+from tests.unit.fakes import host, plan
+from tests.unit.test_removal import _address, _cluster, _listing
+from tests.unit.test_swarm import swarm
 
 PENDING = "Dir::Etc::Preferences"  # a piece of PendingPatches' command: the fake hosts answer it
 TURN = "Patch the OS, one node at a time | Patch the OS and reboot if needed"
@@ -115,3 +118,18 @@ def test_the_summary_names_each_node_what_it_did_and_how_long_it_was_out():
         "    w2: FAILED after 30 s: its firewall was not active before Docker started",
         "    m1: up to date, no reboot needed",
     ]
+
+
+def test_a_node_left_drained_takes_a_turn_and_gets_its_availability_back_only_through_it():
+    listing = json.loads(_listing(1, 2))
+    listing[1]["Spec"].update(Availability="drain", Labels={DRAINED_LABEL: "ci since T", RESTORE_LABEL: "active"})
+    nothing = {"extra": {PENDING: ["manager=apt"]}, "docker_running": True, "packages": {"docker.io": "20.10.24"}}
+    managers = [host("m1", _address("m1"), swarm=swarm("M1", True), nodes=json.dumps(listing), **nothing)]
+    workers = [host(name, _address(name), swarm=swarm(name.upper(), False), **nothing) for name in ("w1", "w2")]
+    planned = plan([patch_nodes], managers, workers)
+    turn = _turn(planned["w1"])
+    assert "availability='active'" in turn and (
+        "why='left drained by an unfinished run: checked before it gets its availability back, then reboot if the "
+        "upgrade asks for one'" in turn
+    )
+    assert planned["m1"] == [] and planned["w2"] == []

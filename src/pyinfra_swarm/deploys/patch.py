@@ -12,13 +12,14 @@ from gevent.lock import BoundedSemaphore
 from pyinfra import host, logger, state
 from pyinfra.api import Host, State
 
-from pyinfra_swarm.deploys.engine import give_back_drained, turn_args
+from pyinfra_swarm.deploys.engine import turn_args
 from pyinfra_swarm.deploys.firewall import resolve_backend
 from pyinfra_swarm.deploys.step import step
 from pyinfra_swarm.facts import PendingPatches, Spec, read
 from pyinfra_swarm.layout import ENGINE_PACKAGES
 from pyinfra_swarm.operations import patching
 from pyinfra_swarm.operations.firewall import UNIT
+from pyinfra_swarm.operations.swarm import DRAINED_LABEL
 from pyinfra_swarm.plan import ClusterPlan
 from pyinfra_swarm.plan.observe import gather
 from pyinfra_swarm.settings import is_manager, setting
@@ -58,7 +59,9 @@ def firewall_unit(plan: ClusterPlan, this: Host) -> str | None:
 
 @step("Patch the OS, one node at a time", runs_on="every host", build=False)
 def patch_nodes(plan: ClusterPlan, this: Host) -> None:
-    """The node's turn when it has packages to upgrade or a reboot to do (`patch_reboot`)."""
+    """The node's turn when it has packages to upgrade or a reboot to do (`patch_reboot`), or when an
+    unfinished turn left it drained: it gets its availability back in a turn, once it is healthy and its
+    firewall in force (deploy.py gives such nodes back at once)."""
     if this not in plan.in_limit or this not in plan.reachable:
         return
     member = turn_args(plan, this)
@@ -79,6 +82,7 @@ def patch_nodes(plan: ClusterPlan, this: Host) -> None:
         "reboot_timeout": setting(this, "patch_reboot_timeout"),
         "pause": setting(this, "patch_pause"),
         "ready_timeout": max(180, setting(this, "patch_reboot_timeout")),
+        "left_drained": DRAINED_LABEL in (plan.node_of(this) or {}).get("labels", {}),
         **member,
     }
     # pyinfra runs a serial operation host by host and orders operations by where they are called: managers
@@ -87,11 +91,12 @@ def patch_nodes(plan: ClusterPlan, this: Host) -> None:
         patching.patched(name="Patch the OS and reboot if needed (managers, one at a time)", **arguments)
     else:
         patching.patched(name="Patch the OS and reboot if needed (workers, one at a time)", **arguments)
-    if patching.has_turn(arguments["upgrades"], arguments["reboot"], arguments["reboot_reasons"]):
+    if patching.has_turn(
+        arguments["upgrades"], arguments["reboot"], arguments["reboot_reasons"], arguments["left_drained"]
+    ):
         patching.summary(name="Summary of the patching")
 
 
 def patch_cluster() -> None:
-    """`patch.py`: nodes left drained by an unfinished run given back, then each node's patching turn."""
-    give_back_drained()
+    """`patch.py`: each node's patching turn (see `patch_nodes`)."""
     patch_nodes()

@@ -92,9 +92,10 @@ def patched(
     reboot_timeout: int = 600,
     key_file: str | None = None,
     pause: int = 0,
+    left_drained: bool = False,
 ):
     """Upgrade this host's packages in its node's turn, and reboot it when needed; nothing when it has no
-    upgrade and needs no reboot.
+    upgrade, needs no reboot and was not left drained.
 
     + node_id: this host's swarm node ID
     + managers: inventory names of the managers to run `docker node` commands on (the first that answers)
@@ -108,6 +109,8 @@ def patched(
     + drain_timeout, ready_timeout, key_file: as for `maintenance.drained`
     + reboot_timeout: seconds to wait for the node to answer SSH again after a reboot
     + pause: seconds to wait before each node's turn after the first
+    + left_drained: an unfinished turn left the node drained: it takes a turn (with whatever else it has to
+      do), so that it gets its availability back only once it is healthy and its firewall in force
 
     Use `_serial=True`: one node at a time, and after a turn that fails the others don't start.
 
@@ -120,25 +123,27 @@ def patched(
     """
     if reboot not in REBOOT_CHOICES:
         raise OperationError(f"reboot must be one of {', '.join(REBOOT_CHOICES)}, not {reboot!r}")
-    if not has_turn(upgrades, reboot, reboot_reasons):
+    if not has_turn(upgrades, reboot, reboot_reasons, left_drained):
         _run_of(state).skipped[host.name] = "up to date, no reboot needed"
         host.noop("up to date, and no reboot needed")
         return
-    why = _why(upgrades, reboot, reboot_reasons)
+    why = _why(upgrades, reboot, reboot_reasons, left_drained)
     spec = Turn(node_id, managers, availability, drain_timeout, ready_timeout, key_file, why)
     command = upgrade_command(package_manager, engine_packages or []) if upgrades else None
     yield FunctionCommand(_turn, (spec, len(upgrades), reboot, command, firewall_unit, reboot_timeout, pause), {})
 
 
-def has_turn(upgrades: list[str], reboot: str, reboot_reasons: list[str]) -> bool:
-    """Whether `patched` takes the node's turn: something to upgrade, or a reboot to do."""
-    return bool(upgrades) or reboot == "always" or (reboot == "if-required" and bool(reboot_reasons))
+def has_turn(upgrades: list[str], reboot: str, reboot_reasons: list[str], left_drained: bool = False) -> bool:
+    """Whether `patched` takes the node's turn: something to upgrade, a reboot to do, or a node left drained."""
+    return (bool(upgrades) or reboot == "always" or (reboot == "if-required" and bool(reboot_reasons))
+            or left_drained)  # fmt: skip
 
 
-def _why(upgrades: list[str], reboot: str, reasons: list[str]) -> str:
-    """The turn's purpose in words: what it upgrades, and whether it reboots."""
+def _why(upgrades: list[str], reboot: str, reasons: list[str], left_drained: bool) -> str:
+    """The turn's purpose in words: what it upgrades, whether it reboots, a node left drained checked."""
     shown = ", ".join(upgrades[:5]) + (f" and {len(upgrades) - 5} more" if len(upgrades) > 5 else "")
-    parts = [f"upgrade {len(upgrades)} package(s) ({shown})"] if upgrades else []
+    parts = ["left drained by an unfinished run: checked before it gets its availability back"] if left_drained else []
+    parts += [f"upgrade {len(upgrades)} package(s) ({shown})"] if upgrades else []
     if reboot == "always":
         parts.append("reboot (patch_reboot: always)")
     elif reboot == "if-required" and reasons:
