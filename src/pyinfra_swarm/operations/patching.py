@@ -175,13 +175,15 @@ def _turn(state: State, host: Host, spec: Turn, upgrades: int, reboot: str, comm
                 lines = output.stderr.strip().splitlines() or output.stdout.strip().splitlines() or ["no output"]
                 return f"the upgrade failed: {' / '.join(lines[-3:])}"
             outcome.upgraded = upgrades
-        reasons = ["patch_reboot: always"] if reboot == "always" else _reboot_reasons(host, args)
-        if reasons and reboot != "never":
+        reasons = {"always": ["patch_reboot: always"], "never": []}.get(reboot)
+        if reasons is None:  # if-required: asked for before the upgrade, or by it
+            reasons = _reboot_reasons(host, args)
+        if reasons:
             problem = _reboot(state, host, "; ".join(reasons), reboot_timeout)
             if problem:
                 return problem
             outcome.rebooted = "; ".join(reasons)
-        return _firewall_problem(host, connector_args(state, host), firewall_unit)
+        return _firewall_problem(host, args, firewall_unit)
 
     try:
         take_turn(state, host, spec, work, rollback=[])
@@ -207,6 +209,8 @@ def _reboot(state: State, host: Host, why: str, timeout: int) -> str | None:
     """Reboot the host and wait until it answers SSH from a new boot; what went wrong, or None."""
     args = connector_args(state, host)
     before = _boot_marker(host, args)
+    if before is None:
+        return "not rebooted: its boot can't be told from the next one (reading its boot ID failed)"
     logger.info(f"{host.print_prefix}rebooting ({why})")
     remove_any_sudo_askpass_file(host)
     host.run_shell_command(StringCommand(REBOOT), print_output=False, **args)
