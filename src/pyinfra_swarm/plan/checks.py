@@ -241,7 +241,7 @@ def check_encrypted_overlay_engines(plan: ClusterPlan) -> None:
         logger.warning(f"swarm_allow_encrypted_mix: {problem}")
         return
     raise DeployError(
-        f"{problem}. Pick engine versions on one side (29.2.1 and later work with 28.x and older, except 28.2.2), or "
+        f"{problem}. Pick engine versions on one side (29.2.1 and later are on the side of 28.x and older), or "
         "set swarm_allow_encrypted_mix: true to accept the cut for the length of the rolling upgrade"
     )
 
