@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
 
 import pytest
 
 from pyinfra_swarm.deploys.patch import patch_nodes
 from pyinfra_swarm.facts import PendingPatches
 from pyinfra_swarm.operations.maintenance import quorum_problem
-from pyinfra_swarm.operations.patching import Outcome, summary_lines, upgrade_command
+from pyinfra_swarm.operations.patching import Outcome, firewall_check, summary_lines, upgrade_command
 from pyinfra_swarm.operations.swarm import DRAINED_LABEL, RESTORE_LABEL
 from tests.unit.fakes import host, plan
 from tests.unit.test_removal import _address, _cluster, _listing
@@ -133,3 +135,24 @@ def test_a_node_left_drained_takes_a_turn_and_gets_its_availability_back_only_th
         "upgrade asks for one'" in turn
     )
     assert planned["m1"] == [] and planned["w2"] == []
+
+
+@pytest.mark.parametrize(
+    ("state", "since", "before_docker", "ok"),
+    [("active", 100, True, True), ("active", 300, True, False), ("active", 300, False, True),
+     ("failed", 0, True, False), ("failed", 0, False, False), ("inactive", 0, False, False)],
+)  # fmt: skip
+def test_the_firewall_check_wants_the_unit_active_and_after_a_reboot_before_docker(tmp_path, state, since,
+                                                                                   before_docker, ok):  # fmt: skip
+    """The check's shell, run here against a `systemctl` that answers as a node's would (Docker started at 200)."""
+    fake = tmp_path / "systemctl"
+    fake.write_text(
+        "#!/bin/sh\n"
+        'case "$*" in *docker.service*) echo 200 ;; '
+        f"*) printf 'ActiveState={state}\\nActiveEnterTimestampMonotonic={since}\\n' ;; esac\n"
+    )
+    fake.chmod(0o755)
+    output = subprocess.run(["sh", "-c", firewall_check("pyinfra-swarm-firewall.service", before_docker)],
+                            env={**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}, capture_output=True,
+                            text=True, check=True).stdout  # fmt: skip
+    assert (output.split() == ["ok"]) is ok

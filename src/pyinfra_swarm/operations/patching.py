@@ -42,13 +42,14 @@ def upgrade_command(package_manager: str, engine_packages: list[str]) -> str:
     )
 
 
-def firewall_check(unit: str) -> str:
-    """Prints `ok` when `unit` (the firewall) is active and became so before Docker's engine started."""
+def firewall_check(unit: str, before_docker: bool) -> str:
+    """Prints `ok` when `unit` (the firewall) is active and, with `before_docker` (after a reboot), became so
+    before Docker's engine started."""
+    order = '&& [ "$(echo "$fw" | sed -n "s/^ActiveEnterTimestampMonotonic=//p")" -le "${docker:-0}" ] '
     return (
         f"fw=$(systemctl show -p ActiveState -p ActiveEnterTimestampMonotonic {shlex.quote(unit)}); "
         "docker=$(systemctl show -p ExecMainStartTimestampMonotonic --value docker.service); "
-        'echo "$fw" | grep -qx ActiveState=active && '
-        '[ "$(echo "$fw" | sed -n "s/^ActiveEnterTimestampMonotonic=//p")" -le "${docker:-0}" ] && echo ok; true'
+        f'echo "$fw" | grep -qx ActiveState=active {order if before_docker else ""}&& echo ok; true'
     )
 
 
@@ -183,7 +184,7 @@ def _turn(state: State, host: Host, spec: Turn, upgrades: int, reboot: str, comm
             if problem:
                 return problem
             outcome.rebooted = "; ".join(reasons)
-        return _firewall_problem(host, args, firewall_unit)
+        return _firewall_problem(host, args, firewall_unit, rebooted=bool(outcome.rebooted))
 
     try:
         take_turn(state, host, spec, work, rollback=[])
@@ -235,15 +236,18 @@ def _reboot(state: State, host: Host, why: str, timeout: int) -> str | None:
     return f"the node did not come back from its reboot within {timeout} s (patch_reboot_timeout)"
 
 
-def _firewall_problem(host: Host, args: dict, unit: str | None) -> str | None:
-    """Why the node's firewall is not known to be in force before Docker, or None."""
+def _firewall_problem(host: Host, args: dict, unit: str | None, rebooted: bool) -> str | None:
+    """Why the node's firewall is not known to be in force (after a reboot: since before Docker started), or
+    None."""
     if unit is None:
         return None
-    status, output = host.run_shell_command(StringCommand(firewall_check(unit)), print_output=False, **args)
+    status, output = host.run_shell_command(StringCommand(firewall_check(unit, before_docker=rebooted)),
+                                            print_output=False, **args)  # fmt: skip
     if status and "ok" in output.stdout_lines:
         return None
-    return (f"its firewall ({unit}) was not active before Docker started: the node stays drained until it is; "
-            f"see `systemctl status {unit}`")  # fmt: skip
+    when = "active before Docker started" if rebooted else "active"
+    return (f"its firewall ({unit}) was not {when}: the node stays drained until it is; see "
+            f"`systemctl status {unit}`")  # fmt: skip
 
 
 @operation(is_idempotent=False)
